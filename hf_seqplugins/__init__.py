@@ -1,0 +1,1 @@
+"""hf-seqplugins: recurrent, state-space and linear-attention sequence models for transformers."""

@@ -1,0 +1,29 @@
+"""Reference backend: the plain step-by-step recurrence, written for reading, used as ground truth."""
+from __future__ import annotations
+
+import torch
+
+from .cells import step
+
+
+def headwise_rnn(
+    cell: str,
+    gates_x: torch.Tensor,
+    recurrent_weight: torch.Tensor,
+    recurrent_bias: torch.Tensor | None,
+    initial_state: tuple[torch.Tensor, ...],
+    mask: torch.Tensor | None,
+    projection: torch.Tensor | None,
+    normalizer_clamp: bool,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """See `hf_seqplugins.kernels.rnn.headwise_rnn` for the contract (inputs arrive validated)."""
+    state = initial_state
+    outputs = []
+    for t in range(gates_x.shape[1]):
+        new_state = step(cell, gates_x[:, t], state, recurrent_weight, recurrent_bias, projection, normalizer_clamp)
+        if mask is not None:
+            keep = mask[:, t].view(-1, 1, 1)
+            new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))
+        state = new_state
+        outputs.append(state[0])
+    return torch.stack(outputs, dim=1), state

@@ -1,0 +1,1 @@
+"""Built-in architectures, one folder each, registered through the `hf_seqplugins` entry points."""
