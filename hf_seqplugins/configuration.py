@@ -1,0 +1,102 @@
+"""Base config shared by every architecture: backbone sizes, the kernel backend and validation."""
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from .backends import AUTO, OPERATORS
+
+
+class SeqConfig(PreTrainedConfig):
+    """Fields every `seqp_` architecture shares; a plugin subclasses it and adds its mixer's fields.
+
+    Args:
+        vocab_size: number of token ids.
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of blocks (mixer + optional feed-forward).
+        intermediate_size: width of the gated (SwiGLU) feed-forward; 0 leaves it out of the blocks.
+        norm_eps: epsilon of the RMSNorms.
+        hidden_dropout: dropout on each residual branch while training.
+        initializer_range: std of the normal init of embeddings and linear layers.
+        kernel_backend: "auto" or a backend of every operator the architecture uses
+            (see `hf_seqplugins.available_architectures()`).
+    """
+
+    model_type = "seqp_base"
+    operators = ()  # kernel operator names; class constants stay unannotated (v5 configs are dataclasses)
+
+    def __init_subclass__(cls, **kwargs):
+        # transformers 5 turns every config subclass into a dataclass whose generated __init__ would
+        # replace the inherited one (dropping its defaults and validation): inherit it explicitly.
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = cls.__mro__[1].__init__
+        super().__init_subclass__(**kwargs)
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        intermediate_size: int = 512,
+        norm_eps: float = 1e-5,
+        hidden_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        kernel_backend: str = AUTO,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.intermediate_size = intermediate_size
+        self.norm_eps = norm_eps
+        self.hidden_dropout = hidden_dropout
+        self.initializer_range = initializer_range
+        self.kernel_backend = kernel_backend
+        self.use_cache = use_cache
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+        self.validate_fields()
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Cache layout for `DynamicCache(config=...)`: one recurrent-state slot per block."""
+        return ["linear_attention"] * self.num_hidden_layers
+
+    def validate_fields(self) -> None:
+        """Raise ValueError naming the field and what is allowed. Subclasses extend it with `super()`."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            require_positive_int(self, name)
+        require_positive_int(self, "intermediate_size", allow_zero=True)
+        if not 0.0 <= float(self.hidden_dropout) < 1.0:
+            raise ValueError(f"{type(self).__name__}.hidden_dropout must be in [0, 1), got {self.hidden_dropout!r}")
+        if not float(self.norm_eps) > 0:
+            raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
+        allowed = {AUTO}
+        for op in self.operators:
+            allowed.update(OPERATORS[op].backends)
+        if self.kernel_backend not in allowed:
+            raise ValueError(
+                f"{type(self).__name__}.kernel_backend must be one of {sorted(allowed)}, got {self.kernel_backend!r}"
+            )
+
+
+def require_positive_int(config: PreTrainedConfig, name: str, allow_zero: bool = False) -> None:
+    value = getattr(config, name)
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {low}, got {value!r}")
+
+
+def require_choice(config: PreTrainedConfig, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {list(choices)}, got {value!r}")

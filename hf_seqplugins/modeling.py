@@ -1,0 +1,272 @@
+"""Shared modeling base: a plugin defines its config and its sequence-mixing layer, nothing else.
+
+A backbone is embeddings -> `num_hidden_layers` pre-norm residual blocks -> RMSNorm. Each block is
+``x + mixer(norm(x))`` then, when `config.intermediate_size > 0`, ``x + ffn(norm(x))`` with a gated
+SiLU feed-forward. The mixer is the plugin's class, built as ``mixer_class(config, layer_idx)`` and
+called as ``mixer(hidden [B, T, D], cache=..., attention_mask=[B, T] | None) -> [B, T, D]``; it
+reads and writes its recurrent state with `hf_seqplugins.cache.read_state` / `write_state`.
+
+A plugin declares its classes by subclassing, e.g.::
+
+    class MyModel(SeqModel):
+        config_class = MyConfig
+        mixer_class = MyMixer
+
+    class MyForCausalLM(SeqForCausalLM):
+        config_class = MyConfig
+        backbone_class = MyModel
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+
+from .configuration import SeqConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, computed in float32."""
+
+    def __init__(self, size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class GatedFeedForward(nn.Module):
+    """SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SeqBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block around the plugin's mixer and an optional feed-forward."""
+
+    def __init__(self, config: SeqConfig, layer_idx: int, mixer_class: type[nn.Module]):
+        super().__init__()
+        self.mixer_norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mixer = mixer_class(config, layer_idx)
+        self.ffn = None
+        if config.intermediate_size > 0:
+            self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
+            self.ffn = GatedFeedForward(config.hidden_size, config.intermediate_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None):
+        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), cache=cache, attention_mask=attention_mask))
+        if self.ffn is not None:
+            hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+        return hidden
+
+
+class SeqPreTrainedModel(PreTrainedModel):
+    """Common `PreTrainedModel` settings for recurrent models (stateful, checkpointable)."""
+
+    config_class = SeqConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SeqBlock"]
+    _is_stateful = True
+    _supports_cache_class = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if hasattr(module, "init_mixer_weights"):
+            module.init_mixer_weights()
+
+
+def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The `[B, length]` bool mask of the current chunk (generate passes the whole history), or None if all real."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be [batch, sequence] (a 2D padding mask), got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask[:, -length:].bool()
+    return None if bool(mask.all()) else mask
+
+
+class SeqModel(SeqPreTrainedModel):
+    """Backbone: embeddings, blocks, final norm. Subclasses set `config_class` and `mixer_class`."""
+
+    mixer_class: type[nn.Module]
+
+    def __init__(self, config: SeqConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(SeqBlock(config, i, self.mixer_class) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        """input_ids `[B, T]` (or inputs_embeds `[B, T, D]`), attention_mask `[B, T_total]` with 0 at padding.
+
+        Padding positions leave every recurrent state untouched, so a left-padded row gives the same
+        outputs at its real positions as the row alone. `cache` carries the recurrent state between calls.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, sequence], got shape {tuple(input_ids.shape)}")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        mask = padding_mask(attention_mask, inputs_embeds.shape[1])
+
+        hidden = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            hidden = layer(hidden, cache=cache, attention_mask=mask)
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden, cache=cache, hidden_states=tuple(all_hidden) if all_hidden is not None else None
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
+    """Language model head on a backbone. Subclasses set `config_class` and `backbone_class`."""
+
+    backbone_class: type[SeqModel]
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SeqConfig):
+        super().__init__(config)
+        self.model = self.backbone_class(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Logits `[B, T, vocab]`; with `labels` `[B, T]` (shifted inside, -100 ignored) also the loss."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class SeqForSequenceClassification(SeqPreTrainedModel):
+    """Classifier on the last real (non-padding) position. Subclasses set `config_class` and `backbone_class`."""
+
+    backbone_class: type[SeqModel]
+
+    def __init__(self, config: SeqConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = self.backbone_class(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        """Logits `[B, num_labels]` read at each row's last position whose attention_mask is 1."""
+        if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        batch, length = hidden.shape[:2]
+        if attention_mask is None:
+            last = torch.full((batch,), length - 1, device=hidden.device)
+        else:
+            positions = torch.arange(length, device=hidden.device)
+            last = torch.where(attention_mask[:, -length:].bool(), positions, -1).amax(dim=1).clamp_min(0)
+        logits = self.score(hidden[torch.arange(batch, device=hidden.device), last])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        output = SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()

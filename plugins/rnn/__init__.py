@@ -1,0 +1,21 @@
+"""RNN family: Elman, LSTM, GRU, FlashRNN head-wise variants and sLSTM (specs/RNN.md sections 1-2).
+
+`LSTM`, `GRU` and `RNN` are drop-in replacements for `torch.nn`'s layers with a `backend` argument.
+"""
+from .configuration import ElmanConfig, GRUConfig, HeadwiseRNNConfig, LSTMConfig, SLSTMConfig
+from .layers import GRU, LSTM, RNN
+from .modeling import (
+    ElmanForCausalLM,
+    ElmanForSequenceClassification,
+    ElmanModel,
+    GRUForCausalLM,
+    GRUForSequenceClassification,
+    GRUModel,
+    HeadwiseRNNMixer,
+    LSTMForCausalLM,
+    LSTMForSequenceClassification,
+    LSTMModel,
+    SLSTMForCausalLM,
+    SLSTMForSequenceClassification,
+    SLSTMModel,
+)
