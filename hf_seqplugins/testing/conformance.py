@@ -1,0 +1,272 @@
+"""The conformance suite, parametrized over every registered architecture (`model_type` fixture).
+
+Each test builds a tiny model (`tiny_config`) and checks one contract of DESIGN.md: forward and
+backward, backend parity with `reference`, prefill + O(1) decoding equal to a full forward, greedy
+`generate()`, constant cache size, beam search, left padding, save/load, PEFT LoRA, `Trainer`,
+gradient checkpointing and config validation.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+
+from ..backends import OPERATORS
+from ..registry import load_plugins
+from . import tiny_config
+
+CONFORMANCE_ENV_VAR = "HF_SEQPLUGINS_CONFORMANCE"
+
+
+def _model_types() -> list[str]:
+    selected = {t.strip() for t in os.environ.get(CONFORMANCE_ENV_VAR, "").split(",") if t.strip()}
+    return sorted(t for t in load_plugins() if not selected or t in selected)
+
+
+def pytest_generate_tests(metafunc):
+    if "model_type" in metafunc.fixturenames:
+        metafunc.parametrize("model_type", _model_types())
+
+
+def _causal_lm(model_type: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides)).eval()
+
+
+def _tokens(config, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _cache_bytes(cache) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for states in (layer.recurrent_states, layer.conv_states)
+        for t in states.values()
+        if t is not None
+    )
+
+
+def test_auto_classes_resolve(model_type):
+    architecture = load_plugins()[model_type]
+    config = AutoConfig.for_model(model_type, **architecture.tiny_config)
+    assert type(config) is architecture.config_class
+    for auto_name, model_class in architecture.model_classes.items():
+        import transformers
+
+        assert type(getattr(transformers, auto_name).from_config(config)) is model_class
+
+
+def test_forward_backward(model_type):
+    model = _causal_lm(model_type).train()
+    ids = _tokens(model.config)
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (*ids.shape, model.config.vocab_size)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"no finite gradient for {missing}"
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "mixer" in n)
+
+
+def _backend_cases(model_type):
+    operators = load_plugins()[model_type].operators
+    names = sorted({b for op in operators for b in OPERATORS[op].available_backends()} - {"reference"})
+    return names
+
+
+def test_every_backend_matches_reference(model_type):
+    """Logits and all parameter gradients of each available backend equal the reference recurrence (float32)."""
+    ids = _tokens(tiny_config(model_type), length=7)
+
+    def run(backend):
+        model = _causal_lm(model_type, kernel_backend=backend).train()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return model(ids).logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_logits, ref_grads = run("reference")
+    backends = _backend_cases(model_type)
+    assert "torch" in backends
+    for backend in backends:
+        logits, grads = run(backend)
+        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4, msg=lambda m: f"{backend} logits: {m}")
+        assert grads.keys() == ref_grads.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-5, rtol=1e-4, msg=lambda m: f"{backend} grad {name}: {m}")
+
+
+@torch.no_grad()
+def test_prefill_then_decode_equals_full_forward(model_type):
+    model = _causal_lm(model_type)
+    ids = _tokens(model.config, length=10)
+    full = model(ids, use_cache=False).logits
+    cache = DynamicCache(config=model.config)
+    prefill = model(ids[:, :6], cache=cache, use_cache=True)
+    steps = [prefill.logits]
+    for t in range(6, ids.shape[1]):
+        steps.append(model(ids[:, t : t + 1], cache=prefill.cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_greedy_generate_equals_argmax_of_full_forward(model_type):
+    model = _causal_lm(model_type)
+    prompt = _tokens(model.config, length=5)
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    assert generated.shape == (2, 13)
+    argmax = model(generated, use_cache=False).logits.argmax(-1)
+    assert torch.equal(argmax[:, 4:-1], generated[:, 5:])
+
+
+@torch.no_grad()
+def test_cache_size_is_constant_in_generated_tokens(model_type):
+    model = _causal_lm(model_type)
+    prompt = _tokens(model.config, length=4)
+    sizes = []
+    for new_tokens in (2, 12):
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True)
+        sizes.append(_cache_bytes(out.cache))
+    assert sizes[0] == sizes[1] > 0
+
+
+@torch.no_grad()
+def test_beam_search_scores_match_full_forward(model_type):
+    """Beam search reorders the recurrent cache; the best beam's score must equal its log-probability
+    recomputed without a cache (wrong reordering makes them differ)."""
+    model = _causal_lm(model_type)
+    prompt = _tokens(model.config, batch=1, length=4)
+    out = model.generate(
+        prompt, num_beams=3, num_return_sequences=2, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+        length_penalty=0.0, return_dict_in_generate=True, output_scores=True,
+    )
+    assert out.sequences.shape == (2, 9)
+    logprobs = model(out.sequences, use_cache=False).logits.log_softmax(-1)
+    chosen = logprobs[:, 3:-1].gather(-1, out.sequences[:, 4:, None]).squeeze(-1).sum(-1)
+    torch.testing.assert_close(out.sequences_scores, chosen, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_sampling_runs(model_type):
+    model = _causal_lm(model_type)
+    out = model.generate(_tokens(model.config, length=3), do_sample=True, top_k=5, max_new_tokens=4, min_new_tokens=4)
+    assert out.shape == (2, 7) and int(out.max()) < model.config.vocab_size
+
+
+@torch.no_grad()
+def test_left_padding_matches_each_sequence_alone(model_type):
+    model = _causal_lm(model_type)
+    long, short = _tokens(model.config, batch=1, length=7, seed=3), _tokens(model.config, batch=1, length=4, seed=4)
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    batch = torch.cat([long, torch.cat([pad, short], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[1, :3] = 0
+    logits = model(batch, attention_mask=mask).logits
+    torch.testing.assert_close(logits[0], model(long).logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1, 3:], model(short).logits[0], atol=1e-5, rtol=1e-4)
+    generated = model.generate(batch, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    alone = model.generate(short, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(generated[1, -5:], alone[0, -5:])
+
+
+@torch.no_grad()
+def test_save_and_load_round_trip(model_type, tmp_path):
+    model = _causal_lm(model_type)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    ids = _tokens(model.config)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
+
+
+def test_sequence_classification_ignores_padding(model_type):
+    from transformers import AutoModelForSequenceClassification
+
+    if "AutoModelForSequenceClassification" not in load_plugins()[model_type].model_classes:
+        pytest.skip(f"{model_type} registers no sequence-classification head")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type, num_labels=3)).eval()
+    ids = _tokens(model.config, batch=1, length=5)
+    pad = torch.zeros(1, 2, dtype=torch.long)
+    left, right = torch.cat([pad, ids], 1), torch.cat([ids, pad], 1)
+    mask_left = torch.cat([torch.zeros_like(pad), torch.ones_like(ids)], 1)
+    mask_right = mask_left.flip(1)
+    expected = model(ids).logits
+    torch.testing.assert_close(model(left, attention_mask=mask_left).logits, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model(right, attention_mask=mask_right).logits, expected, atol=1e-5, rtol=1e-4)
+    out = model(ids, labels=torch.tensor([2]))
+    assert out.logits.shape == (1, 3) and torch.isfinite(out.loss)
+
+
+def test_gradient_checkpointing_gives_same_gradients(model_type):
+    ids = _tokens(tiny_config(model_type))
+    grads = []
+    for checkpointing in (False, True):
+        model = _causal_lm(model_type).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_peft_lora_trains_and_merges(model_type):
+    peft = pytest.importorskip("peft", reason="PEFT is in the `train` extra")
+    model = _causal_lm(model_type)
+    ids = _tokens(model.config)
+    before = model(ids).logits.detach()
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("mixer" in n for n in trainable), "LoRA must reach the mixer's projection layers"
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    lora.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        lora(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    lora.eval()
+    adapted = lora(input_ids=ids).logits.detach()
+    assert not torch.allclose(adapted, before)
+    merged = lora.merge_and_unload()
+    torch.testing.assert_close(merged(ids).logits, adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_trainer_loss_falls_on_a_learnable_pattern(model_type, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="datasets is in the `train` extra")
+    from transformers import Trainer, TrainingArguments
+
+    model = _causal_lm(model_type).train()
+    period = 5
+    rows = [[(start + t) % period for t in range(16)] for start in range(period)] * 8
+    dataset = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=1e-2, num_train_epochs=6,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_invalid_config_raises_naming_the_field(model_type):
+    base = load_plugins()[model_type].tiny_config
+    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        with pytest.raises(ValueError, match=field):
+            AutoConfig.for_model(model_type, **{**base, field: 0})
+    with pytest.raises(ValueError, match="kernel_backend"):
+        AutoConfig.for_model(model_type, **{**base, "kernel_backend": "no-such-backend"})
+
+
+def test_bad_inputs_raise_clear_errors(model_type):
+    model = _causal_lm(model_type)
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(_tokens(model.config), attention_mask=torch.ones(2, 1, 9, 9))
