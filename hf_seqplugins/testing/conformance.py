@@ -256,6 +256,18 @@ def test_trainer_loss_falls_on_a_learnable_pattern(model_type, tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@torch.no_grad()
+def test_bfloat16_runs_and_stays_close_to_float32(model_type):
+    model = _causal_lm(model_type)
+    ids = _tokens(model.config)
+    expected = model(ids).logits
+    model.to(torch.bfloat16)
+    logits = model(ids).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=0.05)
+    assert model.generate(ids[:, :3], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (2, 6)
+
+
 def test_invalid_config_raises_naming_the_field(model_type):
     base = load_plugins()[model_type].tiny_config
     for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
