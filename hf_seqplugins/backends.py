@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
@@ -60,14 +59,16 @@ def module_unavailable_reason(module: str) -> Callable[[torch.device], str | Non
 class Operator:
     """A sequence operator and its backends.
 
-    `backends` maps a backend name to ``"module:function"`` (imported on first use); `requirements`
-    maps a backend name to a check returning None when it can run on a device, else the reason.
+    `backends` maps a backend name to a loader: a function that imports and returns the kernel on
+    first use (so optional dependencies load only when chosen, and relative imports keep working when
+    the source is copied elsewhere, e.g. into exported remote code). `requirements` maps a backend name
+    to a check returning None when it can run on a device, else the reason.
     `validate(*args, **kwargs)` checks the inputs once, before any backend runs, and returns the
     (possibly normalised) arguments as ``(args, kwargs)``.
     """
 
     name: str
-    backends: dict[str, str]
+    backends: dict[str, Callable[[], Callable]]
     requirements: dict[str, Callable[[torch.device], str | None]] = field(default_factory=dict)
     validate: Callable[..., tuple[tuple, dict]] | None = None
     _loaded: dict[str, Callable] = field(default_factory=dict, repr=False)
@@ -100,8 +101,7 @@ class Operator:
 
     def implementation(self, backend: str) -> Callable:
         if backend not in self._loaded:
-            module_name, function_name = self.backends[backend].split(":")
-            self._loaded[backend] = getattr(importlib.import_module(module_name), function_name)
+            self._loaded[backend] = self.backends[backend]()
         return self._loaded[backend]
 
     def __call__(self, *args, backend: str | None = None, **kwargs):

@@ -86,7 +86,6 @@ class SeqPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["SeqBlock"]
     _is_stateful = True
-    _supports_cache_class = True
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

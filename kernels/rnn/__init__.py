@@ -85,14 +85,33 @@ def _validate(
     return args, {}
 
 
+def _load_reference():
+    from .reference import headwise_rnn as kernel
+
+    return kernel
+
+
+def _load_torch():
+    from .torch_impl import headwise_rnn as kernel
+
+    return kernel
+
+
+def _load_triton():
+    from .triton_impl import headwise_rnn as kernel
+
+    return kernel
+
+
+def _load_flashrnn():
+    from .flashrnn_peer import headwise_rnn as kernel
+
+    return kernel
+
+
 _headwise_rnn = Operator(
     name="headwise_rnn",
-    backends={
-        "reference": "hf_seqplugins.kernels.rnn.reference:headwise_rnn",
-        "torch": "hf_seqplugins.kernels.rnn.torch_impl:headwise_rnn",
-        "triton": "hf_seqplugins.kernels.rnn.triton_impl:headwise_rnn",
-        "flashrnn": "hf_seqplugins.kernels.rnn.flashrnn_peer:headwise_rnn",
-    },
+    backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton, "flashrnn": _load_flashrnn},
     requirements={"triton": triton_unavailable_reason, "flashrnn": module_unavailable_reason("flashrnn")},
     validate=_validate,
 )
