@@ -62,7 +62,9 @@ class Operator:
     `backends` maps a backend name to a loader: a function that imports and returns the kernel on
     first use (so optional dependencies load only when chosen, and relative imports keep working when
     the source is copied elsewhere, e.g. into exported remote code). `requirements` maps a backend name
-    to a check returning None when it can run on a device, else the reason.
+    to a check returning None when it can run on a device, else the reason; `input_checks` maps a
+    backend name to a check of the validated inputs (None when it computes them, else the reason):
+    "auto" then passes over that backend, an explicit request is refused with the reason.
     `validate(*args, **kwargs)` checks the inputs once, before any backend runs, and returns the
     (possibly normalised) arguments as ``(args, kwargs)``.
     """
@@ -70,6 +72,7 @@ class Operator:
     name: str
     backends: dict[str, Callable[[], Callable]]
     requirements: dict[str, Callable[[torch.device], str | None]] = field(default_factory=dict)
+    input_checks: dict[str, Callable[..., str | None]] = field(default_factory=dict)
     validate: Callable[..., tuple[tuple, dict]] | None = None
     _loaded: dict[str, Callable] = field(default_factory=dict, repr=False)
 
@@ -89,15 +92,28 @@ class Operator:
         device = torch.device(device)
         return [name for name in self.backends if self.unavailable_reason(name, device) is None]
 
-    def resolve(self, requested: str | None, device: torch.device) -> str:
-        """The backend that runs for a request (None or "auto" for automatic) on `device`."""
+    def resolve(self, requested: str | None, device: torch.device, args: tuple = (), kwargs: dict | None = None) -> str:
+        """The backend that runs for a request (None or "auto" for automatic) on `device`.
+
+        With the (validated) inputs given, backends that refuse them are passed over by "auto" and
+        refused with their reason when requested explicitly.
+        """
         choice = _override.get().get(self.name) or _override.get().get("*") or _env_choice(self.name) or requested or AUTO
+        inputs = None if not args and not kwargs else (args, kwargs or {})
         if choice == AUTO:
-            return "triton" if "triton" in self.backends and self.unavailable_reason("triton", device) is None and device.type == "cuda" else "torch"
-        reason = self.unavailable_reason(choice, device)
+            if device.type == "cuda" and "triton" in self.backends and self._refusal("triton", device, inputs) is None:
+                return "triton"
+            return "torch"
+        reason = self._refusal(choice, device, inputs)
         if reason is not None:
             raise BackendUnavailableError(f"backend {choice!r} for {self.name!r} cannot run: {reason}")
         return choice
+
+    def _refusal(self, backend: str, device: torch.device, inputs: tuple[tuple, dict] | None) -> str | None:
+        reason = self.unavailable_reason(backend, device)
+        if reason is None and inputs is not None and backend in self.input_checks:
+            reason = self.input_checks[backend](*inputs[0], **inputs[1])
+        return reason
 
     def implementation(self, backend: str) -> Callable:
         if backend not in self._loaded:
@@ -108,7 +124,7 @@ class Operator:
         if self.validate is not None:
             args, kwargs = self.validate(*args, **kwargs)
         device = next(a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
-        return self.implementation(self.resolve(backend, device))(*args, **kwargs)
+        return self.implementation(self.resolve(backend, device, args, kwargs))(*args, **kwargs)
 
 
 def _env_choice(operator: str) -> str | None:

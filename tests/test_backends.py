@@ -62,3 +62,16 @@ def test_context_manager_choice_reaches_the_kernel(monkeypatch):
 def test_an_operator_must_have_reference_and_torch():
     with pytest.raises(ValueError, match="reference"):
         Operator(name="incomplete", backends={"torch": lambda: None})
+
+
+def test_auto_passes_over_a_backend_that_refuses_the_inputs():
+    gates, weight = torch.randn(1, 2, 4, 1, 3), torch.randn(4, 1, 3, 2)
+    args, kwargs = OP.validate("lstm", gates, weight, projection=torch.randn(1, 2, 3))
+    assert OP.resolve("auto", torch.device("cuda"), args, kwargs) == "torch"
+    with pytest.raises(BackendUnavailableError, match="proj_size=2"):
+        OP.resolve("triton", CPU, args, kwargs)
+
+
+def test_auto_takes_triton_on_cuda_for_inputs_it_supports():
+    args, kwargs = OP.validate("gru", torch.randn(1, 2, 3, 1, 4), torch.randn(3, 1, 4, 4))
+    assert OP.resolve("auto", torch.device("cuda"), args, kwargs) == "triton"

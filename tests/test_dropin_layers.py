@@ -60,6 +60,19 @@ def test_matches_torch_nn_with_gradients(name, kwargs, batch_first, dtype, tol):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_triton_backend_matches_torch_nn(name):
+    theirs, ours = build_pair(name, {}, torch.float32, backend="triton")
+    x = torch.randn(2, 5, 5, requires_grad=True)
+    results = []
+    for module in (theirs, ours):
+        outputs = flat(module(x))
+        grads = torch.autograd.grad(sum(o.sum() for o in outputs), [x, *module.parameters()])
+        results.append(outputs + list(grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_without_bias_and_without_hx():
     theirs, ours = build_pair("GRU", {}, torch.float64, bias=False)
     x = torch.randn(2, 4, 5, dtype=torch.float64)

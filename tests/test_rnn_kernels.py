@@ -161,5 +161,7 @@ def test_unknown_cell_and_misplaced_projection_are_refused():
         headwise_rnn("lstm2", torch.randn(1, 2, 4, 1, 2), torch.randn(4, 1, 2, 2))
     with pytest.raises(ValueError, match="only defined for the lstm"):
         headwise_rnn("gru", torch.randn(1, 2, 3, 1, 2), torch.randn(3, 1, 2, 1), projection=torch.randn(1, 1, 2))
+    with pytest.raises(ValueError, match="T=0"):
+        headwise_rnn("gru", torch.randn(1, 0, 3, 1, 2), torch.randn(3, 1, 2, 2))
     with pytest.raises(ValueError, match="mask must be"):
         headwise_rnn("gru", torch.randn(1, 2, 3, 1, 2), torch.randn(3, 1, 2, 2), mask=torch.ones(2, 2))

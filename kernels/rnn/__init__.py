@@ -48,7 +48,9 @@ def _validate(
         raise ValueError(f"headwise_rnn: gates_x must be [B, T, G, NH, DH], got shape {tuple(gates_x.shape)}")
     if not gates_x.is_floating_point():
         raise TypeError(f"headwise_rnn: gates_x must be floating point, got {gates_x.dtype}")
-    batch, _, gates, heads, head_dim = gates_x.shape
+    batch, steps, gates, heads, head_dim = gates_x.shape
+    if steps == 0:
+        raise ValueError("headwise_rnn: gates_x has no time steps (T=0)")
     if gates != NUM_GATES[cell]:
         raise ValueError(f"headwise_rnn: cell {cell!r} has {NUM_GATES[cell]} gates, gates_x has {gates}")
     if projection is not None and cell != "lstm":
@@ -65,8 +67,6 @@ def _validate(
         if tuple(mask.shape) != tuple(gates_x.shape[:2]):
             raise ValueError(f"headwise_rnn: mask must be [B, T] = {list(gates_x.shape[:2])}, got {list(mask.shape)}")
         mask = mask.to(device=gates_x.device, dtype=torch.bool)
-        if bool(mask.all()):
-            mask = None
     compute_dtype = torch.float32 if gates_x.dtype in (torch.float16, torch.bfloat16) else gates_x.dtype
     shapes = state_shapes(cell, batch, heads, head_dim, proj_size)
     if initial_state is None:
@@ -109,10 +109,17 @@ def _load_flashrnn():
     return kernel
 
 
+def _triton_input_check(*validated_args):
+    from .triton_impl import unsupported_reason
+
+    return unsupported_reason(*validated_args)
+
+
 _headwise_rnn = Operator(
     name="headwise_rnn",
     backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton, "flashrnn": _load_flashrnn},
     requirements={"triton": triton_unavailable_reason, "flashrnn": module_unavailable_reason("flashrnn")},
+    input_checks={"triton": _triton_input_check},
     validate=_validate,
 )
 

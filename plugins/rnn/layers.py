@@ -27,7 +27,8 @@ class _BackendSelectable:
         self.backend = backend
 
     def forward(self, input, hx=None):
-        backend = _headwise_rnn.resolve(self.backend, input.data.device)
+        # "auto" means PyTorch's own fused kernels (cuDNN on GPU) unless an override says otherwise.
+        backend = _headwise_rnn.resolve("torch" if self.backend == AUTO else self.backend, input.data.device)
         if backend == "torch":
             return super().forward(input, hx)
         if isinstance(input, PackedSequence):
