@@ -19,8 +19,8 @@ def headwise_rnn(
     """See `hf_seqplugins.kernels.rnn.headwise_rnn` for the contract (inputs arrive validated)."""
     state = initial_state
     outputs = []
-    for t in range(gates_x.shape[1]):
-        new_state = step(cell, gates_x[:, t], state, recurrent_weight, recurrent_bias, projection, normalizer_clamp)
+    for t, gates_x_t in enumerate(gates_x.unbind(1)):
+        new_state = step(cell, gates_x_t, state, recurrent_weight, recurrent_bias, projection, normalizer_clamp)
         if mask is not None:
             keep = mask[:, t].view(-1, 1, 1)
             new_state = tuple(torch.where(keep, new, old) for new, old in zip(new_state, state))

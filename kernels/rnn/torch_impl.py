@@ -28,14 +28,16 @@ def headwise_rnn(
     bias = None if recurrent_bias is None else recurrent_bias.permute(1, 0, 2).reshape(heads, 1, gates * head_dim)
     state = initial_state
     keep = None if mask is None else mask.view(batch, steps, 1, 1)
-    outputs = gates_x.new_empty((batch, steps, heads, state[0].shape[-1]))
-    for t in range(steps):
+    # A list stacked once: writing into a preallocated tensor would make every step's backward copy all of it.
+    outputs = []
+    # unbind, not gates_x[:, t]: each indexing op's backward would add a full-size zero tensor (O(T^2)).
+    for t, gates_x_t in enumerate(gates_x.unbind(1)):
         h_heads = state[0].transpose(0, 1)
         rec = torch.bmm(h_heads, weight) if bias is None else torch.baddbmm(bias, h_heads, weight)
         rec = rec.view(heads, batch, gates, head_dim).permute(1, 2, 0, 3)
-        new_state = pointwise(cell, gates_x[:, t], rec, state, projection, normalizer_clamp)
+        new_state = pointwise(cell, gates_x_t, rec, state, projection, normalizer_clamp)
         if keep is not None:
             new_state = tuple(torch.where(keep[:, t], new, old) for new, old in zip(new_state, state))
         state = new_state
-        outputs[:, t] = state[0]
-    return outputs, state
+        outputs.append(state[0])
+    return torch.stack(outputs, dim=1), state
