@@ -80,6 +80,7 @@ def main():
         "",
         f"Measured {date.today()} with `python benchmarks/bench_rnn.py`; median of {repeats} runs after one warm-up.",
         "Ratio = time / torch.nn's time for the same layer and pass (lower is faster).",
+        "`torch.nn` and the drop-in layer's 'torch' backend run the same PyTorch kernel: their ratio shows the noise.",
         "",
         describe(),
         "",
