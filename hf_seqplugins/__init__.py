@@ -57,14 +57,12 @@ def available_architectures() -> dict[str, ArchitectureInfo]:
     `backends` maps each operator the architecture runs to the backends that can run on this machine's CPU
     (`triton` appears where CUDA or the Triton interpreter is available).
     """
-    from .backends import OPERATORS
-
     return {
         model_type: ArchitectureInfo(
             model_type=model_type,
             config_class=arch.config_class,
             model_classes=dict(arch.model_classes),
-            backends={op: OPERATORS[op].available_backends() for op in arch.operators},
+            backends={op.name: op.available_backends() for op in arch.config_class.operators},
             distribution=arch.distribution,
             description=arch.description,
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .backends import AUTO, OPERATORS
+from .backends import AUTO
 
 
 class SeqConfig(PreTrainedConfig):
@@ -22,7 +22,8 @@ class SeqConfig(PreTrainedConfig):
     """
 
     model_type = "seqp_base"
-    operators = ()  # kernel operator names; class constants stay unannotated (v5 configs are dataclasses)
+    # The kernel `Operator`s the mixer runs (unannotated: v5 turns annotated class attributes into fields).
+    operators = ()
 
     def __init_subclass__(cls, **kwargs):
         # transformers 5 turns every config subclass into a dataclass whose generated __init__ would
@@ -81,8 +82,8 @@ class SeqConfig(PreTrainedConfig):
         if not float(self.norm_eps) > 0:
             raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
         allowed = {AUTO}
-        for op in self.operators:
-            allowed.update(OPERATORS[op].backends)
+        for operator in self.operators:
+            allowed.update(operator.backends)
         if self.kernel_backend not in allowed:
             raise ValueError(
                 f"{type(self).__name__}.kernel_backend must be one of {sorted(allowed)}, got {self.kernel_backend!r}"

@@ -48,7 +48,6 @@ class Architecture:
         model_type: the config's `model_type`, starting with ``seqp_``.
         config_class: its `SeqConfig` subclass.
         model_classes: Auto-class name (one of `AUTO_CLASSES`) -> model class.
-        operators: names of the kernel operators it runs (their backends are listed for users).
         tiny_config: overrides giving a small, fast config for tests and demos.
         description: one line for listings and model cards.
     """
@@ -56,7 +55,6 @@ class Architecture:
     model_type: str
     config_class: type
     model_classes: dict[str, type]
-    operators: tuple[str, ...] = ()
     tiny_config: dict = field(default_factory=dict)
     description: str = ""
     distribution: str = "unknown"

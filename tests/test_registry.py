@@ -38,7 +38,7 @@ class ToyForCausalLM(SeqForCausalLM):
 @hookimpl
 def seqplugins_architectures():
     return [Architecture("{model_type}", ToyConfig, {{"AutoModel": ToyModel, "AutoModelForCausalLM": ToyForCausalLM}},
-                         operators=("headwise_rnn",), tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
+                         tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
 """
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
-from ..backends import OPERATORS
 from ..registry import load_plugins
 from . import tiny_config
 
@@ -73,9 +72,8 @@ def test_forward_backward(model_type):
 
 
 def _backend_cases(model_type):
-    operators = load_plugins()[model_type].operators
-    names = sorted({b for op in operators for b in OPERATORS[op].available_backends()} - {"reference"})
-    return names
+    operators = load_plugins()[model_type].config_class.operators
+    return sorted({b for op in operators for b in op.available_backends()} - {"reference"})
 
 
 def test_every_backend_matches_reference(model_type):

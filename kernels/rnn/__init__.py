@@ -23,7 +23,7 @@ from hf_seqplugins.backends import Operator, module_unavailable_reason, triton_u
 
 from .cells import CELLS, NUM_GATES, NUM_STATES
 
-__all__ = ["CELLS", "NUM_GATES", "NUM_STATES", "headwise_rnn", "state_shapes"]
+__all__ = ["CELLS", "NUM_GATES", "NUM_STATES", "OPERATOR", "headwise_rnn", "state_shapes"]
 
 
 def state_shapes(cell: str, batch: int, heads: int, head_dim: int, proj_size: int = 0) -> list[tuple[int, ...]]:
@@ -115,7 +115,7 @@ def _triton_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
-_headwise_rnn = Operator(
+OPERATOR = Operator(
     name="headwise_rnn",
     backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton, "flashrnn": _load_flashrnn},
     requirements={"triton": triton_unavailable_reason, "flashrnn": module_unavailable_reason("flashrnn")},
@@ -136,7 +136,7 @@ def headwise_rnn(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run the recurrence; see the module docstring for shapes. `backend`: None/"auto" or a name."""
-    outputs, final_state = _headwise_rnn(
+    outputs, final_state = OPERATOR(
         cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp, backend=backend
     )
     return outputs.to(gates_x.dtype), final_state

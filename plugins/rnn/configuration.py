@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins.kernels.rnn import OPERATOR as HEADWISE_RNN
 
 
 class HeadwiseRNNConfig(SeqConfig):
@@ -13,7 +14,7 @@ class HeadwiseRNNConfig(SeqConfig):
         head_dim: hidden size of each head; default `hidden_size // num_heads`.
     """
 
-    operators = ("headwise_rnn",)
+    operators = (HEADWISE_RNN,)
     cell = ""
 
     def __init__(self, num_heads: int = 1, head_dim: int | None = None, **kwargs):

@@ -17,7 +17,6 @@ def _architecture(model_type, config_class, prefix, description, **tiny_override
             "AutoModelForCausalLM": getattr(m, f"{prefix}ForCausalLM"),
             "AutoModelForSequenceClassification": getattr(m, f"{prefix}ForSequenceClassification"),
         },
-        operators=("headwise_rnn",),
         tiny_config={**TINY, **tiny_overrides},
         description=description,
     )

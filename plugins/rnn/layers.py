@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from hf_seqplugins.backends import AUTO
-from hf_seqplugins.kernels.rnn import _headwise_rnn, headwise_rnn
+from hf_seqplugins.kernels.rnn import OPERATOR, headwise_rnn
 
 _CELL_OF_MODE = {"RNN_TANH": "elman_tanh", "RNN_RELU": "elman_relu", "LSTM": "lstm", "GRU": "gru"}
 
@@ -22,13 +22,13 @@ class _BackendSelectable:
     """Mixin for a torch RNN layer: same math, computed by the backend in `self.backend`."""
 
     def _init_backend(self, backend: str) -> None:
-        if backend != AUTO and backend not in _headwise_rnn.backends:
-            raise ValueError(f"{type(self).__name__}: unknown backend {backend!r}; choose from {[AUTO, *_headwise_rnn.backends]}")
+        if backend != AUTO and backend not in OPERATOR.backends:
+            raise ValueError(f"{type(self).__name__}: unknown backend {backend!r}; choose from {[AUTO, *OPERATOR.backends]}")
         self.backend = backend
 
     def forward(self, input, hx=None):
         # "auto" means PyTorch's own fused kernels (cuDNN on GPU) unless an override says otherwise.
-        backend = _headwise_rnn.resolve("torch" if self.backend == AUTO else self.backend, input.data.device)
+        backend = OPERATOR.resolve("torch" if self.backend == AUTO else self.backend, input.data.device)
         if backend == "torch":
             return super().forward(input, hx)
         if isinstance(input, PackedSequence):
