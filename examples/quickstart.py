@@ -67,9 +67,9 @@ generated = model.generate(prompt, max_new_tokens=120, do_sample=False)
 sample = bytes(generated[0].tolist()).decode("utf-8", errors="replace")
 print(f"sample: {sample!r}")
 
-# 5. Save a Hub-ready folder (config, safetensors weights, model card) and load it back.
-export_dir = output_dir / "model"
-model.save_pretrained(export_dir)
+# 5. Export a Hub-ready folder (config, safetensors weights, self-contained modeling code, model card)
+#    and load it back through the remote code, as someone without hf-seqplugins installed would.
+export_dir = hf_seqplugins.export(model, output_dir / "model")
 card = ModelCard.from_template(
     ModelCardData(library_name="transformers", pipeline_tag="text-generation", tags=["hf-seqplugins", args.model_type]),
     model_id=f"{args.model_type}-pydoc-bytes",
@@ -77,6 +77,6 @@ card = ModelCard.from_template(
     f"for {args.max_steps} steps on Python's documentation topics: {bits_per_byte:.3f} bits per byte on held-out text.",
 )
 card.save(export_dir / "README.md")
-reloaded = AutoModelForCausalLM.from_pretrained(export_dir).eval()
+reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
 assert torch.equal(reloaded.generate(prompt, max_new_tokens=120, do_sample=False), generated), "reloaded model generates differently"
-print(f"saved to {export_dir} and reloaded: identical generations")
+print(f"exported to {export_dir} and reloaded with trust_remote_code: identical generations")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .backends import BackendUnavailableError, Operator, use_backend
 from .cache import read_state, write_state
 from .configuration import SeqConfig
+from .export import export
 from .modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel, SeqPreTrainedModel
 from .registry import Architecture, DuplicateModelTypeError, PluginLoadWarning, hookimpl, load_plugins
 
@@ -31,6 +32,7 @@ __all__ = [
     "SeqModel",
     "SeqPreTrainedModel",
     "available_architectures",
+    "export",
     "hookimpl",
     "load_plugins",
     "read_state",

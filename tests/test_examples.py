@@ -14,7 +14,7 @@ def test_quickstart_trains_evaluates_generates_saves_and_reloads(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bits per byte" in result.stdout
-    assert "reloaded: identical generations" in result.stdout
+    assert "reloaded with trust_remote_code: identical generations" in result.stdout
     model_dir = tmp_path / "model"
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "seqp_plugins_rnn_modeling.py"} <= {p.name for p in model_dir.iterdir()}
     assert "library_name: transformers" in (model_dir / "README.md").read_text()

@@ -15,7 +15,10 @@ _DTYPE = {torch.float32: "float32", torch.float64: "float64"}
 
 def headwise_rnn(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp):
     """See `hf_seqplugins.kernels.rnn.headwise_rnn`; refuses what FlashRNN does not compute."""
-    from flashrnn import flashrnn
+    try:  # optional peer; a `try` also keeps it out of exported remote code's requirements
+        from flashrnn import flashrnn
+    except ImportError as error:
+        raise BackendUnavailableError("the peer library `flashrnn` is not installed (pip install 'hf-seqplugins[peers]')") from error
 
     if cell not in _FUNCTION:
         raise BackendUnavailableError(f"flashrnn has no {cell!r} cell (it offers {sorted(_FUNCTION)})")

@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import triton
-import triton.language as tl
+
+try:  # in a `try` so exported remote code does not list Triton as a hard requirement
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
 from hf_seqplugins.backends import BackendUnavailableError
 

@@ -1,0 +1,111 @@
+"""Export a model as a folder that loads with `trust_remote_code=True` where hf_seqplugins is absent.
+
+transformers copies only flat `.py` files next to `config.json`, found through flat relative imports
+(`from .x import y`). The exporter therefore gathers every module of this package that the model's
+classes import (their plugin, the core pieces and the kernels), writes each as one flat file named
+after its dotted path (`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_cells.py`), and rewrites
+the imports between them into flat relative ones. `config.json` gets an `auto_map` for every Auto
+class the architecture supports, so the same folder also loads natively when the plugin is installed.
+
+Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries)
+sit in `try` blocks, which transformers' dependency check skips.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from .registry import load_plugins
+
+PACKAGE = "hf_seqplugins"
+FLAT_PREFIX = "seqp_"
+
+
+def flat_name(module: str) -> str:
+    """`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_cells`."""
+    return FLAT_PREFIX + module[len(PACKAGE) + 1 :].replace(".", "_")
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
+    if node.level == 0:
+        return node.module
+    package_parts = module.split(".") if is_package else module.split(".")[:-1]
+    base = package_parts[: len(package_parts) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _package_imports(module: str) -> list[tuple[ast.ImportFrom, str]]:
+    """The `from ... import` statements of `module` that reach into this package, with their absolute targets."""
+    loaded = importlib.import_module(module)
+    is_package = hasattr(loaded, "__path__")
+    tree = ast.parse(Path(loaded.__file__).read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == PACKAGE for alias in node.names):
+            raise ValueError(f"{module}: write `from {PACKAGE}... import name` instead of `import {PACKAGE}...` so it can be exported")
+        if isinstance(node, ast.ImportFrom):
+            target = _absolute(node, module, is_package)
+            if target and (target == PACKAGE or target.startswith(PACKAGE + ".")):
+                if target == PACKAGE or not importlib.util.find_spec(target):
+                    raise ValueError(f"{module}: import the defining module directly (not {target!r}) so it can be exported")
+                found.append((node, target))
+    return found
+
+
+def collect_modules(classes: list[type]) -> list[str]:
+    """Every module of this package reachable by imports from the modules defining `classes`."""
+    pending = [cls.__module__ for cls in classes]
+    seen: list[str] = []
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.append(module)
+        pending.extend(target for _, target in _package_imports(module))
+    return sorted(seen)
+
+
+def flatten_source(module: str) -> str:
+    """The source of `module` with its imports of this package rewritten as flat relative imports."""
+    loaded = importlib.import_module(module)
+    lines = Path(loaded.__file__).read_text().splitlines(keepends=True)
+    for node, target in _package_imports(module):
+        index = node.lineno - 1
+        lines[index] = re.sub(r"from\s+\S+\s+import", f"from .{flat_name(target)} import", lines[index], count=1)
+    return "".join(lines)
+
+
+def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, str]:
+    """Write the flat modules next to the saved config and return the `auto_map` written into config.json."""
+    out_dir = Path(out_dir)
+    architecture = load_plugins().get(model.config.model_type)
+    if architecture is None:
+        raise ValueError(f"model_type {model.config.model_type!r} is not a registered hf_seqplugins architecture")
+    classes = [architecture.config_class, *architecture.model_classes.values()]
+    for module in collect_modules(classes):
+        (out_dir / f"{flat_name(module)}.py").write_text(flatten_source(module))
+    auto_map = {"AutoConfig": f"{flat_name(architecture.config_class.__module__)}.{architecture.config_class.__name__}"}
+    for auto_name, cls in architecture.model_classes.items():
+        auto_map[auto_name] = f"{flat_name(cls.__module__)}.{cls.__name__}"
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = auto_map
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return auto_map
+
+
+def export(model: PreTrainedModel, out_dir: str | Path) -> Path:
+    """Save `model` (safetensors weights, config) with self-contained remote code into `out_dir`.
+
+    The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the
+    other Auto classes the architecture supports) in an environment with only torch and transformers.
+    """
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    write_remote_code(model, out_dir)
+    return out_dir

@@ -1,0 +1,86 @@
+"""Exported folders load with trust_remote_code in an interpreter that cannot import hf_seqplugins."""
+import json
+import os
+import site
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_seqplugins.export import export
+from hf_seqplugins.registry import load_plugins
+from hf_seqplugins.testing import tiny_config
+
+BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")
+
+CLEAN_LOADER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    assert importlib.util.find_spec("hf_seqplugins") is None, "hf_seqplugins is importable: the check proves nothing"
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    folder = sys.argv[1]
+    ids = torch.load(folder + "/ids.pt")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "hf_seqplugins" not in sys.modules
+    with torch.no_grad():
+        result = {
+            "config": type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__,
+            "base": type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__,
+            "classifier": type(AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)).__name__,
+        }
+        torch.save({"logits": model(ids).logits, "generated": model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)},
+                   folder + "/clean.pt")
+    print(json.dumps(result))
+    """
+)
+
+
+def clean_environment(tmp_path) -> dict:
+    """Environment for an interpreter started with -S: site-packages on PYTHONPATH but no .pth hooks,
+    so the editable install of hf_seqplugins is invisible while torch and transformers import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_SEQPLUGINS"))}
+    env.update(PYTHONPATH=os.pathsep.join(site.getsitepackages()), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    return env
+
+
+@pytest.mark.parametrize("model_type", BUILT_IN)
+def test_export_loads_without_the_package(model_type, tmp_path):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, initializer_range=0.3)).eval()
+    folder = export(model, tmp_path / "export")
+    assert (folder / "model.safetensors").exists()
+    assert not list(folder.glob("*.bin"))
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"} <= set(auto_map)
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, folder / "ids.pt")
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-S", "-c", CLEAN_LOADER, str(folder)], cwd=work, env=clean_environment(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    classes = json.loads(result.stdout.strip().splitlines()[-1])
+    architecture = load_plugins()[model_type]
+    assert classes == {
+        "config": architecture.config_class.__name__,
+        "base": architecture.model_classes["AutoModel"].__name__,
+        "classifier": architecture.model_classes["AutoModelForSequenceClassification"].__name__,
+    }
+    clean = torch.load(folder / "clean.pt")
+    with torch.no_grad():
+        assert torch.equal(clean["logits"], model(ids).logits)
+        assert torch.equal(clean["generated"], model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False))
+
+
+def test_exported_folder_loads_natively_when_the_plugin_is_installed(tmp_path):
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru")).eval()
+    folder = export(model, tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(loaded) is type(model)
+    ids = torch.randint(0, 32, (1, 4))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
