@@ -11,4 +11,5 @@ setup(
     packages=find_packages(include=["hf_seqplugins", "hf_seqplugins.*"])
     + packages_under("hf_seqplugins.plugins", "plugins")
     + packages_under("hf_seqplugins.kernels", "kernels")
+    + ["hf_seqplugins.model_cards"]
 )

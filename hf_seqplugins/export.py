@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
+from .model_card import render_model_card
 from .registry import load_plugins
 
 PACKAGE = "hf_seqplugins"
@@ -99,13 +100,15 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
     return auto_map
 
 
-def export(model: PreTrainedModel, out_dir: str | Path) -> Path:
-    """Save `model` (safetensors weights, config) with self-contained remote code into `out_dir`.
+def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, **card_fields) -> Path:
+    """Save `model` (safetensors weights, config) with self-contained remote code and a model card.
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the
     other Auto classes the architecture supports) in an environment with only torch and transformers.
+    `repo_id` and `card_fields` (license, datasets, results, training) go to `render_model_card`.
     """
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     write_remote_code(model, out_dir)
+    render_model_card(model, repo_id=repo_id, **card_fields).save(out_dir / "README.md")
     return out_dir

@@ -50,6 +50,8 @@ class Architecture:
         model_classes: Auto-class name (one of `AUTO_CLASSES`) -> model class.
         tiny_config: overrides giving a small, fast config for tests and demos.
         description: one line for listings and model cards.
+        model_card_template: path of a Jinja template for the model card's architecture section
+            (rendered with `config`); default: `model_cards/<model_type>.md`, else `description`.
     """
 
     model_type: str
@@ -57,6 +59,7 @@ class Architecture:
     model_classes: dict[str, type]
     tiny_config: dict = field(default_factory=dict)
     description: str = ""
+    model_card_template: str | None = None
     distribution: str = "unknown"
 
 

@@ -84,3 +84,21 @@ def test_exported_folder_loads_natively_when_the_plugin_is_installed(tmp_path):
     assert type(loaded) is type(model)
     ids = torch.randint(0, 32, (1, 4))
     assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("model_type", BUILT_IN)
+def test_export_writes_a_model_card_that_parses_back(model_type, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    results = [{"dataset": "pydoc topics", "metric": "bits_per_byte", "value": 1.75, "split": "test"}]
+    export(model, tmp_path, repo_id="someone/tiny", datasets=["pydoc"], results=results, training="Two steps.")
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
+    assert model_type in data["tags"] and data["datasets"] == ["pydoc"]
+    metric = data["model-index"][0]["results"][0]["metrics"][0]
+    assert (metric["type"], metric["value"]) == ("bits_per_byte", 1.75)
+    assert "FlashRNN: Optimizing Traditional RNNs on Modern Hardware" in card.text
+    assert 'from_pretrained("someone/tiny", trust_remote_code=True)' in card.text
+    assert "Two steps." in card.text and f"| `hidden_size` | `{model.config.hidden_size}` |" in card.text
