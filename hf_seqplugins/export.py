@@ -7,8 +7,9 @@ after its dotted path (`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_ce
 the imports between them into flat relative ones. `config.json` gets an `auto_map` for every Auto
 class the architecture supports, so the same folder also loads natively when the plugin is installed.
 
-Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries)
-sit in `try` blocks, which transformers' dependency check skips.
+Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries,
+this package itself) sit in `try` blocks, which transformers' dependency check skips and the exporter
+leaves untouched.
 """
 from __future__ import annotations
 
@@ -40,13 +41,22 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _nodes_outside_try(node: ast.AST):
+    """Every node below `node` except inside `try` blocks, which (as in transformers' own check) hold
+    optional imports: they are left as they are and not followed."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, ast.Try):
+            yield child
+            yield from _nodes_outside_try(child)
+
+
 def _package_imports(module: str) -> list[tuple[ast.ImportFrom, str]]:
     """The `from ... import` statements of `module` that reach into this package, with their absolute targets."""
     loaded = importlib.import_module(module)
     is_package = hasattr(loaded, "__path__")
     tree = ast.parse(Path(loaded.__file__).read_text())
     found = []
-    for node in ast.walk(tree):
+    for node in _nodes_outside_try(tree):
         if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == PACKAGE for alias in node.names):
             raise ValueError(f"{module}: write `from {PACKAGE}... import name` instead of `import {PACKAGE}...` so it can be exported")
         if isinstance(node, ast.ImportFrom):
@@ -101,14 +111,13 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
 
 
 def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, **card_fields) -> Path:
-    """Save `model` (safetensors weights, config) with self-contained remote code and a model card.
+    """Save `model` (safetensors weights, config, self-contained remote code) and a model card.
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the
     other Auto classes the architecture supports) in an environment with only torch and transformers.
     `repo_id` and `card_fields` (license, datasets, results, training) go to `render_model_card`.
     """
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    write_remote_code(model, out_dir)
+    model.save_pretrained(out_dir)  # writes the remote code too (SeqPreTrainedModel.save_pretrained)
     render_model_card(model, repo_id=repo_id, **card_fields).save(out_dir / "README.md")
     return out_dir

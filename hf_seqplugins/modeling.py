@@ -87,6 +87,18 @@ class SeqPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SeqBlock"]
     _is_stateful = True
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the self-contained remote code (see `hf_seqplugins.export`),
+        so every saved folder (and `push_to_hub`) loads with `trust_remote_code=True` without this package."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        try:
+            from hf_seqplugins.export import write_remote_code
+        except ImportError:  # running from exported remote code: transformers copies those files itself
+            return
+        write_remote_code(self, save_directory)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if hasattr(module, "init_mixer_weights"):

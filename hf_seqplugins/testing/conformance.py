@@ -175,6 +175,8 @@ def test_save_and_load_round_trip(model_type, tmp_path):
     model = _causal_lm(model_type)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
+    auto_map = AutoConfig.from_pretrained(tmp_path).auto_map
+    assert set(load_plugins()[model_type].model_classes) | {"AutoConfig"} <= set(auto_map), "save_pretrained must write remote code"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     ids = _tokens(model.config)
