@@ -14,6 +14,7 @@ from .backends import BackendUnavailableError, Operator, use_backend
 from .cache import read_state, write_state
 from .configuration import SeqConfig
 from .export import export
+from .hub import PushError, push_to_hub
 from .modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel, SeqPreTrainedModel
 from .registry import Architecture, DuplicateModelTypeError, PluginLoadWarning, hookimpl, load_plugins
 
@@ -26,6 +27,7 @@ __all__ = [
     "DuplicateModelTypeError",
     "Operator",
     "PluginLoadWarning",
+    "PushError",
     "SeqConfig",
     "SeqForCausalLM",
     "SeqForSequenceClassification",
@@ -35,6 +37,7 @@ __all__ = [
     "export",
     "hookimpl",
     "load_plugins",
+    "push_to_hub",
     "read_state",
     "use_backend",
     "write_state",
