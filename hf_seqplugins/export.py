@@ -1,10 +1,11 @@
 """Export a model as a folder that loads with `trust_remote_code=True` where hf_seqplugins is absent.
 
 transformers copies only flat `.py` files next to `config.json`, found through flat relative imports
-(`from .x import y`). The exporter therefore gathers every module of this package that the model's
-classes import (their plugin, the core pieces and the kernels), writes each as one flat file named
-after its dotted path (`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_cells.py`), and rewrites
-the imports between them into flat relative ones. `config.json` gets an `auto_map` for every Auto
+(`from .x import y`). The exporter therefore gathers every module that the model's classes import
+from this package and from the plugin's own package (the plugin, the core pieces and the kernels),
+writes each as one flat file named after its dotted path (`hf_seqplugins.kernels.rnn.cells` ->
+`seqp_kernels_rnn_cells.py`), and rewrites the imports between them into flat relative ones (names
+imported from a package's `__init__` are imported from the module that defines them). `config.json` gets an `auto_map` for every Auto
 class the architecture supports, so the same folder also loads natively when the plugin is installed.
 
 Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import re
+import types
 from pathlib import Path
 
 from transformers import PreTrainedModel
@@ -29,8 +30,10 @@ FLAT_PREFIX = "seqp_"
 
 
 def flat_name(module: str) -> str:
-    """`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_cells`."""
-    return FLAT_PREFIX + module[len(PACKAGE) + 1 :].replace(".", "_")
+    """`hf_seqplugins.kernels.rnn.cells` -> `seqp_kernels_rnn_cells`; a plugin's `pkg.modeling` -> `pkg_modeling`."""
+    if module.startswith(PACKAGE + "."):
+        return FLAT_PREFIX + module[len(PACKAGE) + 1 :].replace(".", "_")
+    return module.replace(".", "_")
 
 
 def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
@@ -50,26 +53,45 @@ def _nodes_outside_try(node: ast.AST):
             yield from _nodes_outside_try(child)
 
 
-def _package_imports(module: str) -> list[tuple[ast.ImportFrom, str]]:
-    """The `from ... import` statements of `module` that reach into this package, with their absolute targets."""
+def _is_exported(module: str, packages: set[str]) -> bool:
+    return module.split(".")[0] in packages
+
+
+def _defining_module(package: str, name: str) -> str:
+    """The module to import `name` from instead of `package`'s `__init__` (e.g. `hf_seqplugins.SeqModel`):
+    the one defining it, or the package itself for plain values (its `__init__` is exported too, except
+    this package's top level, which loads the plugin registry)."""
+    value = getattr(importlib.import_module(package), name)
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    if isinstance(value, (type, types.FunctionType)):  # an instance's __module__ would name its class's module
+        return value.__module__
+    if package == PACKAGE:
+        raise ValueError(f"cannot tell which module defines {package}.{name}; import it from its module")
+    return package
+
+
+def _package_imports(module: str, packages: set[str]) -> list[tuple[ast.ImportFrom, list[tuple[str, ast.alias]]]]:
+    """The `from ... import` statements of `module` into `packages`, each with (defining module, alias) per name."""
     loaded = importlib.import_module(module)
     is_package = hasattr(loaded, "__path__")
     tree = ast.parse(Path(loaded.__file__).read_text())
     found = []
     for node in _nodes_outside_try(tree):
-        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == PACKAGE for alias in node.names):
-            raise ValueError(f"{module}: write `from {PACKAGE}... import name` instead of `import {PACKAGE}...` so it can be exported")
+        if isinstance(node, ast.Import) and any(_is_exported(alias.name, packages) for alias in node.names):
+            raise ValueError(f"{module}: write `from x import name` instead of `import x` for {packages} so it can be exported")
         if isinstance(node, ast.ImportFrom):
             target = _absolute(node, module, is_package)
-            if target and (target == PACKAGE or target.startswith(PACKAGE + ".")):
-                if target == PACKAGE or not importlib.util.find_spec(target):
-                    raise ValueError(f"{module}: import the defining module directly (not {target!r}) so it can be exported")
-                found.append((node, target))
+            if target and _is_exported(target, packages):
+                is_init = hasattr(importlib.import_module(target), "__path__")
+                names = [(_defining_module(target, a.name) if is_init else target, a) for a in node.names]
+                found.append((node, names))
     return found
 
 
 def collect_modules(classes: list[type]) -> list[str]:
-    """Every module of this package reachable by imports from the modules defining `classes`."""
+    """Every module of this package and of the classes' own packages reachable by imports from `classes`."""
+    packages = {PACKAGE} | {cls.__module__.split(".")[0] for cls in classes}
     pending = [cls.__module__ for cls in classes]
     seen: list[str] = []
     while pending:
@@ -77,17 +99,21 @@ def collect_modules(classes: list[type]) -> list[str]:
         if module in seen:
             continue
         seen.append(module)
-        pending.extend(target for _, target in _package_imports(module))
+        pending.extend(target for _, names in _package_imports(module, packages) for target, _ in names)
     return sorted(seen)
 
 
-def flatten_source(module: str) -> str:
-    """The source of `module` with its imports of this package rewritten as flat relative imports."""
+def flatten_source(module: str, packages: set[str]) -> str:
+    """The source of `module` with its imports of `packages` rewritten as flat relative imports."""
     loaded = importlib.import_module(module)
     lines = Path(loaded.__file__).read_text().splitlines(keepends=True)
-    for node, target in _package_imports(module):
-        index = node.lineno - 1
-        lines[index] = re.sub(r"from\s+\S+\s+import", f"from .{flat_name(target)} import", lines[index], count=1)
+    for node, names in sorted(_package_imports(module, packages), key=lambda item: -item[0].lineno):
+        indent = " " * node.col_offset
+        by_module: dict[str, list[str]] = {}
+        for target, alias in names:
+            by_module.setdefault(target, []).append(alias.name + (f" as {alias.asname}" if alias.asname else ""))
+        statements = [f"{indent}from .{flat_name(target)} import {', '.join(aliases)}\n" for target, aliases in by_module.items()]
+        lines[node.lineno - 1 : node.end_lineno] = statements
     return "".join(lines)
 
 
@@ -98,8 +124,9 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
     if architecture is None:
         raise ValueError(f"model_type {model.config.model_type!r} is not a registered hf_seqplugins architecture")
     classes = [architecture.config_class, *architecture.model_classes.values()]
+    packages = {PACKAGE} | {cls.__module__.split(".")[0] for cls in classes}
     for module in collect_modules(classes):
-        (out_dir / f"{flat_name(module)}.py").write_text(flatten_source(module))
+        (out_dir / f"{flat_name(module)}.py").write_text(flatten_source(module, packages))
     auto_map = {"AutoConfig": f"{flat_name(architecture.config_class.__module__)}.{architecture.config_class.__name__}"}
     for auto_name, cls in architecture.model_classes.items():
         auto_map[auto_name] = f"{flat_name(cls.__module__)}.{cls.__name__}"
