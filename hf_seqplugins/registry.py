@@ -21,6 +21,9 @@ import pluggy
 ENTRY_POINT_GROUP = "hf_seqplugins"
 ALLOW_LIST_ENV_VAR = "HF_SEQPLUGINS_PLUGINS"
 MODEL_TYPE_PREFIX = "seqp_"
+# The plugin API (hookspecs, Architecture, the Seq* base classes, Operator) that plugins declare they target.
+# It changes only when a plugin written for the previous version could break; such plugins are refused.
+PLUGIN_API_VERSION = 1
 AUTO_CLASSES = (
     "AutoModel",
     "AutoModelForCausalLM",
@@ -48,6 +51,8 @@ class Architecture:
         model_type: the config's `model_type`, starting with ``seqp_``.
         config_class: its `SeqConfig` subclass.
         model_classes: Auto-class name (one of `AUTO_CLASSES`) -> model class.
+        api_version: the plugin API version the plugin was written for: write the number (e.g. ``1``),
+            not `PLUGIN_API_VERSION`, so an incompatible installation can refuse it.
         tiny_config: overrides giving a small, fast config for tests and demos.
         description: one line for listings and model cards.
         model_card_template: path of a Jinja template for the model card's architecture section
@@ -57,6 +62,7 @@ class Architecture:
     model_type: str
     config_class: type
     model_classes: dict[str, type]
+    api_version: int = field(kw_only=True)
     tiny_config: dict = field(default_factory=dict)
     description: str = ""
     model_card_template: str | None = None
@@ -78,6 +84,11 @@ def _distribution_name(entry_point: EntryPoint) -> str:
 def _check(architecture: object) -> Architecture:
     if not isinstance(architecture, Architecture):
         raise TypeError(f"the hook returned {type(architecture).__name__}, expected hf_seqplugins.Architecture")
+    if architecture.api_version != PLUGIN_API_VERSION:
+        raise ValueError(
+            f"{architecture.model_type!r} was written for hf_seqplugins plugin API version {architecture.api_version}, "
+            f"this installation provides version {PLUGIN_API_VERSION}: install a release of the plugin or of hf-seqplugins that match"
+        )
     if not architecture.model_type.startswith(MODEL_TYPE_PREFIX):
         raise ValueError(
             f"model_type {architecture.model_type!r} must start with {MODEL_TYPE_PREFIX!r} "

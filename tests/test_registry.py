@@ -38,7 +38,7 @@ class ToyForCausalLM(SeqForCausalLM):
 @hookimpl
 def seqplugins_architectures():
     return [Architecture("{model_type}", ToyConfig, {{"AutoModel": ToyModel, "AutoModelForCausalLM": ToyForCausalLM}},
-                         tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
+                         api_version={api_version}, tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
 """
 
 
@@ -85,7 +85,7 @@ def test_registration_is_idempotent():
 
 
 def test_third_party_plugin_loads_and_builds(make_distribution):
-    eps = make_distribution("toy-plugin", "toy_plugin_ok", GOOD_PLUGIN.format(model_type="seqp_toy"))
+    eps = make_distribution("toy-plugin", "toy_plugin_ok", GOOD_PLUGIN.format(model_type="seqp_toy", api_version=1))
     found = discover(eps)
     assert found["seqp_toy"].distribution == "toy-plugin"
     register_with_transformers(found)
@@ -101,8 +101,14 @@ def test_broken_plugin_is_skipped_with_a_warning_naming_it(make_distribution):
 
 
 def test_plugin_without_prefix_is_skipped(make_distribution):
-    eps = make_distribution("bad-prefix", "bad_prefix_mod", GOOD_PLUGIN.format(model_type="mamba2"))
+    eps = make_distribution("bad-prefix", "bad_prefix_mod", GOOD_PLUGIN.format(model_type="mamba2", api_version=1))
     with pytest.warns(PluginLoadWarning, match="must start with 'seqp_'"):
+        assert discover(eps) == {}
+
+
+def test_plugin_for_another_api_version_is_refused(make_distribution):
+    eps = make_distribution("future-plugin", "future_plugin_mod", GOOD_PLUGIN.format(model_type="seqp_future", api_version=2))
+    with pytest.warns(PluginLoadWarning, match=r"future-plugin.*plugin API version 2.*provides version 1"):
         assert discover(eps) == {}
 
 
@@ -113,13 +119,13 @@ def test_module_without_hook_is_skipped(make_distribution):
 
 
 def test_duplicate_model_type_names_both_distributions(make_distribution):
-    eps = make_distribution("copycat", "copycat_mod", GOOD_PLUGIN.format(model_type="seqp_lstm"))
+    eps = make_distribution("copycat", "copycat_mod", GOOD_PLUGIN.format(model_type="seqp_lstm", api_version=1))
     with pytest.raises(DuplicateModelTypeError, match=r"hf-seqplugins.*copycat"):
         discover(_builtin_entry_points() + eps)
 
 
 def test_allow_list_restricts_loading(make_distribution, monkeypatch):
-    eps = make_distribution("toy-plugin2", "toy_plugin_two", GOOD_PLUGIN.format(model_type="seqp_toy2"))
+    eps = make_distribution("toy-plugin2", "toy_plugin_two", GOOD_PLUGIN.format(model_type="seqp_toy2", api_version=1))
     monkeypatch.setenv(ALLOW_LIST_ENV_VAR, "toy-plugin2")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -17,6 +17,7 @@ def _architecture(model_type, config_class, prefix, description, **tiny_override
             "AutoModelForCausalLM": getattr(m, f"{prefix}ForCausalLM"),
             "AutoModelForSequenceClassification": getattr(m, f"{prefix}ForSequenceClassification"),
         },
+        api_version=1,
         tiny_config={**TINY, **tiny_overrides},
         description=description,
     )
