@@ -15,11 +15,13 @@ from hf_seqplugins.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
 BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")
+ALL = sorted(load_plugins())
 
 CLEAN_LOADER = textwrap.dedent(
     """
     import importlib.util, json, sys
-    assert importlib.util.find_spec("hf_seqplugins") is None, "hf_seqplugins is importable: the check proves nothing"
+    for package in ("hf_seqplugins", sys.argv[2]):
+        assert importlib.util.find_spec(package) is None, f"{package} is importable: the check proves nothing"
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
     folder = sys.argv[1]
@@ -50,8 +52,9 @@ def clean_environment(tmp_path) -> dict:
     return env
 
 
-@pytest.mark.parametrize("model_type", BUILT_IN)
+@pytest.mark.parametrize("model_type", ALL)
 def test_export_loads_without_the_package(model_type, tmp_path):
+    """Built-in and third-party architectures alike: neither this package nor the plugin's is importable."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, initializer_range=0.3)).eval()
     folder = export(model, tmp_path / "export")
@@ -64,7 +67,8 @@ def test_export_loads_without_the_package(model_type, tmp_path):
 
     work = tmp_path / "cwd"
     work.mkdir()
-    result = subprocess.run([sys.executable, "-S", "-c", CLEAN_LOADER, str(folder)], cwd=work, env=clean_environment(tmp_path),
+    plugin_package = load_plugins()[model_type].config_class.__module__.split(".")[0]
+    result = subprocess.run([sys.executable, "-S", "-c", CLEAN_LOADER, str(folder), plugin_package], cwd=work, env=clean_environment(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     classes = json.loads(result.stdout.strip().splitlines()[-1])

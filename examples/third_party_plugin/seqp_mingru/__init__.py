@@ -1,0 +1,1 @@
+"""minGRU as an hf-seqplugins plugin (see README.md)."""
