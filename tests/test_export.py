@@ -109,3 +109,33 @@ def test_export_writes_a_model_card_that_parses_back(model_type, tmp_path):
     assert "FlashRNN: Optimizing Traditional RNNs on Modern Hardware" in card.text
     assert 'from_pretrained("someone/tiny", trust_remote_code=True)' in card.text
     assert "Two steps." in card.text and f"| `hidden_size` | `{model.config.hidden_size}` |" in card.text
+
+
+HUB_LOADER = textwrap.dedent(
+    """
+    import importlib.util, sys
+    assert importlib.util.find_spec("hf_seqplugins") is None
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained("someone/tiny-gru", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.save(model(torch.arange(6)[None] % 32).logits, sys.argv[1])
+    """
+)
+
+
+def test_repository_id_loads_from_the_offline_hub_cache(tmp_path):
+    """A snapshot laid out as huggingface_hub lays it (refs/main -> snapshots/<commit>) loads by repo id offline."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru")).eval()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gru"
+    export(model, repo / "snapshots" / commit, repo_id="someone/tiny-gru")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = clean_environment(tmp_path) | {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run([sys.executable, "-S", "-c", HUB_LOADER, str(tmp_path / "logits.pt")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), model(torch.arange(6)[None] % 32).logits)
