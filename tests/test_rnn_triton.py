@@ -198,3 +198,11 @@ def test_head_size_above_limit_is_refused():
     recurrent_weight = torch.randn(1, 1, 65, 65, device=DEVICE)
     with pytest.raises(BackendUnavailableError, match="head size 65 exceeds 64"):
         headwise_rnn("elman_tanh", gates_x, recurrent_weight, backend="triton")
+
+
+def test_cpu_inputs_need_the_interpreter_from_the_first_import(monkeypatch):
+    from hf_seqplugins.kernels.rnn import triton_impl
+
+    monkeypatch.setattr(triton_impl, "INTERPRETED", False)
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET was not 1"):
+        headwise_rnn("gru", torch.randn(1, 2, 3, 1, 4), torch.randn(3, 1, 4, 4), backend="triton")

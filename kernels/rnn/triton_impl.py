@@ -20,6 +20,7 @@ Gate math and states use the dtype of the (validated) inputs: float32, or float6
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -35,6 +36,8 @@ from .cells import NUM_GATES, NUM_STATES
 
 __all__ = ["MAX_HEAD_DIM", "headwise_rnn", "unsupported_reason"]
 
+# triton.jit picks the interpreter when the kernels are defined, i.e. when this module is first imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HEAD_DIM = 64
 BLOCK_B = 16
 MIN_DOT_SIZE = 16
@@ -473,6 +476,9 @@ def unsupported_reason(
     normalizer_clamp: bool,
 ) -> str | None:
     """None when the Triton kernels can compute these (validated) inputs, else why not."""
+    if gates_x.device.type != "cuda" and not INTERPRETED:
+        return ("the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when "
+                "hf_seqplugins.kernels.rnn.triton_impl was first imported); set it before that import to run on CPU")
     if projection is not None:
         return f"the LSTM projection (proj_size={projection.shape[1]}) is not supported by the Triton kernel; use backend 'torch'"
     head_dim = gates_x.shape[-1]
