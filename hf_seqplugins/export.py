@@ -137,8 +137,8 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
     return auto_map
 
 
-def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, **card_fields) -> Path:
-    """Save `model` (safetensors weights, config, self-contained remote code) and a model card.
+def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, tokenizer=None, **card_fields) -> Path:
+    """Save `model` (safetensors weights, config, self-contained remote code), its `tokenizer` if given, and a model card.
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the
     other Auto classes the architecture supports) in an environment with only torch and transformers.
@@ -146,5 +146,7 @@ def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = No
     """
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)  # writes the remote code too (SeqPreTrainedModel.save_pretrained)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
     render_model_card(model, repo_id=repo_id, **card_fields).save(out_dir / "README.md")
     return out_dir

@@ -1,12 +1,26 @@
-"""The README's main job (examples/quickstart.py) end to end, at a few training steps."""
+"""The README's main job (examples/quickstart.py) end to end at a few steps, and its export used as a
+stranger would: `pipeline("text-generation")` in an interpreter that cannot import hf_seqplugins."""
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+
+from test_export import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
+PIPELINE = textwrap.dedent(
+    """
+    import importlib.util, sys
+    assert importlib.util.find_spec("hf_seqplugins") is None
+    from transformers import pipeline
+    generator = pipeline("text-generation", model=sys.argv[1], trust_remote_code=True)
+    print(repr(generator("The function ", max_new_tokens=40, do_sample=False)[0]["generated_text"]))
+    """
+)
 
-def test_quickstart_trains_evaluates_generates_saves_and_reloads(tmp_path):
+
+def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--max-steps", "4", "--block-size", "64",
          "--model-type", "seqp_gru", "--output-dir", str(tmp_path)],
@@ -16,5 +30,12 @@ def test_quickstart_trains_evaluates_generates_saves_and_reloads(tmp_path):
     assert "bits per byte" in result.stdout
     assert "reloaded with trust_remote_code: identical generations" in result.stdout
     model_dir = tmp_path / "model"
-    assert {"config.json", "model.safetensors", "README.md", "seqp_plugins_rnn_modeling.py"} <= {p.name for p in model_dir.iterdir()}
+    expected = {"config.json", "model.safetensors", "README.md", "tokenizer_config.json", "seqp_plugins_rnn_modeling.py"}
+    assert expected <= {p.name for p in model_dir.iterdir()}
     assert "library_name: transformers" in (model_dir / "README.md").read_text()
+
+    in_package = next(line for line in result.stdout.splitlines() if line.startswith("pipeline on the export: "))
+    clean = subprocess.run([sys.executable, "-S", "-c", PIPELINE, str(model_dir)], cwd=tmp_path, env=clean_environment(tmp_path),
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert clean.stdout.strip().splitlines()[-1] == in_package.removeprefix("pipeline on the export: ")
