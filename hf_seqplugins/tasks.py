@@ -1,0 +1,105 @@
+"""Synthetic probes of the recurrent-model literature as seeded `datasets.Dataset`s (no downloads).
+
+Every row has `input_ids` and `labels` of one length; labels are -100 except at the answer tokens, so a
+causal LM's loss (labels shifted inside the model) and `recall_accuracy` score only the answers.
+
+- `mqar`: multi-query associative recall (key-value pairs, then queries of some keys).
+- `selective_copying`: data tokens scattered among blanks, to be reproduced in order after a marker.
+- `modular_counting`: the running sum of the inputs modulo m at the end (parity for m = 2): state tracking.
+- `passkey`: a number hidden in filler text (byte tokens), asked for at the end; grow `length` to probe
+  state capacity and length extrapolation.
+"""
+from __future__ import annotations
+
+import random
+
+from datasets import Dataset
+
+from .data import byte_tokenizer, pydoc_corpus
+
+IGNORE = -100
+
+
+def _answer_labels(tokens: list[int], answer_positions: list[int]) -> list[int]:
+    labels = [IGNORE] * len(tokens)
+    for position in answer_positions:
+        labels[position] = tokens[position]
+    return labels
+
+
+def _dataset(rows: list[tuple[list[int], list[int]]]) -> Dataset:
+    return Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+
+
+def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_keys: int = 32, num_values: int = 32, seed: int = 0) -> Dataset:
+    """Tokens: keys `[0, num_keys)`, values `[num_keys, num_keys + num_values)`. Row: `k1 v1 ... kN vN q1 a1 ... qQ aQ`
+    with distinct keys; each query is one of the keys and its answer the paired value. Vocabulary: keys + values."""
+    if num_queries > num_pairs or num_pairs > num_keys:
+        raise ValueError(f"need num_queries <= num_pairs <= num_keys, got {num_queries}, {num_pairs}, {num_keys}")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_examples):
+        keys = rng.sample(range(num_keys), num_pairs)
+        values = [num_keys + rng.randrange(num_values) for _ in keys]
+        tokens = [t for pair in zip(keys, values) for t in pair]
+        answers = []
+        for index in rng.sample(range(num_pairs), num_queries):
+            tokens += [keys[index], values[index]]
+            answers.append(len(tokens) - 1)
+        rows.append((tokens, _answer_labels(tokens, answers)))
+    return _dataset(rows)
+
+
+def selective_copying(num_examples: int = 256, length: int = 32, num_data: int = 4, num_symbols: int = 8, seed: int = 0) -> Dataset:
+    """Tokens: 0 blank, 1 marker, data symbols `[2, 2 + num_symbols)`. Row: `length` positions holding `num_data`
+    symbols at random places among blanks, the marker, then the symbols in order (the answers)."""
+    if num_data > length:
+        raise ValueError(f"num_data ({num_data}) cannot exceed length ({length})")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_examples):
+        symbols = [2 + rng.randrange(num_symbols) for _ in range(num_data)]
+        tokens = [0] * length
+        for position, symbol in zip(sorted(rng.sample(range(length), num_data)), symbols):
+            tokens[position] = symbol
+        tokens += [1, *symbols]
+        rows.append((tokens, _answer_labels(tokens, list(range(length + 1, len(tokens))))))
+    return _dataset(rows)
+
+
+def modular_counting(num_examples: int = 256, length: int = 16, modulus: int = 2, seed: int = 0) -> Dataset:
+    """Tokens: inputs `[0, modulus)`, query `modulus`, answers `[modulus + 1, 2 * modulus + 1)`. Row: `length`
+    inputs, the query, then the sum of the inputs modulo `modulus` (parity for 2)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_examples):
+        inputs = [rng.randrange(modulus) for _ in range(length)]
+        tokens = [*inputs, modulus, modulus + 1 + sum(inputs) % modulus]
+        rows.append((tokens, _answer_labels(tokens, [len(tokens) - 1])))
+    return _dataset(rows)
+
+
+def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: int = 0) -> Dataset:
+    """Byte tokens (the `byte_tokenizer` ids). Row: filler text from `pydoc_corpus()` with
+    "The passkey is NNNNN." at a random place, ending "What is the passkey? NNNNN"; the digits are the answers.
+    `length` is the number of tokens of a row."""
+    tokenizer = byte_tokenizer()
+    filler = tokenizer(pydoc_corpus(), add_special_tokens=False)["input_ids"]
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_examples):
+        key = "".join(rng.choice("0123456789") for _ in range(digits))
+        needle = tokenizer(f" The passkey is {key}. ", add_special_tokens=False)["input_ids"]
+        question = tokenizer(f" What is the passkey? {key}", add_special_tokens=False)["input_ids"]
+        room = length - len(needle) - len(question)
+        if room < 0:
+            raise ValueError(f"length {length} is too short for the passkey prompt ({len(needle) + len(question)} tokens)")
+        start = rng.randrange(len(filler) - room)
+        text = filler[start : start + room]
+        cut = rng.randrange(room + 1)
+        tokens = text[:cut] + needle + text[cut:] + question
+        rows.append((tokens, _answer_labels(tokens, list(range(len(tokens) - digits, len(tokens))))))
+    return _dataset(rows)
+
+
+TASKS = {"mqar": mqar, "selective_copying": selective_copying, "modular_counting": modular_counting, "passkey": passkey}
