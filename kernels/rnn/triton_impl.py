@@ -32,7 +32,7 @@ except ImportError as error:
 
 from hf_seqplugins.backends import BackendUnavailableError
 
-from .cells import NUM_GATES, NUM_STATES
+from .cells import NUM_STATES
 
 __all__ = ["MAX_HEAD_DIM", "headwise_rnn", "unsupported_reason"]
 

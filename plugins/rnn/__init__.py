@@ -19,3 +19,27 @@ from .modeling import (
     SLSTMForSequenceClassification,
     SLSTMModel,
 )
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "ElmanConfig",
+    "ElmanForCausalLM",
+    "ElmanForSequenceClassification",
+    "ElmanModel",
+    "GRUConfig",
+    "GRUForCausalLM",
+    "GRUForSequenceClassification",
+    "GRUModel",
+    "HeadwiseRNNConfig",
+    "HeadwiseRNNMixer",
+    "LSTMConfig",
+    "LSTMForCausalLM",
+    "LSTMForSequenceClassification",
+    "LSTMModel",
+    "SLSTMConfig",
+    "SLSTMForCausalLM",
+    "SLSTMForSequenceClassification",
+    "SLSTMModel",
+]
