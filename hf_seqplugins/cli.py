@@ -1,11 +1,12 @@
-"""`hf-seqplugins` command line: list architectures, export and push saved models."""
+"""`hf-seqplugins` command line: list, train, evaluate, generate, export, push, demo."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 
 def _load(folder: str):
@@ -24,6 +25,12 @@ def _load(folder: str):
     return auto.from_pretrained(folder)
 
 
+def _tokenizer(folder: str):
+    from .data import byte_tokenizer
+
+    return AutoTokenizer.from_pretrained(folder) if (Path(folder) / "tokenizer_config.json").exists() else byte_tokenizer()
+
+
 def _card_fields(args) -> dict:
     fields = {"license": args.license}
     if args.results:
@@ -32,12 +39,49 @@ def _card_fields(args) -> dict:
     return fields
 
 
-def main(argv: list[str] | None = None) -> int:
-    import hf_seqplugins
+def _card_results(task: str, results: dict) -> list[dict]:
+    return [{"dataset": task, "metric": name, "value": value} for name, value in results.items() if name != "perplexity"]
+
+
+def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
+    from .workflows import TASK_CHOICES
 
     parser = argparse.ArgumentParser(prog="hf-seqplugins", description="Recurrent and state-space models for transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("list", help="installed architectures, their backends and source packages")
+
+    def training_arguments(verb, max_steps, output_dir):
+        verb.add_argument("--model-type", default="seqp_lstm", choices=model_types)
+        verb.add_argument("--task", default="pydoc", help=f"one of {', '.join(TASK_CHOICES)}, or a saved dataset folder")
+        verb.add_argument("--text-files", nargs="+", help="train on these UTF-8 text files instead (byte-level)")
+        verb.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=64")
+        verb.add_argument("--max-steps", type=int, default=max_steps)
+        verb.add_argument("--batch-size", type=int, default=16)
+        verb.add_argument("--learning-rate", type=float, default=3e-3)
+        verb.add_argument("--block-size", type=int, default=128)
+        verb.add_argument("--output-dir", default=output_dir)
+        verb.add_argument("--seed", type=int, default=0)
+
+    train = verbs.add_parser("train", help="train a model with the transformers Trainer, evaluate and export it")
+    training_arguments(train, 300, "outputs/run")
+    train.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them back")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir (same flags, --lora included)")
+
+    demo = verbs.add_parser("demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)")
+    training_arguments(demo, 300, "outputs/demo")
+
+    evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON)")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--task", default="pydoc")
+    evaluate.add_argument("--block-size", type=int, default=128)
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+
+    generate = verbs.add_parser("generate", help="continue a prompt with a saved model")
+    generate.add_argument("model")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=100)
+    generate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    generate.add_argument("--temperature", type=float, default=1.0)
 
     export = verbs.add_parser("export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model")
     export.add_argument("model", help="folder written by save_pretrained")
@@ -54,12 +98,66 @@ def main(argv: list[str] | None = None) -> int:
     for verb in (export, push):
         verb.add_argument("--license", default="apache-2.0")
         verb.add_argument("--results", help="JSON file: a list of {dataset, metric, value} for the model card")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _train(args, reload_check: bool) -> int:
+    import hf_seqplugins
+
+    from . import workflows
+
+    data, tokenizer = workflows.load_task(args.task, args.block_size, args.text_files, args.seed)
+    task_name = "text files" if args.text_files else args.task
+    print(f"{task_name}: {len(data['train'])} training and {len(data['test'])} held-out rows")
+    model, _ = workflows.train(
+        args.model_type, data, tokenizer, args.output_dir, args.max_steps, args.batch_size, args.learning_rate,
+        workflows.parse_overrides(args.config), getattr(args, "lora", False), getattr(args, "resume", False), args.seed,
+    )
+    results = workflows.evaluate(model, data["test"], tokenizer)
+    print(f"held-out: {workflows.perplexity_summary(results)}")
+    if tokenizer is not None:
+        print(f"sample: {workflows.generate_text(model, tokenizer, 'The function ', 80, do_sample=False)!r}")
+    export_dir = hf_seqplugins.export(
+        model, Path(args.output_dir) / "model", tokenizer=tokenizer, results=_card_results(task_name, results),
+        training=f"{args.max_steps} steps of the transformers Trainer on {task_name} (batch {args.batch_size}, lr {args.learning_rate}).",
+    )
+    (export_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"exported to {export_dir} (weights, remote code, model card, results.json)")
+    if reload_check:
+        reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
+        ids = AutoTokenizer.from_pretrained(export_dir)("The function ", add_special_tokens=False, return_tensors="pt").input_ids
+        same = (reloaded.generate(ids, max_new_tokens=40, do_sample=False) == model.generate(ids, max_new_tokens=40, do_sample=False)).all()
+        print(f"reloaded with trust_remote_code: {'identical' if same else 'DIFFERENT'} generations")
+        return 0 if same else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import hf_seqplugins
+
+    args = _build_parser(sorted(hf_seqplugins.available_architectures())).parse_args(argv)
     if args.verb == "list":
         for model_type, info in sorted(hf_seqplugins.available_architectures().items()):
             backends = "; ".join(f"{op}: {', '.join(names)}" for op, names in info.backends.items())
             print(f"{model_type:16} {info.distribution:16} {backends:40} {info.description}")
+        return 0
+    if args.verb in ("train", "demo"):
+        return _train(args, reload_check=args.verb == "demo")
+    if args.verb == "evaluate":
+        from . import workflows
+
+        model, tokenizer = _load(args.model), _tokenizer(args.model)
+        data, _ = workflows.load_task(args.task, args.block_size)
+        results = workflows.evaluate(model, data["test"], tokenizer if args.task == workflows.TEXT_TASK else None)
+        print(json.dumps(results, indent=2))
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    if args.verb == "generate":
+        from .workflows import generate_text
+
+        sampling = {"do_sample": True, "temperature": args.temperature} if args.sample else {"do_sample": False}
+        print(generate_text(_load(args.model), _tokenizer(args.model), args.prompt, args.max_new_tokens, **sampling))
         return 0
     model = _load(args.model)
     if args.verb == "export":

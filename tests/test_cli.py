@@ -1,6 +1,8 @@
 """The `hf-seqplugins` command line."""
 import json
 
+import pytest
+
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
@@ -39,3 +41,50 @@ def test_push_error_is_a_message_and_exit_code(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert main(["push", str(saved_model(tmp_path)), "someone/tiny", "--message", "x"]) == 1
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+SMALL = ["--config", "hidden_size=16", "num_hidden_layers=1", "intermediate_size=0", "--batch-size", "8"]
+
+
+def test_train_on_a_probe_with_lora_then_resume_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model-type", "seqp_gru", "--task", "modular_counting", "--max-steps", "4", "--lora",
+                 "--output-dir", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy on labelled tokens" in printed and "exported to" in printed
+    results = json.loads((out / "model" / "results.json").read_text())
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["loss"] > 0
+    card = ModelCard.load(out / "model" / "README.md").data.to_dict()
+    scored = {metric["type"] for result in card["model-index"][0]["results"] for metric in result["metrics"]}
+    assert {"accuracy", "sequence_accuracy", "loss"} <= scored
+    assert list((out / "checkpoints").glob("checkpoint-*")), "Trainer checkpoints are kept for --resume"
+    assert main(["train", "--model-type", "seqp_gru", "--task", "modular_counting", "--max-steps", "6", "--lora", "--resume",
+                 "--output-dir", str(out), *SMALL]) == 0
+    assert (out / "checkpoints" / "checkpoint-6").exists()
+    assert main(["evaluate", str(out / "model"), "--task", "modular_counting"]) == 0
+    assert '"sequence_accuracy"' in capsys.readouterr().out
+
+
+def test_train_on_text_files_then_generate(tmp_path, capsys):
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcabcabc hello world. " * 200)
+    out = tmp_path / "run"
+    assert main(["train", "--text-files", str(text), "--max-steps", "3", "--block-size", "32", "--output-dir", str(out), *SMALL]) == 0
+    assert "bits per byte" in capsys.readouterr().out
+    assert (out / "model" / "tokenizer_config.json").exists()
+    assert main(["generate", str(out / "model"), "--prompt", "abc", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("abc")
+
+
+def test_unknown_task_and_bad_override_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        main(["train", "--task", "nope", "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="key=value"):
+        main(["train", "--task", "mqar", "--config", "hidden_size", "--output-dir", str(tmp_path)])
+
+
+def test_demo_trains_exports_and_reloads(tmp_path, capsys):
+    assert main(["demo", "--max-steps", "3", "--block-size", "32", "--output-dir", str(tmp_path), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "bits per byte" in printed and "reloaded with trust_remote_code: identical generations" in printed
+    assert {"README.md", "results.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "model").iterdir()}

@@ -1,0 +1,156 @@
+"""The main job as functions: train any registered architecture on a task, evaluate it, generate.
+
+Used by the `hf-seqplugins train | evaluate | generate | demo` verbs; everything runs through the
+unmodified transformers `Trainer`, `generate()` and the shipped `evaluate` modules.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+
+from . import metrics, tasks
+from .data import byte_tokenizer, language_modeling_dataset
+
+TEXT_TASK = "pydoc"
+TASK_CHOICES = (TEXT_TASK, *sorted(tasks.TASKS))
+
+
+def load_task(task: str, block_size: int = 128, text_files: list[str] | None = None, seed: int = 0) -> tuple[DatasetDict, object | None]:
+    """`(DatasetDict with train/test, tokenizer or None)` for a task name, text files, or a saved dataset folder.
+
+    Text (the embedded `pydoc` corpus or `text_files`) is byte-tokenized; the synthetic probes are already
+    token ids (no tokenizer). A folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
+    """
+    if text_files:
+        text = "\n\n".join(Path(f).read_text(encoding="utf-8") for f in text_files)
+        tokenizer = byte_tokenizer()
+        return language_modeling_dataset(tokenizer, text, block_size), tokenizer
+    if task == TEXT_TASK:
+        tokenizer = byte_tokenizer()
+        return language_modeling_dataset(tokenizer, block_size=block_size), tokenizer
+    if task in tasks.TASKS:
+        make = tasks.TASKS[task]
+        return DatasetDict(train=make(num_examples=2048, seed=seed), test=make(num_examples=256, seed=seed + 1)), None
+    if Path(task).is_dir():
+        return load_from_disk(task), None
+    raise ValueError(f"unknown task {task!r}: choose from {list(TASK_CHOICES)}, pass text files, or a saved dataset folder")
+
+
+def vocab_size_of(data: DatasetDict, tokenizer) -> int:
+    if tokenizer is not None:
+        return len(tokenizer)
+    return 1 + max(max(row) for split in data.values() for row in split["input_ids"])
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["hidden_size=64", "cell=gru"]` -> `{"hidden_size": 64, "cell": "gru"}` (JSON values, else strings)."""
+    import json
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r} must look like key=value")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def train(
+    model_type: str,
+    data: DatasetDict,
+    tokenizer,
+    output_dir: str | Path,
+    max_steps: int = 300,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    overrides: dict | None = None,
+    lora: bool = False,
+    resume: bool = False,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, Trainer]:
+    """Train a fresh `model_type` causal LM on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints).
+
+    `overrides` set config fields (default: a small model); `lora` trains LoRA adapters on every linear layer
+    (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
+    """
+    torch.manual_seed(seed)
+    settings = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256, **(overrides or {})}
+    settings["vocab_size"] = vocab_size_of(data, tokenizer)
+    if tokenizer is not None:
+        settings.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+    trained = model
+    if lora:
+        import peft
+
+        trained = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    checkpoints = Path(output_dir) / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=2 * batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(20, max_steps // 10),
+        logging_steps=max(1, min(25, max_steps // 4)),
+        save_steps=max(1, max_steps // 2),
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+    )
+    trainer = Trainer(model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"])
+    trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
+    if lora:
+        model = trained.merge_and_unload()
+        trainer.model = model
+    return model.eval(), trainer
+
+
+@torch.no_grad()
+def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: int = 32) -> dict:
+    """Held-out metrics: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions, and
+    `bits_per_byte` when the tokens are bytes (a byte tokenizer)."""
+    model.eval()
+    total_nll, total_tokens, predictions, references = 0.0, 0, [], []
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        ids = torch.tensor(batch["input_ids"], device=model.device)
+        labels = torch.tensor(batch["labels"], device=model.device)
+        logits = model(ids, use_cache=False).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        scored = targets != tasks.IGNORE
+        total_nll += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+        total_tokens += int(scored.sum())
+        argmax = logits.argmax(-1)
+        predictions += [row[keep].tolist() for row, keep in zip(argmax, scored)]
+        references += [row[keep].tolist() for row, keep in zip(targets, scored)]
+    results = {"loss": total_nll / total_tokens}
+    recall = metrics.load("recall_accuracy").compute(predictions=predictions, references=references)
+    results.update(accuracy=recall["accuracy"], sequence_accuracy=recall["sequence_accuracy"])
+    if tokenizer is not None and type(tokenizer).__name__ == "ByT5Tokenizer":
+        results.update(metrics.load("bits_per_byte").compute(nll=[total_nll], num_bytes=[total_tokens]))
+    return results
+
+
+def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int = 100, **generate_kwargs) -> str:
+    """Decode a continuation of `prompt` (prefill once, then O(1) per token from the recurrent cache)."""
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+    output = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def perplexity_summary(results: dict) -> str:
+    parts = [f"loss {results['loss']:.3f}", f"perplexity {math.exp(results['loss']):.2f}"]
+    if "bits_per_byte" in results:
+        parts.append(f"{results['bits_per_byte']:.3f} bits per byte")
+    parts.append(f"accuracy on labelled tokens {results['accuracy']:.3f}")
+    return ", ".join(parts)
