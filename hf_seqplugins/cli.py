@@ -68,7 +68,7 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir (same flags, --lora included)")
 
     demo = verbs.add_parser("demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)")
-    training_arguments(demo, 300, "outputs/demo")
+    training_arguments(demo, 1000, "outputs/demo")
 
     evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON)")
     evaluate.add_argument("model")
