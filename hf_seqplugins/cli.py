@@ -105,11 +105,12 @@ def _train(args, reload_check: bool) -> int:
     import hf_seqplugins
 
     from . import workflows
+    from .plots import training_curve
 
     data, tokenizer = workflows.load_task(args.task, args.block_size, args.text_files, args.seed)
     task_name = "text files" if args.text_files else args.task
     print(f"{task_name}: {len(data['train'])} training and {len(data['test'])} held-out rows")
-    model, _ = workflows.train(
+    model, trainer = workflows.train(
         args.model_type, data, tokenizer, args.output_dir, args.max_steps, args.batch_size, args.learning_rate,
         workflows.parse_overrides(args.config), getattr(args, "lora", False), getattr(args, "resume", False), args.seed,
     )
@@ -122,7 +123,8 @@ def _train(args, reload_check: bool) -> int:
         training=f"{args.max_steps} steps of the transformers Trainer on {task_name} (batch {args.batch_size}, lr {args.learning_rate}).",
     )
     (export_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"exported to {export_dir} (weights, remote code, model card, results.json)")
+    curve = training_curve(trainer.state.log_history, Path(args.output_dir) / "training_curve.png", f"{args.model_type} on {task_name}")
+    print(f"exported to {export_dir} (weights, remote code, model card, results.json); training curve: {curve}")
     if reload_check:
         reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
         ids = AutoTokenizer.from_pretrained(export_dir)("The function ", add_special_tokens=False, return_tensors="pt").input_ids

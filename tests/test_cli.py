@@ -52,6 +52,7 @@ def test_train_on_a_probe_with_lora_then_resume_evaluate(tmp_path, capsys):
                  "--output-dir", str(out), *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "accuracy on labelled tokens" in printed and "exported to" in printed
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "model" / "results.json").read_text())
     assert 0.0 <= results["accuracy"] <= 1.0 and results["loss"] > 0
     card = ModelCard.load(out / "model" / "README.md").data.to_dict()
