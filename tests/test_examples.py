@@ -39,3 +39,23 @@ def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr[-3000:]
     assert clean.stdout.strip().splitlines()[-1] == in_package.removeprefix("pipeline on the export: ")
+
+
+def run_example(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_drop_in_layer_example():
+    out = run_example("drop_in_layer.py")
+    assert "loaded torch.nn.LSTM weights: True" in out
+    difference = float(out.split("max difference ")[1].split()[0])
+    assert difference < 1e-5
+    assert float(out.split("loss after 30 steps: ")[1].split()[0]) < 0.5
+
+
+def test_lora_finetune_example(tmp_path):
+    out = run_example("lora_finetune.py", "--max-steps", "10", "--output-dir", str(tmp_path))
+    assert "trainable params" in out and "after:" in out
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "README.md").exists()
