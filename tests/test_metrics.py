@@ -2,6 +2,7 @@
 import math
 
 import pytest
+import torch
 
 from hf_seqplugins import metrics
 
@@ -28,3 +29,18 @@ def test_recall_accuracy_scores_only_queried_positions():
 def test_unknown_metric_names_the_shipped_ones():
     with pytest.raises(ValueError, match="bits_per_byte"):
         metrics.load("accuracy")
+
+
+def test_trainer_reports_accuracy_through_the_metric_module(tmp_path):
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from hf_seqplugins.tasks import modular_counting
+    from hf_seqplugins.testing import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_lstm", vocab_size=8))
+    data = modular_counting(num_examples=16, length=6)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    scores = Trainer(model=model, args=args, eval_dataset=data, **metrics.trainer_metrics()).evaluate()
+    argmax = model(torch.tensor(data["input_ids"])).logits.argmax(-1)[:, -2]
+    expected = (argmax == torch.tensor(data["input_ids"])[:, -1]).float().mean().item()
+    assert scores["eval_accuracy"] == pytest.approx(expected) and scores["eval_sequence_accuracy"] == pytest.approx(expected)

@@ -19,3 +19,23 @@ def load(name: str, **kwargs):
     if name not in available():
         raise ValueError(f"unknown metric {name!r}; shipped metrics: {available()}")
     return evaluate.load(str(HERE / name), **kwargs)
+
+
+def trainer_metrics() -> dict:
+    """Keyword arguments for `Trainer(...)` that report the `recall_accuracy` module's `accuracy` and
+    `sequence_accuracy` over the labelled positions of a causal LM (labels shifted as in the loss) on every
+    evaluation, keeping only argmax ids in memory instead of full logits."""
+    metric = load("recall_accuracy")
+
+    def preprocess_logits_for_metrics(logits, labels):
+        return logits.argmax(-1)
+
+    def compute_metrics(evaluation):
+        predictions, labels = evaluation.predictions[:, :-1], evaluation.label_ids[:, 1:]
+        scored = labels != -100
+        return metric.compute(
+            predictions=[row[keep].tolist() for row, keep in zip(predictions, scored)],
+            references=[row[keep].tolist() for row, keep in zip(labels, scored)],
+        )
+
+    return {"compute_metrics": compute_metrics, "preprocess_logits_for_metrics": preprocess_logits_for_metrics}
