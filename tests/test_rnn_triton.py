@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     # Must precede the first import of the kernel module: triton.jit reads it when the kernels are defined.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
 from hf_seqplugins.backends import BackendUnavailableError  # noqa: E402
 from hf_seqplugins.kernels.rnn import CELLS, NUM_GATES, headwise_rnn, state_shapes  # noqa: E402
