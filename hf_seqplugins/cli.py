@@ -70,11 +70,12 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)")
     training_arguments(demo, 1000, "outputs/demo")
 
-    evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON)")
+    evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON, Markdown, plot)")
     evaluate.add_argument("model")
     evaluate.add_argument("--task", default="pydoc")
     evaluate.add_argument("--block-size", type=int, default=128)
-    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--lengths", type=int, nargs="+", help="evaluate fresh rows at each of these lengths (accuracy vs length plot)")
+    evaluate.add_argument("--output-dir", default="outputs/eval", help="where eval_<task>.json/.md (and .png with --lengths) go")
 
     generate = verbs.add_parser("generate", help="continue a prompt with a saved model")
     generate.add_argument("model")
@@ -134,6 +135,29 @@ def _train(args, reload_check: bool) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from . import workflows
+    from .plots import against_length
+    from .results import write_results
+
+    model = _load(args.model)
+    if args.lengths:
+        by_length = workflows.evaluate_lengths(model, args.task, args.lengths)
+        rows = [{"length": length, **scores} for length, scores in by_length.items()]
+    else:
+        data, tokenizer = workflows.load_task(args.task, args.block_size)
+        rows = [workflows.evaluate(model, data["test"], _tokenizer(args.model) if tokenizer is not None else None)]
+    stem = Path(args.output_dir) / f"eval_{args.task}"
+    written = write_results(rows, stem, f"{model.config.model_type} on {args.task}")
+    if args.lengths:
+        metric = "dfa_accuracy" if "dfa_accuracy" in rows[0] else "accuracy"
+        points = {model.config.model_type: [(row["length"], row[metric]) for row in rows]}
+        written.append(against_length(points, stem.with_suffix(".png"), metric, f"{args.task}: {metric} vs length"))
+    print(json.dumps(rows if args.lengths else rows[0], indent=2))
+    print("written:", ", ".join(str(p) for p in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import hf_seqplugins
 
@@ -146,15 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb in ("train", "demo"):
         return _train(args, reload_check=args.verb == "demo")
     if args.verb == "evaluate":
-        from . import workflows
-
-        model, tokenizer = _load(args.model), _tokenizer(args.model)
-        data, _ = workflows.load_task(args.task, args.block_size)
-        results = workflows.evaluate(model, data["test"], tokenizer if args.task == workflows.TEXT_TASK else None)
-        print(json.dumps(results, indent=2))
-        if args.output:
-            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-        return 0
+        return _evaluate(args)
     if args.verb == "generate":
         from .workflows import generate_text
 

@@ -8,14 +8,19 @@ causal LM's loss (labels shifted inside the model) and `recall_accuracy` score o
 - `modular_counting`: the running sum of the inputs modulo m at the end (parity for m = 2): state tracking.
 - `passkey`: a number hidden in filler text (byte tokens), asked for at the end; grow `length` to probe
   state capacity and length extrapolation.
+- `regbench`: in-context language learning (RegBench): strings of a random regular language per row, to be
+  continued validly; scored by the `dfa_accuracy` metric against the row's `dfa` column.
+
+`splits(task, ...)` gives train/test splits; for `regbench` the held-out rows come from unseen DFAs.
 """
 from __future__ import annotations
 
 import random
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
 from .data import byte_tokenizer, pydoc_corpus
+from .dfa import NUM_SYMBOLS, unique_dfas
 
 IGNORE = -100
 
@@ -102,4 +107,40 @@ def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: in
     return _dataset(rows)
 
 
-TASKS = {"mqar": mqar, "selective_copying": selective_copying, "modular_counting": modular_counting, "passkey": passkey}
+REGBENCH_SEPARATOR, REGBENCH_PAD = NUM_SYMBOLS, NUM_SYMBOLS + 1
+
+
+def regbench(num_examples: int = 256, length: int = 256, seed: int = 0, skip_dfas: int = 0) -> Dataset:
+    """Tokens: symbols `[0, 18)`, separator 18, padding 19. Row: 10-19 strings of 1-49 symbols, uniform random
+    walks of one random DFA, joined by separators, cut or padded to `length`. Every symbol is labelled (next-token
+    prediction; separators and padding are not). Column `dfa` holds the automaton as `[state, symbol, next]` rows.
+    Rows use distinct DFAs: the stream of distinct DFAs from `seed` after its first `skip_dfas`."""
+    rng = random.Random(f"regbench strings {seed} {skip_dfas}")  # independent of the DFA stream's draws
+    rows, tables = [], []
+    for dfa in unique_dfas(num_examples, seed=seed, skip=skip_dfas):
+        tokens = []
+        for _ in range(rng.randint(10, 19)):
+            tokens += [*dfa.random_string(rng, rng.randint(1, 49)), REGBENCH_SEPARATOR]
+        tokens = tokens[:length] + [REGBENCH_PAD] * max(0, length - len(tokens))
+        rows.append((tokens, [t if t < NUM_SYMBOLS else IGNORE for t in tokens]))
+        tables.append(dfa.table())
+    return _dataset(rows).add_column("dfa", tables)
+
+
+TASKS = {
+    "mqar": mqar,
+    "selective_copying": selective_copying,
+    "modular_counting": modular_counting,
+    "passkey": passkey,
+    "regbench": regbench,
+}
+
+
+def splits(task: str, num_train: int = 2048, num_test: int = 256, seed: int = 0, **task_kwargs) -> DatasetDict:
+    """Train and test splits of a task, drawn with different seeds (RegBench: from disjoint sets of DFAs)."""
+    make = TASKS[task]
+    if task == "regbench":
+        test = make(num_examples=num_test, seed=seed, skip_dfas=num_train, **task_kwargs)
+    else:
+        test = make(num_examples=num_test, seed=seed + 1, **task_kwargs)
+    return DatasetDict(train=make(num_examples=num_train, seed=seed, **task_kwargs), test=test)

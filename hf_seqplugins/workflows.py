@@ -5,11 +5,13 @@ unmodified transformers `Trainer`, `generate()` and the shipped `evaluate` modul
 """
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
 
 from . import metrics, tasks
@@ -33,8 +35,7 @@ def load_task(task: str, block_size: int = 128, text_files: list[str] | None = N
         tokenizer = byte_tokenizer()
         return language_modeling_dataset(tokenizer, block_size=block_size), tokenizer
     if task in tasks.TASKS:
-        make = tasks.TASKS[task]
-        return DatasetDict(train=make(num_examples=2048, seed=seed), test=make(num_examples=256, seed=seed + 1)), None
+        return tasks.splits(task, seed=seed), None
     if Path(task).is_dir():
         return load_from_disk(task), None
     raise ValueError(f"unknown task {task!r}: choose from {list(TASK_CHOICES)}, pass text files, or a saved dataset folder")
@@ -117,10 +118,10 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: int = 32) -> dict:
-    """Held-out metrics: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions, and
-    `bits_per_byte` when the tokens are bytes (a byte tokenizer)."""
+    """Held-out metrics: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions,
+    `bits_per_byte` when the tokens are bytes (a byte tokenizer), `dfa_accuracy` when rows carry a `dfa` (RegBench)."""
     model.eval()
-    total_nll, total_tokens, predictions, references = 0.0, 0, [], []
+    total_nll, total_tokens, predictions, references, next_tokens = 0.0, 0, [], [], []
     for start in range(0, len(data), batch_size):
         batch = data[start : start + batch_size]
         ids = torch.tensor(batch["input_ids"], device=model.device)
@@ -133,12 +134,25 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
         argmax = logits.argmax(-1)
         predictions += [row[keep].tolist() for row, keep in zip(argmax, scored)]
         references += [row[keep].tolist() for row, keep in zip(targets, scored)]
+        if "dfa" in data.column_names:
+            next_tokens += argmax.tolist()
     results = {"loss": total_nll / total_tokens}
     recall = metrics.load("recall_accuracy").compute(predictions=predictions, references=references)
     results.update(accuracy=recall["accuracy"], sequence_accuracy=recall["sequence_accuracy"])
     if tokenizer is not None and type(tokenizer).__name__ == "ByT5Tokenizer":
         results.update(metrics.load("bits_per_byte").compute(nll=[total_nll], num_bytes=[total_tokens]))
+    if "dfa" in data.column_names:
+        results.update(metrics.load("dfa_accuracy").compute(predictions=next_tokens, references=data["input_ids"], dfa=data["dfa"]))
     return results
+
+
+def evaluate_lengths(model: PreTrainedModel, task: str, lengths: list[int], num_examples: int = 64, seed: int = 1) -> dict[int, dict]:
+    """`evaluate` on fresh rows of `task` at each sequence length (length extrapolation, state capacity)."""
+    make = tasks.TASKS.get(task)
+    if make is None or "length" not in inspect.signature(make).parameters:
+        with_length = [name for name, f in tasks.TASKS.items() if "length" in inspect.signature(f).parameters]
+        raise ValueError(f"task {task!r} has no length to vary; tasks with one: {with_length}")
+    return {length: evaluate(model, make(num_examples=num_examples, length=length, seed=seed)) for length in tqdm(lengths, desc=f"{task} lengths")}
 
 
 def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int = 100, **generate_kwargs) -> str:
@@ -153,4 +167,6 @@ def perplexity_summary(results: dict) -> str:
     if "bits_per_byte" in results:
         parts.append(f"{results['bits_per_byte']:.3f} bits per byte")
     parts.append(f"accuracy on labelled tokens {results['accuracy']:.3f}")
+    if "dfa_accuracy" in results:
+        parts.append(f"DFA accuracy {results['dfa_accuracy']:.3f}")
     return ", ".join(parts)

@@ -62,8 +62,22 @@ def test_train_on_a_probe_with_lora_then_resume_evaluate(tmp_path, capsys):
     assert main(["train", "--model-type", "seqp_gru", "--task", "modular_counting", "--max-steps", "6", "--lora", "--resume",
                  "--output-dir", str(out), *SMALL]) == 0
     assert (out / "checkpoints" / "checkpoint-6").exists()
-    assert main(["evaluate", str(out / "model"), "--task", "modular_counting"]) == 0
+    assert main(["evaluate", str(out / "model"), "--task", "modular_counting", "--output-dir", str(tmp_path / "eval")]) == 0
     assert '"sequence_accuracy"' in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "eval_modular_counting.json").read_text())[0]["accuracy"] >= 0
+
+
+def test_evaluate_across_lengths_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "regbench", "--max-steps", "2", "--output-dir", str(out), *SMALL]) == 0
+    assert "DFA accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(out / "model"), "--task", "regbench", "--lengths", "16", "48", "--output-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "eval_regbench.json").read_text())
+    assert [row["length"] for row in rows] == [16, 48] and all(0 <= row["dfa_accuracy"] <= 1 for row in rows)
+    assert "| length |" in (tmp_path / "eval_regbench.md").read_text()
+    assert (tmp_path / "eval_regbench.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no length to vary"):
+        main(["evaluate", str(out / "model"), "--task", "mqar", "--lengths", "16", "--output-dir", str(tmp_path)])
 
 
 def test_train_on_text_files_then_generate(tmp_path, capsys):

@@ -44,3 +44,18 @@ def test_trainer_reports_accuracy_through_the_metric_module(tmp_path):
     argmax = model(torch.tensor(data["input_ids"])).logits.argmax(-1)[:, -2]
     expected = (argmax == torch.tensor(data["input_ids"])[:, -1]).float().mean().item()
     assert scores["eval_accuracy"] == pytest.approx(expected) and scores["eval_sequence_accuracy"] == pytest.approx(expected)
+
+
+def test_dfa_accuracy_scores_valid_continuations():
+    from hf_seqplugins.tasks import regbench
+
+    metric = metrics.load("dfa_accuracy")
+    data = regbench(num_examples=4, length=96)
+    gold = [row[1:] + [0] for row in data["input_ids"]]
+    assert metric.compute(predictions=gold, references=data["input_ids"], dfa=data["dfa"]) == {"dfa_accuracy": 1.0}
+    # DFA a -> b -> a (separator 18, padding 19); predicting b is valid after "a", invalid after "a b" and after "|"
+    dfa, tokens = [[0, 0, 1], [1, 1, 0]], [0, 1, 0, 18, 0, 19, 19]
+    result = metric.compute(predictions=[[1, 1, 9, 1, 9, 9, 9]], references=[tokens], dfa=[dfa])
+    assert result["dfa_accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="not a transition"):
+        metric.compute(predictions=[[0, 0, 0]], references=[[0, 0, 0]], dfa=[dfa])

@@ -2,7 +2,19 @@
 import pytest
 
 from hf_seqplugins.data import byte_tokenizer
-from hf_seqplugins.tasks import IGNORE, TASKS, mqar, modular_counting, passkey, selective_copying
+from hf_seqplugins.dfa import DFA, minimize, unique_dfas
+from hf_seqplugins.tasks import (
+    IGNORE,
+    REGBENCH_PAD,
+    REGBENCH_SEPARATOR,
+    TASKS,
+    modular_counting,
+    mqar,
+    passkey,
+    regbench,
+    selective_copying,
+    splits,
+)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -42,3 +54,34 @@ def test_passkey_answer_is_the_hidden_number():
     assert len(row["input_ids"]) == 300 and f"The passkey is {key}." in text and key.isdigit()
     with pytest.raises(ValueError, match="too short"):
         passkey(num_examples=1, length=20)
+
+
+def test_regbench_strings_are_walks_of_the_rows_dfa():
+    data = regbench(num_examples=6, length=200, seed=3)
+    for tokens, labels, table in zip(data["input_ids"], data["labels"], data["dfa"]):
+        dfa = DFA.from_table(table)
+        real = tokens[: tokens.index(REGBENCH_PAD)] if REGBENCH_PAD in tokens else tokens
+        strings = [s for s in " ".join(map(str, real)).split(str(REGBENCH_SEPARATOR))]
+        assert len(strings) > 1 and all(dfa.accepts([int(t) for t in s.split()]) for s in strings)
+        assert all((label == IGNORE) == (token >= REGBENCH_SEPARATOR) for token, label in zip(tokens, labels))
+        assert len(tokens) == 200
+
+
+def test_regbench_splits_use_disjoint_dfas():
+    data = splits("regbench", num_train=40, num_test=20, length=32)
+    train, test = ({str(t) for t in data[name]["dfa"]} for name in ("train", "test"))
+    assert len(train) == 40 and len(test) == 20 and not train & test
+
+
+def test_minimize_merges_equivalent_states_and_drops_unreachable_ones():
+    # 0 and 2 both lead to 1 on symbol 0 and nothing else; 5 is unreachable
+    dfa = DFA({(0, 0): 1, (1, 1): 2, (2, 0): 1, (5, 3): 0})
+    assert minimize(dfa).table() == [[0, 0, 1], [1, 1, 0]]
+    assert minimize(DFA({(0, 0): 1, (1, 0): 2, (2, 0): 0})).table() == [[0, 0, 0]]
+
+
+def test_random_dfas_are_minimal_and_within_the_spec_sizes():
+    for dfa in unique_dfas(30, seed=5):
+        assert minimize(dfa).table() == dfa.table()
+        states = {s for (s, _) in dfa.transitions}
+        assert 1 <= len(states) <= 12 and all(1 <= len(dfa.outgoing(s)) <= 3 for s in states)
