@@ -1,4 +1,4 @@
-"""`hf-seqplugins` command line: list, train, evaluate, generate, export, push, demo."""
+"""`hf-seqplugins` command line: list, demo, train, evaluate, generate, bench, export, push."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 
@@ -83,6 +84,16 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=100)
     generate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
     generate.add_argument("--temperature", type=float, default=1.0)
+
+    bench = verbs.add_parser("bench", help="speed and memory side by side: architectures x backends vs an attention baseline")
+    bench.add_argument("--model-types", nargs="+", choices=model_types, default=model_types, metavar="MODEL_TYPE")
+    bench.add_argument("--backends", nargs="+", default=["auto"], help="kernel backends to compare, e.g. torch reference triton")
+    bench.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="width of every model, e.g. hidden_size=256")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--output-dir", default="outputs/bench", help="bench.json, bench.md and PNG plots go here")
 
     export = verbs.add_parser("export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model")
     export.add_argument("model", help="folder written by save_pretrained")
@@ -171,6 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args, reload_check=args.verb == "demo")
     if args.verb == "evaluate":
         return _evaluate(args)
+    if args.verb == "bench":
+        from . import bench
+        from .workflows import parse_overrides
+
+        rows = bench.compare(
+            args.model_types, args.lengths, args.backends, parse_overrides(args.config), args.batch_size, repeats=args.repeats, device=args.device
+        )
+        written = bench.write_report(rows, args.output_dir, args.device)
+        print(Path(written[1]).read_text())
+        print("written:", ", ".join(str(p) for p in written))
+        return 0
     if args.verb == "generate":
         from .workflows import generate_text
 

@@ -103,3 +103,19 @@ def test_demo_trains_exports_and_reloads(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "bits per byte" in printed and "reloaded with trust_remote_code: identical generations" in printed
     assert {"README.md", "results.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "model").iterdir()}
+
+
+def test_bench_compares_backends_with_the_attention_baseline(tmp_path, capsys):
+    assert main(["bench", "--model-types", "seqp_gru", "--backends", "torch", "reference", "--lengths", "8", "16", "--batch-size", "1",
+                 "--config", "hidden_size=16", "num_hidden_layers=1", "intermediate_size=32", "--repeats", "1", "--output-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["model"], r["backend"], r["length"]) for r in rows] == [
+        ("llama (attention)", "sdpa", 8), ("llama (attention)", "sdpa", 16),
+        ("seqp_gru", "torch", 8), ("seqp_gru", "torch", 16), ("seqp_gru", "reference", 8), ("seqp_gru", "reference", 16),
+    ]
+    gru = [r for r in rows if r["model"] == "seqp_gru"]
+    assert len({r["cache_bytes"] for r in gru}) == 1, "a recurrent cache does not grow with the context"
+    assert rows[1]["cache_bytes"] == 2 * rows[0]["cache_bytes"], "the attention KV cache grows linearly"
+    assert all(r["train_tokens_per_s"] > 0 and r["decode_ms_per_token"] > 0 for r in rows)
+    assert "GFLOP/s" in (tmp_path / "bench.md").read_text()
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("decode_latency.png", "decode_cache.png", "train_throughput.png"))

@@ -1,0 +1,103 @@
+"""The benchmark harness: everything side by side in one run, ratios reported, results written with the machine.
+
+    python benchmarks/harness.py [--quick] [--device cuda] [--output-dir benchmarks/results/<cpu|gpu name>]
+
+1. Architectures (`hf_seqplugins.bench.compare`): training tokens/s, prefill, decode ms/token and cache bytes at
+   growing lengths, every registered architecture vs a Llama-style attention baseline of the same size.
+2. Operators (`benchmarks/operators/<op>.py`): our backends vs the peer libraries installed here on equal
+   inputs: forward and forward+backward time, ratio to the case's first implementation, forward GFLOP/s as a
+   fraction of the machine's matmul ceiling, and the bytes autograd saves for backward (activation memory).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import hf_seqplugins
+from hf_seqplugins import bench
+from hf_seqplugins.results import write_results
+
+sys.path.insert(0, str(Path(__file__).parent))
+import operators  # noqa: E402
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during `fn()`: the activation memory."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: int) -> list[dict]:
+    rows = []
+    suites = [importlib.import_module(f"operators.{m.name}") for m in pkgutil.iter_modules(operators.__path__)]
+    for case in tqdm([c for suite in suites for c in suite.cases(quick, device)], desc="operators"):
+        baseline = None
+        for label, forward in case.implementations.items():
+            def train_step(forward=forward):
+                forward().float().square().mean().backward()
+                for tensor in case.inputs:
+                    tensor.grad = None
+
+            with torch.no_grad():
+                forward_ms = bench.median_ms(forward, repeats, device)
+            train_ms = bench.median_ms(train_step, repeats, device)
+            baseline = baseline or (forward_ms, train_ms)
+            rows.append({
+                "operator": case.operator,
+                "shape": case.shape,
+                "implementation": label,
+                "fwd_ms": forward_ms,
+                "fwd_ratio": forward_ms / baseline[0],
+                "fwd_bwd_ms": train_ms,
+                "fwd_bwd_ratio": train_ms / baseline[1],
+                "fwd_gflops": case.flops / forward_ms / 1e6,
+                "fwd_fraction_of_matmul": case.flops / forward_ms / 1e6 / ceiling,
+                "saved_for_backward_mib": saved_bytes(forward) / 2**20,
+            })
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, one repeat (a smoke test of the harness)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output-dir", help="default: benchmarks/results/cpu, or .../<gpu name> on CUDA")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_").lower()
+    output_dir = Path(args.output_dir or Path(__file__).parent / "results" / tag)
+    repeats = 1 if args.quick else 5
+    ceiling = bench.matmul_gflops(device)
+
+    architectures = sorted(hf_seqplugins.available_architectures())
+    lengths = [16, 32] if args.quick else [64, 256, 1024, 4096]
+    width = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64} if args.quick else None
+    model_rows = bench.compare(architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device)
+    written = bench.write_report(model_rows, output_dir, device, "Architectures side by side (harness part 1)")
+
+    preamble = (
+        f"Measured with `python benchmarks/harness.py{' --quick' if args.quick else ''}`. Ratios are to each case's first "
+        f"implementation (< 1 is faster). Matmul ceiling on this machine: {ceiling:.1f} GFLOP/s (float32); "
+        "`fwd_fraction_of_matmul` = the forward's GFLOP/s over it. `saved_for_backward_mib`: distinct tensors autograd "
+        f"keeps for backward.\n\n{bench.describe_machine(device)}"
+    )
+    written += write_results(operator_rows(args.quick, device, ceiling, repeats), output_dir / "operators", "Operators: our backends vs peers (harness part 2)", preamble)
+    print("written:", "\n  ".join(["", *map(str, written)]))
+
+
+if __name__ == "__main__":
+    main()
