@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from datasets import Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from .data import byte_tokenizer, pydoc_corpus
 from .dfa import NUM_SYMBOLS, unique_dfas
@@ -32,8 +32,16 @@ def _answer_labels(tokens: list[int], answer_positions: list[int]) -> list[int]:
     return labels
 
 
-def _dataset(rows: list[tuple[list[int], list[int]]]) -> Dataset:
-    return Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+def _dataset(rows: list[tuple[list[int], list[int]]], vocab_size: int) -> Dataset:
+    """Rows as a Dataset whose `input_ids` feature records the vocabulary: `ClassLabel(num_classes=vocab_size)`."""
+    features = Features({"input_ids": List(ClassLabel(num_classes=vocab_size)), "labels": List(Value("int64"))})
+    return Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]}, features=features)
+
+
+def vocab_size(data: Dataset) -> int | None:
+    """The vocabulary a task's rows are drawn from (None for datasets that do not record it)."""
+    feature = getattr(data.features.get("input_ids"), "feature", None)
+    return feature.num_classes if isinstance(feature, ClassLabel) else None
 
 
 def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_keys: int = 32, num_values: int = 32, seed: int = 0) -> Dataset:
@@ -52,7 +60,7 @@ def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_
             tokens += [keys[index], values[index]]
             answers.append(len(tokens) - 1)
         rows.append((tokens, _answer_labels(tokens, answers)))
-    return _dataset(rows)
+    return _dataset(rows, num_keys + num_values)
 
 
 def selective_copying(num_examples: int = 256, length: int = 32, num_data: int = 4, num_symbols: int = 8, seed: int = 0) -> Dataset:
@@ -69,7 +77,7 @@ def selective_copying(num_examples: int = 256, length: int = 32, num_data: int =
             tokens[position] = symbol
         tokens += [1, *symbols]
         rows.append((tokens, _answer_labels(tokens, list(range(length + 1, len(tokens))))))
-    return _dataset(rows)
+    return _dataset(rows, 2 + num_symbols)
 
 
 def modular_counting(num_examples: int = 256, length: int = 16, modulus: int = 2, seed: int = 0) -> Dataset:
@@ -81,7 +89,7 @@ def modular_counting(num_examples: int = 256, length: int = 16, modulus: int = 2
         inputs = [rng.randrange(modulus) for _ in range(length)]
         tokens = [*inputs, modulus, modulus + 1 + sum(inputs) % modulus]
         rows.append((tokens, _answer_labels(tokens, [len(tokens) - 1])))
-    return _dataset(rows)
+    return _dataset(rows, 2 * modulus + 1)
 
 
 def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: int = 0) -> Dataset:
@@ -104,7 +112,7 @@ def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: in
         cut = rng.randrange(room + 1)
         tokens = text[:cut] + needle + text[cut:] + question
         rows.append((tokens, _answer_labels(tokens, list(range(len(tokens) - digits, len(tokens))))))
-    return _dataset(rows)
+    return _dataset(rows, len(tokenizer))
 
 
 REGBENCH_SEPARATOR, REGBENCH_PAD = NUM_SYMBOLS, NUM_SYMBOLS + 1
@@ -124,7 +132,7 @@ def regbench(num_examples: int = 256, length: int = 256, seed: int = 0, skip_dfa
         tokens = tokens[:length] + [REGBENCH_PAD] * max(0, length - len(tokens))
         rows.append((tokens, [t if t < NUM_SYMBOLS else IGNORE for t in tokens]))
         tables.append(dfa.table())
-    return _dataset(rows).add_column("dfa", tables)
+    return _dataset(rows, NUM_SYMBOLS + 2).add_column("dfa", tables)
 
 
 TASKS = {

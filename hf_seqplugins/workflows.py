@@ -42,8 +42,12 @@ def load_task(task: str, block_size: int = 128, text_files: list[str] | None = N
 
 
 def vocab_size_of(data: DatasetDict, tokenizer) -> int:
+    """The tokenizer's vocabulary, else the one the task recorded, else 1 + the largest id in the data."""
     if tokenizer is not None:
         return len(tokenizer)
+    recorded = {tasks.vocab_size(split) for split in data.values()} - {None}
+    if recorded:
+        return max(recorded)
     return 1 + max(max(row) for split in data.values() for row in split["input_ids"])
 
 

@@ -59,3 +59,10 @@ def test_lora_finetune_example(tmp_path):
     out = run_example("lora_finetune.py", "--max-steps", "10", "--output-dir", str(tmp_path))
     assert "trainable params" in out and "after:" in out
     assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "README.md").exists()
+
+
+def test_evaluate_and_publish_example(tmp_path):
+    out = run_example("evaluate_and_publish.py", "--max-steps", "3", "--output-dir", str(tmp_path))
+    assert 0.0 <= float(out.split("DFA accuracy: ")[1].split()[0]) <= 1.0
+    assert (tmp_path / "dfa_accuracy_vs_length.png").exists() and "config.json" in out and "(dry run)" in out
+    assert "dfa_accuracy" in (tmp_path / "model" / "README.md").read_text()

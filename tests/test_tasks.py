@@ -14,6 +14,7 @@ from hf_seqplugins.tasks import (
     regbench,
     selective_copying,
     splits,
+    vocab_size,
 )
 
 
@@ -22,6 +23,7 @@ def test_rows_are_seeded_and_of_one_length(name):
     first, again, other = TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=2)
     assert first["input_ids"] == again["input_ids"] and first["input_ids"] != other["input_ids"]
     assert len({len(row) for row in first["input_ids"]}) == 1
+    assert max(max(row) for row in first["input_ids"]) < vocab_size(first), "the recorded vocabulary covers every id"
     for tokens, labels in zip(first["input_ids"], first["labels"]):
         assert len(tokens) == len(labels) and any(label != IGNORE for label in labels)
         assert all(label in (IGNORE, token) for token, label in zip(tokens, labels))
