@@ -112,7 +112,7 @@ def train(
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
     )
-    trainer = Trainer(model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"], **metrics.trainer_metrics())
+    trainer = Trainer(model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"], **metrics.trainer_metrics(data["test"]))
     trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
     if lora:
         model = trained.merge_and_unload()

@@ -59,3 +59,18 @@ def test_dfa_accuracy_scores_valid_continuations():
     assert result["dfa_accuracy"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="not a transition"):
         metric.compute(predictions=[[0, 0, 0]], references=[[0, 0, 0]], dfa=[dfa])
+
+
+def test_trainer_reports_dfa_accuracy_on_regbench(tmp_path):
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from hf_seqplugins.tasks import regbench
+    from hf_seqplugins.testing import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru", vocab_size=20))
+    data = regbench(num_examples=6, length=40)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    scores = Trainer(model=model, args=args, eval_dataset=data, **metrics.trainer_metrics(data)).evaluate()
+    predictions = model(torch.tensor(data["input_ids"])).logits.argmax(-1).tolist()
+    expected = metrics.load("dfa_accuracy").compute(predictions=predictions, references=data["input_ids"], dfa=data["dfa"])
+    assert scores["eval_dfa_accuracy"] == pytest.approx(expected["dfa_accuracy"])

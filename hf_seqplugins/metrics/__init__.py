@@ -21,11 +21,13 @@ def load(name: str, **kwargs):
     return evaluate.load(str(HERE / name), **kwargs)
 
 
-def trainer_metrics() -> dict:
+def trainer_metrics(eval_dataset=None) -> dict:
     """Keyword arguments for `Trainer(...)` that report the `recall_accuracy` module's `accuracy` and
     `sequence_accuracy` over the labelled positions of a causal LM (labels shifted as in the loss) on every
-    evaluation, keeping only argmax ids in memory instead of full logits."""
+    evaluation, keeping only argmax ids in memory instead of full logits. When `eval_dataset` has a `dfa`
+    column (RegBench), `dfa_accuracy` is reported too (Trainer evaluates rows in order)."""
     metric = load("recall_accuracy")
+    dfa_metric = load("dfa_accuracy") if eval_dataset is not None and "dfa" in eval_dataset.column_names else None
 
     def preprocess_logits_for_metrics(logits, labels):
         return logits.argmax(-1)
@@ -33,9 +35,13 @@ def trainer_metrics() -> dict:
     def compute_metrics(evaluation):
         predictions, labels = evaluation.predictions[:, :-1], evaluation.label_ids[:, 1:]
         scored = labels != -100
-        return metric.compute(
+        scores = metric.compute(
             predictions=[row[keep].tolist() for row, keep in zip(predictions, scored)],
             references=[row[keep].tolist() for row, keep in zip(labels, scored)],
         )
+        if dfa_metric is not None:
+            rows = eval_dataset.select_columns(["input_ids", "dfa"])[:]
+            scores.update(dfa_metric.compute(predictions=evaluation.predictions.tolist(), references=rows["input_ids"], dfa=rows["dfa"]))
+        return scores
 
     return {"compute_metrics": compute_metrics, "preprocess_logits_for_metrics": preprocess_logits_for_metrics}
