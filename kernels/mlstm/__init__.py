@@ -48,6 +48,8 @@ import torch
 
 from hf_seqplugins.backends import Operator, module_unavailable_reason, triton_unavailable_reason
 
+from .reference import step
+
 __all__ = ["INPUT_GATES", "OPERATOR", "compute_dtype", "mlstm", "mlstm_step", "state_shapes"]
 
 INPUT_GATES = ("exp", "sigmoid")
@@ -238,8 +240,6 @@ def mlstm_step(
     q, k `[B, NH, DK]`, v `[B, NH, DV]`, igate, fgate `[B, NH]`, state `(C, n, m)` as in `mlstm`
     (None = zeros). Returns `(h [B, NH, DV] in q's dtype, new state in the compute dtype)`.
     """
-    from .reference import step
-
     if q.dim() != 3 or tuple(k.shape) != tuple(q.shape):
         raise ValueError(f"mlstm_step: q and k must be [B, NH, DK] of one shape, got {list(q.shape)} and {list(k.shape)}")
     batch, heads, dk = q.shape
