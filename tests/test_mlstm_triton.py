@@ -1,0 +1,288 @@
+"""The `triton` backend of `mlstm` (TFLA-style kernels) against the `reference` step loop: outputs,
+final states and the gradients of every input, initial state included, for both input gates.
+
+Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny;
+`block_intra=16` with chunks of 32 makes every chunk two query blocks, so both tiling levels run.
+Tolerances: float64 atol 1e-10 / rtol 1e-9 (observed relative errors are about 1e-14);
+float32 atol 1e-5 / rtol 1e-4 (observed about 1e-6). A separate check compiles every kernel for
+sm_80 and sm_90 with `triton.compile` (no GPU needed), which the interpreter cannot stand in for.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must precede the first import of the kernel module: triton.jit reads it when the kernels are defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
+
+from hf_seqplugins.backends import BackendUnavailableError  # noqa: E402
+from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm  # noqa: E402
+from hf_seqplugins.kernels.mlstm import reference, triton_impl  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}
+GRAD_NAMES = ("q", "k", "v", "igate", "fgate", "C0", "n0", "m0")
+
+
+def make_inputs(batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.float64, with_state=True, gate_scale=1.0):
+    """Random (q, k, v, igate, fgate, initial_state); forget gates lean open, as trained models' do."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype)
+
+    state = (randn(batch, heads, dk, dv), randn(batch, heads, dk), randn(batch, heads)) if with_state else None
+    return (randn(batch, heads, steps, dk), randn(batch, heads, steps, dk), randn(batch, heads, steps, dv),
+            randn(batch, heads, steps) * gate_scale, randn(batch, heads, steps) * gate_scale + 2.0, state)
+
+
+def run(kernel, inputs, mask=None, input_gate="exp", normalize=True, eps=1e-6, chunk_size=32, seed=99, **kwargs):
+    """h, final state and the gradients (by name) of a fixed random weighted sum of both, through the
+    operator's validation (so `kernel` gets exactly what a backend gets)."""
+    q, k, v, igate, fgate, state = inputs
+    leaves = [t.to(DEVICE).requires_grad_() for t in (q, k, v, igate, fgate, *(state or ()))]
+    initial = None if state is None else tuple(leaves[5:])
+    args, _ = OPERATOR.validate(*leaves[:5], initial, None if mask is None else mask.to(DEVICE), input_gate, normalize, eps, chunk_size)
+    h, final_state = kernel(*args, **kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(DEVICE)).sum() for t in (h, *final_state))
+    grads = torch.autograd.grad(loss, leaves)
+    return h.detach(), tuple(s.detach() for s in final_state), dict(zip(GRAD_NAMES, grads))
+
+
+def triton_kernel(*args, block_intra=16):
+    return triton_impl.mlstm(*args, block_intra=block_intra)
+
+
+def assert_matches_reference(inputs, mask=None, **options):
+    dtype = inputs[0].dtype
+    expected = run(reference.mlstm, inputs, mask, **options)
+    got = run(triton_kernel, inputs, mask, **options)
+    tolerance = TOLERANCES[dtype]
+    assert got[0].dtype == dtype
+    torch.testing.assert_close(got[0], expected[0], **tolerance, msg=lambda m: f"h: {m}")
+    for name, state, reference_state in zip("Cnm", got[1], expected[1]):
+        torch.testing.assert_close(state, reference_state, **tolerance, msg=lambda m, name=name: f"final {name}: {m}")
+    for name, grad in got[2].items():
+        torch.testing.assert_close(grad, expected[2][name], **tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")
+    return got
+
+
+@pytest.mark.parametrize(
+    "input_gate, normalize, with_state",
+    [("exp", True, True), ("exp", True, False), ("sigmoid", True, True), ("sigmoid", False, False)],
+)
+def test_matches_reference_float64(input_gate, normalize, with_state):
+    # T = 40: two chunks of 32, the second mostly end padding.
+    inputs = make_inputs(seed=0, with_state=with_state)
+    assert_matches_reference(inputs, input_gate=input_gate, normalize=normalize)
+
+
+def test_matches_reference_float32():
+    assert_matches_reference(make_inputs(batch=2, heads=1, steps=24, seed=1, dtype=torch.float32), chunk_size=16)
+
+
+def test_single_step():
+    assert_matches_reference(make_inputs(heads=1, steps=1, seed=2))
+
+
+def test_several_head_dim_tiles(monkeypatch):
+    # Head tiles of 16: DK = 32 is two full tiles, DV = 20 one full and one mostly masked tile.
+    monkeypatch.setattr(triton_impl, "MAX_TILE_FLOAT64", 16)
+    assert_matches_reference(make_inputs(heads=1, steps=20, dk=32, dv=20, seed=3), chunk_size=16)
+
+
+def test_eps_zero_and_a_gradient_only_through_the_final_state():
+    q, k, v, igate, fgate, state = make_inputs(heads=1, steps=20, seed=4)
+    assert_matches_reference((q, k, v, igate, fgate, state), eps=0.0)
+    leaves = [t.clone().requires_grad_() for t in (igate, fgate, *state)]
+    grads = []
+    for kernel in (reference.mlstm, triton_kernel):
+        _, (c, n, m) = kernel(q, k, v, *leaves[:2], tuple(leaves[2:]), None, "exp", True, 1e-6, 16)
+        grads.append(torch.autograd.grad(c.sum() + 2 * n.sum() + 3 * m.sum(), leaves))
+    for name, got, expected in zip(("igate", "fgate", "C0", "n0", "m0"), grads[1], grads[0]):
+        torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}")
+
+
+def test_large_gate_preactivations_stay_finite():
+    inputs = make_inputs(heads=1, steps=40, seed=5, gate_scale=30.0)
+    h, (c, n, m), grads = assert_matches_reference(inputs)
+    assert torch.isfinite(h).all() and torch.isfinite(c).all() and all(torch.isfinite(g).all() for g in grads.values())
+    assert m.abs().max() > 20, "the stabiliser m should track the large gate pre-activations"
+
+
+@pytest.mark.parametrize("input_gate", ["exp", "sigmoid"])
+def test_padding_equals_the_unpadded_row(input_gate):
+    """Row 0 has 6 leading padding steps (the whole first intra tile's start) and a gap; row 1 none.
+    Padded steps are identities: the kept steps' outputs and the final state equal those of row 0
+    with its padding removed, run alone."""
+    steps, lead = 28, 6
+    inputs = make_inputs(batch=2, heads=1, steps=steps, seed=6, with_state=False)
+    mask = torch.ones(2, steps, dtype=torch.bool)
+    mask[0, :lead] = False
+    mask[0, 17] = False
+    h, state, grads = assert_matches_reference(inputs, mask, input_gate=input_gate, chunk_size=16)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert (h[0, :, ~mask[0]] == 0).all()
+    # The operator's folding hides whatever the kernel returns for the padded gates: ask for them directly.
+    args, _ = OPERATOR.validate(*(t.to(DEVICE) for t in inputs[:5]), None, mask.to(DEVICE), input_gate, True, 1e-6, 16)
+    folded_gates = [gate.detach().requires_grad_() for gate in args[3:5]]
+    h_folded, state_folded = triton_kernel(*args[:3], *folded_gates, *args[5:])
+    gate_grads = torch.autograd.grad(h_folded.sum() + sum(s.sum() for s in state_folded), folded_gates, allow_unused=True)
+    assert all(torch.isfinite(g).all() for g in gate_grads)
+    assert (gate_grads[0][0, :, ~mask[0]] == 0).all() and (gate_grads[1][0, :, ~mask[0]] == 0).all()
+
+    keep = mask[0]
+    alone = tuple(t[:1, ..., keep, :] if t.dim() == 4 else t[:1, ..., keep] for t in inputs[:5])
+    with torch.no_grad():
+        args, _ = OPERATOR.validate(*(t.to(DEVICE) for t in alone), None, None, input_gate, True, 1e-6, 16)
+        h_alone, state_alone = triton_kernel(*args)
+    torch.testing.assert_close(h[0, :, keep], h_alone[0], **TOLERANCES[torch.float64])
+    for got, expected in zip(state, state_alone):
+        torch.testing.assert_close(got[0], expected[0], **TOLERANCES[torch.float64])
+
+
+def test_mask_given_directly_is_folded_like_the_operator_does():
+    tensors = [t.to(DEVICE) for t in make_inputs(batch=2, heads=1, steps=20, seed=7, with_state=False)[:5]]
+    mask = torch.ones(2, 20, dtype=torch.bool, device=DEVICE)
+    mask[1, :7] = False
+    with torch.no_grad():
+        direct = triton_kernel(*tensors, None, mask, "exp", True, 1e-6, 16)
+        folded = mlstm(*tensors, mask=mask, chunk_size=16, backend="triton")
+    torch.testing.assert_close(direct[0], folded[0], rtol=0, atol=0)
+    for got, expected in zip(direct[1], folded[1]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("input_gate", ["exp", "sigmoid"])
+def test_state_passing_equals_one_pass(input_gate):
+    *tensors, state = make_inputs(heads=1, steps=36, seed=8)
+    tensors, state = [t.to(DEVICE) for t in tensors], tuple(s.to(DEVICE) for s in state)
+    split = 21
+    options = {"input_gate": input_gate, "chunk_size": 16, "backend": "triton"}
+    with torch.no_grad():
+        h, final = mlstm(*tensors, state, **options)
+        h1, middle = mlstm(*(t[:, :, :split] for t in tensors), state, **options)
+        h2, final2 = mlstm(*(t[:, :, split:] for t in tensors), middle, **options)
+    torch.testing.assert_close(torch.cat([h1, h2], dim=2), h, **TOLERANCES[torch.float64])
+    for got, expected in zip(final2, final):
+        torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64])
+
+
+def test_half_precision_inputs_compute_in_float32():
+    q, k, v, igate, fgate, state = make_inputs(heads=1, steps=16, seed=9, dtype=torch.float32)
+    args = [t.to(DEVICE) for t in (q.bfloat16(), k.bfloat16(), v.bfloat16(), igate, fgate)]
+    with torch.no_grad():
+        h, final = mlstm(*args, chunk_size=16, backend="triton")
+        expected_h, expected_final = mlstm(*args, chunk_size=16, backend="reference")
+    assert h.dtype == torch.bfloat16 and all(s.dtype == torch.float32 for s in final)
+    torch.testing.assert_close(h, expected_h, atol=1e-2, rtol=1e-2)
+    for got, expected in zip(final, expected_final):
+        torch.testing.assert_close(got, expected, **TOLERANCES[torch.float32])
+
+
+def test_refusals():
+    tensors = [t.to(DEVICE) for t in make_inputs(heads=1, steps=4, seed=10, dtype=torch.float32, with_state=False)[:5]]
+    options = [None, None, "exp", True, 1e-6, 64]
+    assert triton_impl.unsupported_reason(*tensors, *options) is None
+
+    q, k, v, igate, fgate = tensors
+    closed_gate = fgate.clone()
+    closed_gate[0, 0, 2] = -math.inf
+    assert "-inf" in triton_impl.unsupported_reason(q, k, v, igate, closed_gate, *options)
+    with pytest.raises(BackendUnavailableError, match="fgate contains -inf"):
+        mlstm(q, k, v, igate, closed_gate, backend="triton")
+
+    assert "'meta'" in triton_impl.unsupported_reason(*(t.to("meta") for t in tensors), *options)
+    assert "float32" in triton_impl.unsupported_reason(q.to(torch.complex64), k, v, igate, fgate, *options)
+    many_heads = [t.expand(65536, *t.shape[1:]) for t in tensors]
+    assert "65535" in triton_impl.unsupported_reason(*many_heads, *options)
+    with pytest.raises(ValueError, match="block_intra"):
+        triton_impl.mlstm(*tensors, *options[:5], 32, block_intra=24)
+
+
+def test_cpu_inputs_need_the_interpreter_from_the_first_import(monkeypatch):
+    monkeypatch.setattr(triton_impl, "INTERPRETED", False)
+    tensors = make_inputs(heads=1, steps=4, seed=11, dtype=torch.float32, with_state=False)[:5]
+    reason = triton_impl.unsupported_reason(*tensors, None, None, "exp", True, 1e-6, 64)
+    assert "TRITON_INTERPRET was not 1" in reason
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET was not 1"):
+        triton_impl.mlstm(*tensors, None, None, "exp", True, 1e-6, 64)
+
+
+COMPILE_SCRIPT = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hf_seqplugins.kernels.mlstm import triton_impl
+
+assert not triton_impl.INTERPRETED
+capabilities, dtype, (chunk, block, head_tile) = json.loads(sys.argv[1])
+constants = {"L": chunk, "BT": block, "BDK": head_tile, "BDV": head_tile, "NORMALIZE": True}
+scalars = {"scale": "fp32", "eps": "fp32"}
+kernels = [getattr(triton_impl, name) for name in dir(triton_impl) if name.startswith(("_fw_", "_bw_")) and name.endswith("_kernel")]
+shared = {}
+for capability in capabilities:
+    for sigmoid in (False, True):
+        for kernel in kernels:
+            signature = {p.name: "constexpr" if p.is_constexpr else ("*" + dtype if p.name.endswith("_ptr") else scalars.get(p.name, "i32"))
+                         for p in kernel.params}
+            values = {p.name: sigmoid if p.name == "SIGMOID" else constants[p.name] for p in kernel.params if p.is_constexpr}
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=values),
+                                      target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
+            assert compiled.asm["cubin"], kernel.__name__
+            shared[f"sm_{capability} {kernel.__name__} sigmoid={sigmoid}"] = compiled.metadata.shared
+print(json.dumps({"kernels": len(kernels), "shared": shared}))
+"""
+
+# Largest dynamic shared memory one program may use: A100 (sm_80) and H100 (sm_90).
+SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+
+
+def compile_for_gpus(capabilities, dtype, tiles):
+    """Compiles every kernel, both gates, for each capability in a fresh interpreter without TRITON_INTERPRET."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["kernels"] == 6
+    for name, shared in result["shared"].items():
+        capability = int(name.split()[0][3:])
+        assert shared <= SHARED_MEMORY_LIMIT[capability], f"{name} needs {shared} bytes of shared memory"
+    return result
+
+
+def test_kernels_compile_for_sm80_and_sm90():
+    """The PTX lowering and ptxas run for real GPU targets; small tiles keep it to a few seconds."""
+    compile_for_gpus([80, 90], "fp32", (32, 16, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, tiles", [("fp32", (128, 64, 64)), ("fp64", (64, 32, 32))])
+def test_kernels_compile_with_production_tiles(dtype, tiles):
+    """The default tiles: float32 chunks of 128 with 64-wide tiles, float64 with 32-wide ones, within shared memory."""
+    compile_for_gpus([80, 90], dtype, tiles)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("input_gate", ["exp", "sigmoid"])
+@pytest.mark.parametrize("steps, chunk_size, block_intra, dk, dv", [(100, 64, 16, 16, 48), (130, 128, 32, 40, 16), (64, 16, 16, 80, 16)])
+def test_matches_reference_wider(input_gate, steps, chunk_size, block_intra, dk, dv):
+    inputs = make_inputs(batch=2, heads=1, steps=steps, dk=dk, dv=dv, seed=steps + dk, gate_scale=3.0)
+    expected = run(reference.mlstm, inputs, input_gate=input_gate, chunk_size=chunk_size)
+    got = run(lambda *args: triton_impl.mlstm(*args, block_intra=block_intra), inputs, input_gate=input_gate, chunk_size=chunk_size)
+    torch.testing.assert_close(got[0], expected[0], **TOLERANCES[torch.float64])
+    for got_state, expected_state in zip(got[1], expected[1]):
+        torch.testing.assert_close(got_state, expected_state, **TOLERANCES[torch.float64])
+    for name, grad in got[2].items():
+        torch.testing.assert_close(grad, expected[2][name], **TOLERANCES[torch.float64], msg=lambda m, name=name: f"grad of {name}: {m}")
