@@ -3,27 +3,44 @@
 Models keep no state on modules: each block's state tuple lives in the `LinearAttentionLayer` that
 `DynamicCache(config=...)` builds for every `"linear_attention"` entry of `config.layer_types`, so
 `generate()`, beam-search reordering (`reorder_cache`, batch dimension first) and offloading work
-unmodified. A state tuple is packed as one tensor `[B, S, ...]` along dimension 1.
+unmodified. A state tuple is packed as one tensor with the batch first: tensors of one shape are
+stacked along dimension 1 (`[B, S, ...]`); tensors of different shapes (e.g. mLSTM's `C`, `n`, `m`)
+are flattened and concatenated (`[B, total]`), and the reader passes their shapes to unpack them.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers import Cache
 
 
-def read_state(cache: Cache | None, layer_idx: int) -> tuple[torch.Tensor, ...] | None:
-    """The state tuple stored for `layer_idx`, or None before the first write (prefill)."""
+def read_state(cache: Cache | None, layer_idx: int, shapes: list[tuple[int, ...]] | None = None) -> tuple[torch.Tensor, ...] | None:
+    """The state tuple stored for `layer_idx`, or None before the first write (prefill).
+
+    `shapes`: the per-row shapes (batch left out) of a tuple whose tensors differ in shape; None for a
+    tuple of one shape."""
     if cache is None:
         return None
     packed = cache.get_recurrent_state(layer_idx)
-    return None if packed is None else tuple(packed.unbind(1))
+    if packed is None:
+        return None
+    if shapes is None:
+        return tuple(packed.unbind(1))
+    sizes = [math.prod(shape) for shape in shapes]
+    return tuple(part.reshape(packed.shape[0], *shape) for part, shape in zip(packed.split(sizes, dim=1), shapes))
 
 
 def write_state(cache: Cache | None, layer_idx: int, state: tuple[torch.Tensor, ...]) -> None:
-    """Store the final state tuple of `layer_idx` (every tensor `[B, ...]` of one shape)."""
+    """Store the final state tuple of `layer_idx` (tensors `[B, ...]`; see the module docstring for the packing)."""
     if cache is None:
         return
-    cache.update_recurrent_state(torch.stack([s.detach() for s in state], dim=1), layer_idx)
+    state = [s.detach() for s in state]
+    if len({s.shape for s in state}) == 1:
+        packed = torch.stack(state, dim=1)
+    else:
+        packed = torch.cat([s.reshape(s.shape[0], -1) for s in state], dim=1)
+    cache.update_recurrent_state(packed, layer_idx)
     # update_recurrent_state() leaves has_previous_state unset (only update_conv_state sets it);
     # without this the stored state would never be read back.
     cache.layers[layer_idx].has_previous_state[0] = True

@@ -104,6 +104,14 @@ class SeqPreTrainedModel(PreTrainedModel):
         if hasattr(module, "init_mixer_weights"):
             module.init_mixer_weights()
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # For custom code, transformers skips a module whose own (non-recursive) parameters are all initialised,
+        # which is every module without parameters of its own: a mixer's `init_mixer_weights` would never run.
+        # It uses `transformers.initialization` functions, which leave loaded weights alone, so it is safe to call.
+        if hasattr(module, "init_mixer_weights"):
+            is_custom_code = False
+        super()._initialize_weights(module, is_custom_code)
+
 
 def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     """The `[B, length]` bool mask of the current chunk (generate passes the whole history), or None if all real."""
@@ -175,10 +183,19 @@ class SeqModel(SeqPreTrainedModel):
 
 
 class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
-    """Language model head on a backbone. Subclasses set `config_class` and `backbone_class`."""
+    """Language model head on a backbone. Subclasses set `config_class` and `backbone_class`.
+
+    A config with `output_logit_soft_cap` > 0 gets ``logits = cap * tanh(logits / cap)`` (loss included).
+    """
 
     backbone_class: type[SeqModel]
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() gives no DynamicCache to class names containing e.g. "xlstm" or "rwkv" (transformers' own
+        # models of those names have custom caches); every model here keeps its state in a DynamicCache.
+        return True
 
     def __init__(self, config: SeqConfig):
         super().__init__(config)
@@ -211,6 +228,9 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
+        cap = getattr(self.config, "output_logit_soft_cap", None)
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

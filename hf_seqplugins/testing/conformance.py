@@ -8,11 +8,13 @@ gradient checkpointing and config validation.
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
+from ..backends import BackendUnavailableError, use_backend
 from ..registry import load_plugins
 from . import tiny_config
 
@@ -71,30 +73,38 @@ def test_forward_backward(model_type):
     assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "mixer" in n)
 
 
-def _backend_cases(model_type):
+def _backend_cases(model_type) -> list[tuple[str, str]]:
+    """(operator, backend) for every non-reference backend available here of every operator the model runs."""
     operators = load_plugins()[model_type].config_class.operators
-    return sorted({b for op in operators for b in op.available_backends()} - {"reference"})
+    return sorted((op.name, backend) for op in operators for backend in op.available_backends() if backend != "reference")
 
 
 def test_every_backend_matches_reference(model_type):
-    """Logits and all parameter gradients of each available backend equal the reference recurrence (float32)."""
+    """Logits and all parameter gradients with each available backend of each operator (the other operators on
+    `reference`) equal the reference recurrence (float32). A backend that refuses these inputs says why (warning)."""
     ids = _tokens(tiny_config(model_type), length=7)
 
-    def run(backend):
-        model = _causal_lm(model_type, kernel_backend=backend).train()
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        return model(ids).logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    def run(**choice):
+        model = _causal_lm(model_type, kernel_backend="reference").train()
+        with use_backend(**choice):
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            return model(ids).logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
-    ref_logits, ref_grads = run("reference")
-    backends = _backend_cases(model_type)
-    assert "torch" in backends
-    for backend in backends:
-        logits, grads = run(backend)
-        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4, msg=lambda m: f"{backend} logits: {m}")
+    ref_logits, ref_grads = run()
+    cases = _backend_cases(model_type)
+    assert {backend for _, backend in cases} >= {"torch"}
+    for operator, backend in cases:
+        try:
+            logits, grads = run(**{operator: backend})
+        except BackendUnavailableError as refusal:
+            warnings.warn(f"{model_type}: {refusal}", stacklevel=1)
+            continue
+        label = f"{operator}:{backend}"
+        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4, msg=lambda m: f"{label} logits: {m}")
         assert grads.keys() == ref_grads.keys()
         for name in grads:
-            torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-5, rtol=1e-4, msg=lambda m: f"{backend} grad {name}: {m}")
+            torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-5, rtol=1e-4, msg=lambda m: f"{label} grad {name}: {m}")
 
 
 @torch.no_grad()
@@ -264,7 +274,8 @@ def test_bfloat16_runs_and_stays_close_to_float32(model_type):
     model.to(torch.bfloat16)
     logits = model(ids).logits
     assert logits.dtype == torch.bfloat16
-    torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=0.05)
+    # bf16 keeps ~3 significant digits: allow 5% of the logits' range
+    torch.testing.assert_close(logits.float(), expected, atol=0.05 * expected.abs().max().item(), rtol=0.05)
     assert model.generate(ids[:, :3], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (2, 6)
 
 
