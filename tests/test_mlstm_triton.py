@@ -3,9 +3,12 @@ final states and the gradients of every input, initial state included, for both 
 
 Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny;
 `block_intra=16` with chunks of 32 makes every chunk two query blocks, so both tiling levels run.
-Tolerances: float64 atol 1e-10 / rtol 1e-9 (observed relative errors are about 1e-14);
-float32 atol 1e-5 / rtol 1e-4 (observed about 1e-6). A separate check compiles every kernel for
-sm_80 and sm_90 with `triton.compile` (no GPU needed), which the interpreter cannot stand in for.
+Tolerances: float64 atol 1e-10 / rtol 1e-9 against the float64 reference (observed relative errors
+about 1e-14). float32 against the float64 reference, relative to each tensor's scale (see
+`assert_matches_reference`): 2e-5 (observed 4e-6 at unit gate scale), 1e-3 for pre-activations up
+to +-90 (observed 1.4e-4 for dq; the float32 reference loop is off by 8e-4 there).
+A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed):
+the interpreter does not run the GPU compiler.
 """
 import json
 import math
@@ -15,6 +18,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 if not torch.cuda.is_available():
     # Must precede the first import of the kernel module: triton.jit reads it when the kernels are defined.
@@ -28,6 +33,7 @@ from hf_seqplugins.kernels.mlstm import reference, triton_impl  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}
+FLOAT32_RELATIVE = 2e-5
 GRAD_NAMES = ("q", "k", "v", "igate", "fgate", "C0", "n0", "m0")
 
 
@@ -52,7 +58,7 @@ def run(kernel, inputs, mask=None, input_gate="exp", normalize=True, eps=1e-6, c
     args, _ = OPERATOR.validate(*leaves[:5], initial, None if mask is None else mask.to(DEVICE), input_gate, normalize, eps, chunk_size)
     h, final_state = kernel(*args, **kwargs)
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(DEVICE)).sum() for t in (h, *final_state))
+    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum() for t in (h, *final_state))
     grads = torch.autograd.grad(loss, leaves)
     return h.detach(), tuple(s.detach() for s in final_state), dict(zip(GRAD_NAMES, grads))
 
@@ -61,17 +67,33 @@ def triton_kernel(*args, block_intra=16):
     return triton_impl.mlstm(*args, block_intra=block_intra)
 
 
+def named_results(result):
+    h, state, grads = result
+    return {"h": h, **{f"final {name}": s for name, s in zip("Cnm", state)}, **{f"grad of {name}": g for name, g in grads.items()}}
+
+
 def assert_matches_reference(inputs, mask=None, **options):
+    """float64 inputs: the same inputs through the reference loop. float32 inputs: against the float64
+    reference (the float32 reference loop rounds about as much as the kernels), each tensor within
+    `FLOAT32_RELATIVE` of its scale: its largest magnitude or, for the gate gradients, which the
+    kernels get from reverse sums of `q_t . dq_t - k_t . dk_t`, the largest sum of those magnitudes."""
     dtype = inputs[0].dtype
-    expected = run(reference.mlstm, inputs, mask, **options)
     got = run(triton_kernel, inputs, mask, **options)
-    tolerance = TOLERANCES[dtype]
-    assert got[0].dtype == dtype
-    torch.testing.assert_close(got[0], expected[0], **tolerance, msg=lambda m: f"h: {m}")
-    for name, state, reference_state in zip("Cnm", got[1], expected[1]):
-        torch.testing.assert_close(state, reference_state, **tolerance, msg=lambda m, name=name: f"final {name}: {m}")
-    for name, grad in got[2].items():
-        torch.testing.assert_close(grad, expected[2][name], **tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")
+    assert got[0].dtype == dtype and all(s.dtype == dtype for s in got[1])
+    as_float64 = tuple(None if t is None else t.double() if isinstance(t, torch.Tensor) else tuple(s.double() for s in t) for t in inputs)
+    expected_result = run(reference.mlstm, as_float64, mask, **options)
+    expected = named_results(expected_result)
+    q, k = (t.to(DEVICE) for t in as_float64[:2])
+    gate_scale = ((q * expected_result[2]["q"]).sum(-1).abs() + (k * expected_result[2]["k"]).sum(-1).abs()).sum(-1).max()
+    for name, tensor in named_results(got).items():
+        if dtype == torch.float64:
+            torch.testing.assert_close(tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
+        else:
+            scale = expected[name].abs().max()
+            if name in ("grad of igate", "grad of fgate"):
+                scale = torch.maximum(scale, gate_scale)
+            error = (tensor.double() - expected[name]).abs().max()
+            assert error <= FLOAT32_RELATIVE * scale + 1e-7, f"{name}: error {error:.3g} for a scale of {scale:.3g}"
     return got
 
 
@@ -89,6 +111,21 @@ def test_matches_reference_float32():
     assert_matches_reference(make_inputs(batch=2, heads=1, steps=24, seed=1, dtype=torch.float32), chunk_size=16)
 
 
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    input_gate=st.sampled_from(["exp", "sigmoid"]),
+    steps=st.integers(1, 48),
+    chunk_size=st.sampled_from([16, 32]),
+    dk=st.integers(1, 20),
+    dv=st.integers(1, 20),
+    with_state=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_property_shapes_and_chunks(input_gate, steps, chunk_size, dk, dv, with_state, seed):
+    inputs = make_inputs(heads=1, steps=steps, dk=dk, dv=dv, seed=seed, with_state=with_state, gate_scale=3.0)
+    assert_matches_reference(inputs, input_gate=input_gate, chunk_size=chunk_size)
+
+
 def test_single_step():
     assert_matches_reference(make_inputs(heads=1, steps=1, seed=2))
 
@@ -100,9 +137,10 @@ def test_several_head_dim_tiles(monkeypatch):
 
 
 def test_eps_zero_and_a_gradient_only_through_the_final_state():
-    q, k, v, igate, fgate, state = make_inputs(heads=1, steps=20, seed=4)
-    assert_matches_reference((q, k, v, igate, fgate, state), eps=0.0)
-    leaves = [t.clone().requires_grad_() for t in (igate, fgate, *state)]
+    inputs = make_inputs(heads=1, steps=20, seed=4)
+    assert_matches_reference(inputs, eps=0.0)
+    q, k, v, igate, fgate = (t.to(DEVICE) for t in inputs[:5])
+    leaves = [t.to(DEVICE).requires_grad_() for t in (igate, fgate, *inputs[5])]
     grads = []
     for kernel in (reference.mlstm, triton_kernel):
         _, (c, n, m) = kernel(q, k, v, *leaves[:2], tuple(leaves[2:]), None, "exp", True, 1e-6, 16)
@@ -111,8 +149,12 @@ def test_eps_zero_and_a_gradient_only_through_the_final_state():
         torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}")
 
 
-def test_large_gate_preactivations_stay_finite():
-    inputs = make_inputs(heads=1, steps=40, seed=5, gate_scale=30.0)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_large_gate_preactivations_stay_finite(dtype, monkeypatch):
+    # Pre-activations up to about +-90: in float32 the prefix-sum decays b_j - b_l (|b| up to about 1000
+    # in a chunk) lose about 1e-4 of relative accuracy, the float32 reference loop 8e-4.
+    monkeypatch.setattr(sys.modules[__name__], "FLOAT32_RELATIVE", 1e-3)
+    inputs = make_inputs(heads=1, steps=40, seed=5, gate_scale=30.0, dtype=dtype)
     h, (c, n, m), grads = assert_matches_reference(inputs)
     assert torch.isfinite(h).all() and torch.isfinite(c).all() and all(torch.isfinite(g).all() for g in grads.values())
     assert m.abs().max() > 20, "the stabiliser m should track the large gate pre-activations"
@@ -120,14 +162,14 @@ def test_large_gate_preactivations_stay_finite():
 
 @pytest.mark.parametrize("input_gate", ["exp", "sigmoid"])
 def test_padding_equals_the_unpadded_row(input_gate):
-    """Row 0 has 6 leading padding steps (the whole first intra tile's start) and a gap; row 1 none.
+    """Row 0 has 18 leading padding steps (the whole first chunk of 16 and more) and a gap; row 1 none.
     Padded steps are identities: the kept steps' outputs and the final state equal those of row 0
     with its padding removed, run alone."""
-    steps, lead = 28, 6
+    steps, lead = 28, 18
     inputs = make_inputs(batch=2, heads=1, steps=steps, seed=6, with_state=False)
     mask = torch.ones(2, steps, dtype=torch.bool)
     mask[0, :lead] = False
-    mask[0, 17] = False
+    mask[0, 23] = False
     h, state, grads = assert_matches_reference(inputs, mask, input_gate=input_gate, chunk_size=16)
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert (h[0, :, ~mask[0]] == 0).all()

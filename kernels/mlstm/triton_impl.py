@@ -20,18 +20,19 @@ Forward (exp gate; the sigmoid gate is the same with m = 0 everywhere and log i 
   term's `b_j + m_c` (finite, so padding and the masked triangle never give `-inf - -inf`), ends at
   the step loop's m_t exactly; `h = num / (max(|den|, e^{-m}) + eps)`. It also writes m_t and den_t.
 
-Backward (derivation in `_MLSTMFunction.backward`): the per-step output gradient becomes
+Backward (derivation in `_backward`): the per-step output gradient becomes
 `dnum = dh / denom` and a scalar `dden`; `_bw_recurrent_kernel` runs the chunks in reverse for the
 gradient of the state entering each chunk (slot 0 is the initial state's); `_bw_dq_kernel`,
 `_bw_dk_kernel` and `_bw_dv_kernel` are the three parallel kernels. Gate gradients follow in a torch
 post-pass that is exact with initial state, final-state gradients and the stabiliser's own gradient.
 
-`tl.dot` needs every dimension >= 16: head dims are tiled by powers of two in [16, 64] with masked
-loads (padded columns read as 0 and are never stored), time tiles are powers of two >= 16 and T is
+`tl.dot` needs every dimension >= 16: head dims are tiled by powers of two in [16, 64] ([16, 32] in
+float64, whose 64-wide tiles would need more shared memory than an A100 has) with masked loads (padded columns read as 0 and are never stored), time tiles are powers of two >= 16 and T is
 padded at the end with identity steps (igate = -inf, fgate = +inf, q = k = v = 0), which leave the
 state exactly unchanged. Dots run with ``input_precision="ieee"``: TF32 would lose three digits.
 Half-precision inputs are upcast to float32 before the kernels; float64 inputs are computed in float64.
-In float32, the in-chunk decays `b_j - b_l` lose about `|b| * 6e-8` (relative) to cancellation, as in TFLA.
+In float32 the in-chunk decays `b_j - b_l` are differences of prefix sums, as in TFLA: a weight loses
+about `|b_l| * 6e-8` of relative accuracy (the torch backend sums the decays directly instead).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MIN_DOT_SIZE = 16
 MAX_HEAD_TILE = 64
 MAX_INTRA_TILE = 64
-# float64 tiles of 64 would stage about 165 KB of shared memory per program, more than an A100 offers.
+# float64 tiles of 64 stage about 165 KB of shared memory per program, at the limit of an A100 (sm_80).
 MAX_TILE_FLOAT64 = 32
 MAX_GRID_Z = 65535
 MIN_CAPABILITY = (8, 0)
@@ -414,7 +415,10 @@ def _bw_dv_kernel(
 
 
 def unsupported_reason(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size) -> str | None:
-    """None when the Triton kernels compute these (validated) inputs exactly, else why not."""
+    """None when the Triton kernels compute these (validated) inputs, else why not.
+
+    The check for a -inf forget gate reads a flag back from the device (one synchronisation).
+    """
     if q.device.type == "cuda":
         capability = torch.cuda.get_device_capability(q.device)
         if capability < MIN_CAPABILITY:
