@@ -358,3 +358,15 @@ def test_peer_sigmoid_parallel_equals_ours(normalize):
     h_peer = mlstm_siging_parallel__native_autograd(*args, eps=1e-6, normalize=normalize)
     h, _ = mlstm(*args, input_gate="sigmoid", normalize=normalize, chunk_size=4)
     torch.testing.assert_close(h, h_peer, **TOL)
+
+
+def test_16k_tokens_in_bfloat16_with_large_gates_stay_finite_forward_and_backward():
+    """The model's training path (chunkwise torch, bf16 q/k/v, float32 gates) over 16384 tokens with gate
+    pre-activations ~ N(0, 30): no inf or NaN in outputs, final state or any gradient."""
+    g = torch.Generator().manual_seed(16)
+    q, k, v = (torch.randn(1, 2, 16384, 8, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    igate, fgate = (torch.randn(1, 2, 16384, generator=g).mul(30).requires_grad_() for _ in range(2))
+    h, state = mlstm(q, k, v, igate, fgate, backend="torch")
+    assert h.dtype == torch.bfloat16 and torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in state)
+    (h.float().square().mean() + state[0].square().mean()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v, igate, fgate))
