@@ -105,12 +105,10 @@ class SeqPreTrainedModel(PreTrainedModel):
             module.init_mixer_weights()
 
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
-        # For custom code, transformers skips a module whose own (non-recursive) parameters are all initialised,
-        # which is every module without parameters of its own: a mixer's `init_mixer_weights` would never run.
-        # It uses `transformers.initialization` functions, which leave loaded weights alone, so it is safe to call.
-        if hasattr(module, "init_mixer_weights"):
-            is_custom_code = False
-        super()._initialize_weights(module, is_custom_code)
+        # For custom code, transformers skips every module without parameters of its own (a mixer, a feed-forward
+        # wrapper), so their `_init_weights` / `init_mixer_weights` would never run. Ours use the
+        # `transformers.initialization` functions, which leave loaded weights alone: always initialise.
+        super()._initialize_weights(module, is_custom_code=False)
 
 
 def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ class XLSTMConfig(SeqConfig):
         normalize: mLSTMsig only: divide by the normalizer (True) or not.
         mlstm_eps: epsilon added to the mLSTM normalizer.
         chunk_size: chunk length of the chunkwise kernels (training and prefill).
-        use_bias: biases on the q/k/v/output-gate/out projections and the feed-forward.
+        use_bias: biases on the q/k/v/output-gate/out projections (the feed-forward and norms have none).
         block_pattern: per block "m" (mLSTM) or "s" (sLSTM), e.g. "mmsm"; repeated to num_hidden_layers if
             shorter; default all "m" (xLSTM-7B).
         slstm_num_heads: heads of the sLSTM blocks.
