@@ -27,24 +27,23 @@ def operator_call(layer, cell: str, backend: str, x: torch.Tensor):
     return run
 
 
+def case(cell: str, batch: int, steps: int, hidden: int, device: torch.device) -> Case:
+    """One shape: torch.nn's layer, our drop-in layer on `reference`, the operator's backends and FlashRNN."""
+    torch.manual_seed(0)
+    theirs_class, ours_class = LAYERS[cell]
+    x = torch.randn(batch, steps, hidden, device=device, requires_grad=True)
+    theirs = theirs_class(hidden, hidden, batch_first=True).to(device)
+    drop_in = ours_class(hidden, hidden, batch_first=True, backend="reference").to(device)
+    drop_in.load_state_dict(theirs.state_dict())
+    implementations = {f"torch.nn.{cell.upper()} (fused)": lambda: theirs(x)[0], "ours: reference": lambda: drop_in(x)[0]}
+    backends = ["torch"] + (["triton"] if device.type == "cuda" else []) + (["flashrnn"] if importlib.util.find_spec("flashrnn") else [])
+    for backend in backends:
+        implementations["peer: flashrnn vanilla" if backend == "flashrnn" else f"ours: {backend}"] = operator_call(theirs, cell, backend, x)
+    gates = 4 if cell == "lstm" else 3
+    flops = 2 * 2 * batch * steps * gates * hidden * hidden  # input and recurrent matmuls
+    return Case(f"headwise_rnn ({cell})", f"B{batch} T{steps} H{hidden}", flops, [x], implementations)
+
+
 def cases(quick: bool, device: torch.device) -> list[Case]:
     shapes = [(2, 32, 64)] if quick else [(1, 256, 256), (16, 256, 256), (16, 64, 512)]
-    found = []
-    for cell, (theirs_class, ours_class) in LAYERS.items():
-        for batch, steps, hidden in shapes:
-            torch.manual_seed(0)
-            x = torch.randn(batch, steps, hidden, device=device, requires_grad=True)
-            theirs = theirs_class(hidden, hidden, batch_first=True).to(device)
-            implementations = {f"torch.nn.{cell.upper()} (fused)": lambda m=theirs: m(x)[0]}
-            drop_in = ours_class(hidden, hidden, batch_first=True, backend="reference").to(device)
-            drop_in.load_state_dict(theirs.state_dict())
-            implementations["ours: reference"] = lambda m=drop_in: m(x)[0]
-            backends = ["torch"] + (["triton"] if device.type == "cuda" else [])
-            backends += ["flashrnn"] if importlib.util.find_spec("flashrnn") else []
-            for backend in backends:
-                label = "peer: flashrnn vanilla" if backend == "flashrnn" else f"ours: {backend}"
-                implementations[label] = operator_call(theirs, cell, backend, x)
-            gates = 4 if cell == "lstm" else 3
-            flops = 2 * 2 * batch * steps * gates * hidden * hidden
-            found.append(Case(f"headwise_rnn ({cell})", f"B{batch} T{steps} H{hidden}", flops, [x], implementations))
-    return found
+    return [case(cell, *shape, device) for cell in LAYERS for shape in shapes]
