@@ -1,0 +1,130 @@
+"""Config of the Mamba-2 language model (specs/SSM.md section 3) and its state-collapse options (3.11)."""
+from __future__ import annotations
+
+import math
+
+from hf_seqplugins.configuration import SeqConfig, require_positive_int
+from hf_seqplugins.kernels.ssd import OPERATOR as SSD
+
+
+class Mamba2Config(SeqConfig):
+    """Mamba-2 blocks: ``x + Mamba2Mixer(RMSNorm(x))`` (no feed-forward unless `intermediate_size` > 0).
+
+    Mixer widths: d_inner = expand * hidden_size = num_heads * head_dim; in_proj gives [z | x B C | dt] of sizes
+    d_inner, d_inner + 2 G N, num_heads; a causal depthwise conv (kernel `conv_kernel`) runs over x B C.
+
+    Args:
+        state_size: N, the state size per head and channel (B and C width per group).
+        head_dim: P, channels per head; num_heads = expand * hidden_size / head_dim.
+        n_groups: G, groups sharing B and C (heads map to groups in contiguous blocks).
+        expand: d_inner / hidden_size.
+        conv_kernel: width of the causal depthwise convolution.
+        use_conv_bias, use_bias: bias of the convolution; of in_proj and out_proj.
+        chunk_size: chunk length of the chunked SSD (training and prefill).
+        time_step_min, time_step_max, time_step_floor: dt_bias init, softplus(dt_bias) ~ logU[min, max] >= floor.
+        time_step_limit: (low, high) clamp of Δ after the softplus.
+        A_init_range: A = -exp(A_log) with exp(A_log) ~ U[A_init_range] (mamba_ssm's init; transformers uses 1..H).
+        sc_decay_scale: Stuffed Mamba method 1, λ_α <= 1: every step's decay becomes λ_α exp(Δ A) ("forget more").
+        sc_input_scale: λ_B: B becomes λ_B B ("remember less").
+        sc_dt_scale: Δ becomes sc_dt_scale Δ (LongMamba-style baseline).
+        sc_state_norm_threshold: Stuffed Mamba method 2: after every token (decoding) and every
+            `sc_state_norm_chunk` tokens (prefill/training) each head's state is rescaled to Frobenius norm
+            <= τ. A number (all layers and heads) or a list `[num_hidden_layers][num_heads]`; None = off.
+        sc_state_norm_chunk: prefill chunk between state normalisations.
+        All sc_ options default to no change (outputs bit-identical to plain Mamba-2).
+    """
+
+    model_type = "seqp_mamba2"
+    operators = (SSD,)
+
+    def __init__(
+        self,
+        state_size: int = 64,
+        head_dim: int = 32,
+        n_groups: int = 1,
+        expand: int = 2,
+        conv_kernel: int = 4,
+        use_conv_bias: bool = True,
+        use_bias: bool = False,
+        chunk_size: int = 64,
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_floor: float = 1e-4,
+        time_step_limit: tuple[float, float] = (0.0, float("inf")),
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        sc_decay_scale: float = 1.0,
+        sc_input_scale: float = 1.0,
+        sc_dt_scale: float = 1.0,
+        sc_state_norm_threshold: float | list[list[float]] | None = None,
+        sc_state_norm_chunk: int = 128,
+        intermediate_size: int = 0,
+        **kwargs,
+    ):
+        self.state_size = state_size
+        self.head_dim = head_dim
+        self.n_groups = n_groups
+        self.expand = expand
+        self.conv_kernel = conv_kernel
+        self.use_conv_bias = use_conv_bias
+        self.use_bias = use_bias
+        self.chunk_size = chunk_size
+        self.time_step_min = time_step_min
+        self.time_step_max = time_step_max
+        self.time_step_floor = time_step_floor
+        self.time_step_limit = tuple(time_step_limit)
+        self.A_init_range = tuple(A_init_range)
+        self.sc_decay_scale = sc_decay_scale
+        self.sc_input_scale = sc_input_scale
+        self.sc_dt_scale = sc_dt_scale
+        self.sc_state_norm_threshold = sc_state_norm_threshold
+        self.sc_state_norm_chunk = sc_state_norm_chunk
+        super().__init__(intermediate_size=intermediate_size, **kwargs)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.d_inner // self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.state_size
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        name = type(self).__name__
+        for field in ("state_size", "head_dim", "n_groups", "expand", "conv_kernel", "chunk_size", "sc_state_norm_chunk"):
+            require_positive_int(self, field)
+        if self.d_inner % self.head_dim:
+            raise ValueError(f"{name}: expand * hidden_size ({self.d_inner}) must be divisible by head_dim ({self.head_dim})")
+        if self.num_heads % self.n_groups:
+            raise ValueError(f"{name}: num_heads ({self.num_heads}) must be divisible by n_groups ({self.n_groups})")
+        low, high = self.time_step_limit
+        if not 0 <= low < high:
+            raise ValueError(f"{name}.time_step_limit must be (low, high) with 0 <= low < high, got {self.time_step_limit!r}")
+        if not 0 < self.A_init_range[0] <= self.A_init_range[1]:
+            raise ValueError(f"{name}.A_init_range must be (low, high) with 0 < low <= high, got {self.A_init_range!r}")
+        if not 0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(f"{name}: need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}")
+        for field in ("sc_decay_scale", "sc_input_scale", "sc_dt_scale"):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and 0 < value and math.isfinite(value)):
+                raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
+        if self.sc_decay_scale > 1:
+            raise ValueError(f"{name}.sc_decay_scale must be <= 1 (it shrinks the decay), got {self.sc_decay_scale!r}")
+        threshold = self.sc_state_norm_threshold
+        if threshold is not None:
+            if isinstance(threshold, (int, float)):
+                valid = threshold > 0
+            else:
+                valid = (
+                    len(threshold) == self.num_hidden_layers
+                    and all(len(row) == self.num_heads and all(t > 0 for t in row) for row in threshold)
+                )
+            if not valid:
+                raise ValueError(
+                    f"{name}.sc_state_norm_threshold must be None, a number > 0, or a [num_hidden_layers][num_heads] = "
+                    f"[{self.num_hidden_layers}][{self.num_heads}] list of numbers > 0"
+                )

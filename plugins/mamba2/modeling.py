@@ -1,0 +1,143 @@
+"""Mamba-2 model classes: the SSD mixer (specs/SSM.md 3.4-3.6) in the shared pre-norm blocks."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Cache
+from transformers import initialization as init
+
+from hf_seqplugins.cache import read_state, write_state
+from hf_seqplugins.kernels.ssd import ssd
+from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+
+from .configuration import Mamba2Config
+
+
+class GatedRMSNorm(nn.Module):
+    """``y * silu(z)``, then RMS-normalised per group of channels and scaled (mamba_ssm's norm_before_gate=False)."""
+
+    def __init__(self, size: int, group_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y, z `[B, T, d_inner]` -> `[B, T, d_inner]` (computed in float32, returned in y's dtype)."""
+        gated = y.float() * F.silu(z.float())
+        groups = gated.unflatten(-1, (-1, self.group_size))
+        normed = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.flatten(-2).to(y.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj -> [z | xBC | dt]; causal depthwise conv + SiLU on xBC; SSD over (x, Δ, A, B, C) plus D x;
+    gated RMSNorm with z; out_proj.
+
+    Parameters: `in_proj` `[D -> 2 d_inner + 2 G N + H]`, `conv1d` (depthwise, `[conv_dim, 1, K]`), `dt_bias`,
+    `A_log`, `D` `[H]`, `norm.weight` `[d_inner]`, `out_proj` `[d_inner -> D]`. The cache holds the last K
+    pre-convolution xBC inputs (conv state) and the SSM state `[B, H, P, N]`.
+    """
+
+    def __init__(self, config: Mamba2Config, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim, self.state_size, self.n_groups = config.num_heads, config.head_dim, config.state_size, config.n_groups
+        self.d_inner, self.conv_dim, self.conv_kernel = config.d_inner, config.conv_dim, config.conv_kernel
+        self.in_proj = nn.Linear(config.hidden_size, self.d_inner + self.conv_dim + self.num_heads, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim, bias=config.use_conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // self.n_groups, config.norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
+        threshold = config.sc_state_norm_threshold
+        if isinstance(threshold, (list, tuple)):
+            threshold = threshold[layer_idx]
+        self.state_norm_threshold = threshold
+
+    def init_mixer_weights(self) -> None:
+        """mamba_ssm's init: softplus(dt_bias) log-uniform in [time_step_min, time_step_max] (>= floor),
+        A = -U[A_init_range], D = 1, out_proj scaled by 1/sqrt(num_hidden_layers)."""
+        config = self.config
+        low, high = math.log(config.time_step_min), math.log(config.time_step_max)
+        dt = torch.exp(torch.rand(self.num_heads) * (high - low) + low).clamp(min=config.time_step_floor)
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+        init.copy_(self.A_log, torch.empty(self.num_heads).uniform_(*config.A_init_range).log())
+        init.ones_(self.D)
+        # PyTorch's default Linear init (kaiming-uniform, a = sqrt(5): bound 1/sqrt(fan_in)) over sqrt(layers)
+        bound = 1 / math.sqrt(self.d_inner * config.num_hidden_layers)
+        init.uniform_(self.out_proj.weight, -bound, bound)
+
+    def causal_conv(self, xbc: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """xBC `[B, T, conv_dim]` -> SiLU(causal depthwise conv) `[B, T, conv_dim]`, continuing the cached inputs."""
+        steps = xbc.shape[1]
+        inputs = xbc.transpose(1, 2)
+        if cache is not None:
+            inputs = cache.update_conv_state(inputs, self.layer_idx, conv_kernel_size=self.conv_kernel)
+        inputs = inputs[..., -(steps + self.conv_kernel - 1) :]
+        inputs = F.pad(inputs, (steps + self.conv_kernel - 1 - inputs.shape[-1], 0))
+        return F.silu(F.conv1d(inputs, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None -> `[B, T, D]`.
+
+        Padding leaves the SSM state untouched; the convolution sees zeros there, which equals its zero
+        initial state for left padding (what generation sends)."""
+        batch, steps, _ = hidden.shape
+        config = self.config
+        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        if attention_mask is not None:
+            xbc = xbc * attention_mask[..., None]
+        xbc = self.causal_conv(xbc, cache)
+        x, B, C = xbc.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
+        x = x.unflatten(-1, (self.num_heads, self.head_dim))
+        B = B.unflatten(-1, (self.n_groups, self.state_size)) * config.sc_input_scale
+        C = C.unflatten(-1, (self.n_groups, self.state_size))
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
+        log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
+        y, state = self.scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx), attention_mask)
+        write_state(cache, self.layer_idx, (state,))
+        y = y + x * self.D[:, None].to(x.dtype)
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def scan(self, x, dt, log_decay, B, C, state: tuple[torch.Tensor] | None, mask):
+        """The SSD operator, in pieces of `sc_state_norm_chunk` with the state rescaled between them when
+        state normalisation is on. Returns `(y [B, T, H, P], final state [B, H, P, N])`."""
+        state = None if state is None else state[0]
+        run = dict(chunk_size=self.config.chunk_size, backend=self.config.kernel_backend)
+        if self.state_norm_threshold is None:
+            return ssd(x, dt, log_decay, B, C, state, mask, **run)
+        outputs, piece = [], self.config.sc_state_norm_chunk
+        for start in range(0, x.shape[1], piece):
+            part = slice(start, start + piece)
+            y, state = ssd(x[:, part], dt[:, part], log_decay[:, part], B[:, part], C[:, part], state,
+                           None if mask is None else mask[:, part], **run)
+            state = clamp_state_norm(state, self.state_norm_threshold)
+            outputs.append(y)
+        return torch.cat(outputs, dim=1), state
+
+
+def clamp_state_norm(state: torch.Tensor, threshold: float | list[float]) -> torch.Tensor:
+    """Stuffed Mamba's state normalisation done as intended: each head's `[P, N]` state rescaled to Frobenius
+    norm <= τ (the reference code multiplies by norm / τ instead, which enlarges it). state `[B, H, P, N]`."""
+    tau = torch.as_tensor(threshold, dtype=state.dtype, device=state.device).reshape(-1, 1, 1)
+    norm = torch.linalg.matrix_norm(state, keepdim=True)
+    return state * torch.clamp(tau / norm.clamp_min(torch.finfo(state.dtype).tiny), max=1.0)
+
+
+class Mamba2Model(SeqModel):
+    config_class = Mamba2Config
+    mixer_class = Mamba2Mixer
+
+
+class Mamba2ForCausalLM(SeqForCausalLM):
+    config_class = Mamba2Config
+    backbone_class = Mamba2Model
+
+
+class Mamba2ForSequenceClassification(SeqForSequenceClassification):
+    config_class = Mamba2Config
+    backbone_class = Mamba2Model
