@@ -4,7 +4,9 @@ A backbone is embeddings -> `num_hidden_layers` pre-norm residual blocks -> RMSN
 ``x + mixer(norm(x))`` then, when `config.intermediate_size > 0`, ``x + ffn(norm(x))`` with a gated
 SiLU feed-forward. The mixer is the plugin's class, built as ``mixer_class(config, layer_idx)`` and
 called as ``mixer(hidden [B, T, D], cache=..., attention_mask=[B, T] | None) -> [B, T, D]``; it
-reads and writes its recurrent state with `hf_seqplugins.cache.read_state` / `write_state`.
+reads and writes its recurrent state with `hf_seqplugins.cache.read_state` / `write_state`. A mixer
+with ``needs_history_mask = True`` (e.g. `hf_seqplugins.attention.CausalSelfAttention`) gets the padding
+mask of the whole history `[B, T_past + T]` instead.
 
 A plugin declares its classes by subclassing, e.g.::
 
@@ -71,8 +73,17 @@ class SeqBlock(GradientCheckpointingLayer):
             self.ffn = GatedFeedForward(config.hidden_size, config.intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None):
-        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), cache=cache, attention_mask=attention_mask))
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
+    ):
+        """`attention_mask` `[B, T]`: padding of the current tokens; `history_mask` `[B, T_past + T]`: of all tokens,
+        for mixers that set `needs_history_mask` (attention). Either is None when nothing is padded."""
+        mask = history_mask if getattr(self.mixer, "needs_history_mask", False) else attention_mask
+        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), cache=cache, attention_mask=mask))
         if self.ffn is not None:
             hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
         return hidden
@@ -163,13 +174,14 @@ class SeqModel(SeqPreTrainedModel):
             cache = None
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         mask = padding_mask(attention_mask, inputs_embeds.shape[1])
+        history_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
 
         hidden = inputs_embeds
         all_hidden = [] if output_hidden_states else None
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, cache=cache, attention_mask=mask)
+            hidden = layer(hidden, cache=cache, attention_mask=mask, history_mask=history_mask)
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)

@@ -32,6 +32,12 @@ class Mamba2Config(SeqConfig):
             <= τ. A number (all layers and heads) or a list `[num_hidden_layers][num_heads]`; None = off.
         sc_state_norm_chunk: prefill chunk between state normalisations.
         All sc_ options default to no change (outputs bit-identical to plain Mamba-2).
+        xb_heads: MaTVLM's attention-shaped layout for grouped-query teachers: x and B are projected for
+            `xb_heads` heads and repeated to every head (needs n_groups == num_heads and state_size == head_dim);
+            None = the standard layout.
+        attention_layers: indices of blocks that are softmax attention instead of Mamba-2 (a hybrid); these
+            use num_attention_heads, num_key_value_heads, attention_head_dim (default hidden_size /
+            num_attention_heads), rope_theta and attention_bias, like a Llama layer.
     """
 
     model_type = "seqp_mamba2"
@@ -57,6 +63,13 @@ class Mamba2Config(SeqConfig):
         sc_dt_scale: float = 1.0,
         sc_state_norm_threshold: float | list[list[float]] | None = None,
         sc_state_norm_chunk: int = 128,
+        xb_heads: int | None = None,
+        attention_layers: list[int] = (),
+        num_attention_heads: int = 4,
+        num_key_value_heads: int | None = None,
+        attention_head_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        attention_bias: bool = False,
         intermediate_size: int = 0,
         **kwargs,
     ):
@@ -78,6 +91,13 @@ class Mamba2Config(SeqConfig):
         self.sc_dt_scale = sc_dt_scale
         self.sc_state_norm_threshold = sc_state_norm_threshold
         self.sc_state_norm_chunk = sc_state_norm_chunk
+        self.xb_heads = xb_heads
+        self.attention_layers = sorted(attention_layers)
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
+        self.attention_head_dim = attention_head_dim
+        self.rope_theta = rope_theta
+        self.attention_bias = attention_bias
         super().__init__(intermediate_size=intermediate_size, **kwargs)
 
     @property
@@ -89,8 +109,20 @@ class Mamba2Config(SeqConfig):
         return self.d_inner // self.head_dim
 
     @property
+    def xb_dims(self) -> tuple[int, int]:
+        """Projected widths of x and B (before the repeat to every head in the MaTVLM layout)."""
+        if self.xb_heads is None:
+            return self.d_inner, self.n_groups * self.state_size
+        return self.xb_heads * self.head_dim, self.xb_heads * self.state_size
+
+    @property
     def conv_dim(self) -> int:
-        return self.d_inner + 2 * self.n_groups * self.state_size
+        return sum(self.xb_dims) + self.n_groups * self.state_size
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Cache layout: a KV cache for attention blocks, conv and SSM states for the others."""
+        return ["full_attention" if i in self.attention_layers else "linear_attention" for i in range(self.num_hidden_layers)]
 
     def validate_fields(self) -> None:
         super().validate_fields()
@@ -114,6 +146,24 @@ class Mamba2Config(SeqConfig):
                 raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
         if self.sc_decay_scale > 1:
             raise ValueError(f"{name}.sc_decay_scale must be <= 1 (it shrinks the decay), got {self.sc_decay_scale!r}")
+        if self.attention_head_dim is None:
+            self.attention_head_dim = self.hidden_size // self.num_attention_heads
+        if any(not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.attention_layers):
+            raise ValueError(f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), got {self.attention_layers!r}")
+        if self.attention_layers:
+            for field in ("num_attention_heads", "num_key_value_heads", "attention_head_dim"):
+                require_positive_int(self, field)
+            if self.num_attention_heads % self.num_key_value_heads:
+                raise ValueError(f"{name}: num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})")
+            if self.attention_head_dim % 2:
+                raise ValueError(f"{name}.attention_head_dim must be even (rotary embedding), got {self.attention_head_dim}")
+        if self.xb_heads is not None:
+            require_positive_int(self, "xb_heads")
+            if self.n_groups != self.num_heads or self.state_size != self.head_dim or self.num_heads % self.xb_heads:
+                raise ValueError(
+                    f"{name}.xb_heads needs n_groups == num_heads ({self.n_groups} vs {self.num_heads}), state_size == head_dim "
+                    f"({self.state_size} vs {self.head_dim}) and num_heads divisible by xb_heads ({self.xb_heads})"
+                )
         threshold = self.sc_state_norm_threshold
         if threshold is not None:
             if isinstance(threshold, (int, float)):

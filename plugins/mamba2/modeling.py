@@ -9,6 +9,7 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
+from hf_seqplugins.attention import CausalSelfAttention
 from hf_seqplugins.cache import read_state, write_state
 from hf_seqplugins.kernels.ssd import ssd
 from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
@@ -92,9 +93,11 @@ class Mamba2Mixer(nn.Module):
         if attention_mask is not None:
             xbc = xbc * attention_mask[..., None]
         xbc = self.causal_conv(xbc, cache)
-        x, B, C = xbc.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
-        x = x.unflatten(-1, (self.num_heads, self.head_dim))
-        B = B.unflatten(-1, (self.n_groups, self.state_size)) * config.sc_input_scale
+        x, B, C = xbc.split([*config.xb_dims, self.n_groups * self.state_size], dim=-1)
+        x, B = x.unflatten(-1, (-1, self.head_dim)), B.unflatten(-1, (-1, self.state_size))
+        if config.xb_heads is not None:  # MaTVLM: x and B per key/value head, shared by its query heads
+            x, B = (t.repeat_interleave(self.num_heads // config.xb_heads, dim=2) for t in (x, B))
+        B = B * config.sc_input_scale
         C = C.unflatten(-1, (self.n_groups, self.state_size))
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
@@ -128,9 +131,14 @@ def clamp_state_norm(state: torch.Tensor, threshold: float | list[float]) -> tor
     return state * torch.clamp(tau / norm.clamp_min(torch.finfo(state.dtype).tiny), max=1.0)
 
 
+def hybrid_mixer(config: Mamba2Config, layer_idx: int) -> nn.Module:
+    """Softmax attention for the blocks in `config.attention_layers`, Mamba-2 for the others."""
+    return CausalSelfAttention(config, layer_idx) if layer_idx in config.attention_layers else Mamba2Mixer(config, layer_idx)
+
+
 class Mamba2Model(SeqModel):
     config_class = Mamba2Config
-    mixer_class = Mamba2Mixer
+    mixer_class = staticmethod(hybrid_mixer)
 
 
 class Mamba2ForCausalLM(SeqForCausalLM):

@@ -1,0 +1,78 @@
+"""Causal softmax self-attention as a mixer, for hybrid stacks of attention and recurrent layers.
+
+It computes what a transformers Llama attention layer computes (q/k/v/o projections named alike, grouped
+query heads, rotary position embedding of the default type, scaled dot-product attention), so a Llama
+decoder's attention weights load into it unchanged. Keys and values live in the block's full-attention
+layer of the model's `DynamicCache` (a hybrid config lists that layer as "full_attention" in its
+`layer_types`).
+
+A config using it defines `hidden_size`, `num_attention_heads`, `num_key_value_heads`,
+`attention_head_dim`, `rope_theta` and `attention_bias`.
+
+Positions count real tokens only (left padding shifts nothing: position = number of earlier real
+tokens), as transformers does for Llama in `generate`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Cache
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Llama-style attention: hidden `[B, T, D]` -> `[B, T, D]`, with a KV cache.
+
+    Parameters: `q_proj` `[D -> NQ*HD]`, `k_proj`, `v_proj` `[D -> NKV*HD]`, `o_proj` `[NQ*HD -> D]`.
+    """
+
+    needs_history_mask = True  # SeqModel passes the whole history's padding mask `[B, T_past + T]`
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.attention_head_dim
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        inverse_frequency = 1.0 / config.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        self.register_buffer("inverse_frequency", inverse_frequency, persistent=False)
+
+    def positions(self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device) -> torch.Tensor:
+        """`[B, T]` rotary positions of the current tokens."""
+        if history_mask is not None:
+            return (history_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -steps:]
+        past = 0 if cache is None else cache.get_seq_length(self.layer_idx)
+        return (past + torch.arange(steps, device=device)).expand(batch, steps)
+
+    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden `[B, T, D]`; attention_mask: the history's padding mask `[B, T_past + T]` (bool) or None."""
+        batch, steps, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        angles = self.positions(attention_mask, batch, steps, cache, hidden.device)[..., None].float() * self.inverse_frequency
+        angles = torch.cat((angles, angles), dim=-1)[:, None]
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        total = k.shape[2]
+        query_index = torch.arange(total - steps, total, device=hidden.device)[:, None]
+        key_index = torch.arange(total, device=hidden.device)
+        allowed = (key_index <= query_index)[None, None]
+        if attention_mask is not None:
+            # a padded query may see no real key at all: let every query see itself so no row is empty (no NaN)
+            allowed = (allowed & attention_mask[:, None, None, -total:].bool()) | (key_index == query_index)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
