@@ -31,6 +31,9 @@ class Mamba2Config(SeqConfig):
             `sc_state_norm_chunk` tokens (prefill/training) each head's state is rescaled to Frobenius norm
             <= τ. A number (all layers and heads) or a list `[num_hidden_layers][num_heads]`; None = off.
         sc_state_norm_chunk: prefill chunk between state normalisations.
+        sc_sliding_window: Stuffed Mamba method 3, a state-level window r: the output at each token reads a
+            state restarted from zero r to 2r tokens back (two states, swapped every r real tokens: O(1) per
+            token). Runs the step form, token by token, also in prefill. None = off.
         All sc_ options default to no change (outputs bit-identical to plain Mamba-2).
         xb_heads: MaTVLM's attention-shaped layout for grouped-query teachers: x and B are projected for
             `xb_heads` heads and repeated to every head (needs n_groups == num_heads and state_size == head_dim);
@@ -63,6 +66,7 @@ class Mamba2Config(SeqConfig):
         sc_dt_scale: float = 1.0,
         sc_state_norm_threshold: float | list[list[float]] | None = None,
         sc_state_norm_chunk: int = 128,
+        sc_sliding_window: int | None = None,
         xb_heads: int | None = None,
         attention_layers: list[int] = (),
         num_attention_heads: int = 4,
@@ -91,6 +95,7 @@ class Mamba2Config(SeqConfig):
         self.sc_dt_scale = sc_dt_scale
         self.sc_state_norm_threshold = sc_state_norm_threshold
         self.sc_state_norm_chunk = sc_state_norm_chunk
+        self.sc_sliding_window = sc_sliding_window
         self.xb_heads = xb_heads
         self.attention_layers = sorted(attention_layers)
         self.num_attention_heads = num_attention_heads
@@ -165,6 +170,10 @@ class Mamba2Config(SeqConfig):
                     f"({self.state_size} vs {self.head_dim}) and num_heads divisible by xb_heads ({self.xb_heads})"
                 )
         threshold = self.sc_state_norm_threshold
+        if self.sc_sliding_window is not None:
+            require_positive_int(self, "sc_sliding_window")
+            if threshold is not None:
+                raise ValueError(f"{name}: choose one of sc_sliding_window and sc_state_norm_threshold")
         if threshold is not None:
             if isinstance(threshold, (int, float)):
                 valid = threshold > 0

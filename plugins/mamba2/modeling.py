@@ -11,7 +11,7 @@ from transformers import initialization as init
 
 from hf_seqplugins.attention import CausalSelfAttention
 from hf_seqplugins.cache import read_state, write_state
-from hf_seqplugins.kernels.ssd import ssd
+from hf_seqplugins.kernels.ssd import ssd, ssd_step
 from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import Mamba2Config
@@ -101,8 +101,14 @@ class Mamba2Mixer(nn.Module):
         C = C.unflatten(-1, (self.n_groups, self.state_size))
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
-        y, state = self.scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx), attention_mask)
-        write_state(cache, self.layer_idx, (state,))
+        if config.sc_sliding_window is None:
+            y, state = self.scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx), attention_mask)
+            write_state(cache, self.layer_idx, (state,))
+        else:
+            shapes = [(self.num_heads, self.head_dim, self.state_size)] * 2 + [()]
+            y, window_state = sliding_window_scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx, shapes),
+                                                  attention_mask, config.sc_sliding_window)
+            write_state(cache, self.layer_idx, window_state)
         y = y + x * self.D[:, None].to(x.dtype)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
@@ -121,6 +127,34 @@ class Mamba2Mixer(nn.Module):
             state = clamp_state_norm(state, self.state_norm_threshold)
             outputs.append(y)
         return torch.cat(outputs, dim=1), state
+
+
+def sliding_window_scan(x, dt, log_decay, B, C, state, mask, window: int):
+    """Stuffed Mamba's state-level sliding window, streamed with two states: `older` (read by the output) and
+    `newer`, both updated every token; every `window` real tokens `older` takes `newer`'s place and `newer`
+    restarts from zero, so the output at real token c reads exactly the tokens since window * (c // window - 1)
+    (from 0 while c < window): between `window` + 1 and 2 `window` of them.
+
+    x `[B, T, H, P]`, dt, log_decay `[B, T, H]`, B, C `[B, T, G, N]`, state `(older, newer, count [B])` or None.
+    Returns `(y [B, T, H, P], (older, newer, count))`."""
+    batch, steps, heads, head_dim = x.shape
+    if state is None:
+        zeros = x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=dt.dtype)
+        state = (zeros, zeros, dt.new_zeros(batch))
+    older, newer, count = state
+    real = torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+    outputs = []
+    for t in range(steps):
+        restart = real[:, t] & (count > 0) & (torch.remainder(count, window) == 0)
+        older = torch.where(restart[:, None, None, None], newer, older)
+        newer = torch.where(restart[:, None, None, None], 0.0, newer)
+        keep = real[:, t, None]
+        args = (x[:, t] * keep[..., None], dt[:, t] * keep, log_decay[:, t] * keep, B[:, t], C[:, t])
+        y, older = ssd_step(*args, older)
+        _, newer = ssd_step(*args, newer)
+        outputs.append(y * keep[..., None])
+        count = count + real[:, t]
+    return torch.stack(outputs, dim=1), (older, newer, count)
 
 
 def clamp_state_norm(state: torch.Tensor, threshold: float | list[float]) -> torch.Tensor:
