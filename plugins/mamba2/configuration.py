@@ -34,7 +34,8 @@ class Mamba2Config(SeqConfig):
         sc_sliding_window: Stuffed Mamba method 3, a state-level window r: the output at each token reads a
             state restarted from zero r to 2r tokens back (two states, swapped every r real tokens: O(1) per
             token). Runs the step form, token by token, also in prefill. None = off.
-        All sc_ options default to no change (outputs bit-identical to plain Mamba-2).
+        All sc_ options default to no change (outputs bit-identical to plain Mamba-2) and are read at every
+        forward, so they can be switched on a trained model: `model.config.sc_decay_scale = 0.999`.
         xb_heads: MaTVLM's attention-shaped layout for grouped-query teachers: x and B are projected for
             `xb_heads` heads and repeated to every head (needs n_groups == num_heads and state_size == head_dim);
             None = the standard layout.

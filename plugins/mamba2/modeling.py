@@ -54,10 +54,12 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.num_heads))
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // self.n_groups, config.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
-        threshold = config.sc_state_norm_threshold
-        if isinstance(threshold, (list, tuple)):
-            threshold = threshold[layer_idx]
-        self.state_norm_threshold = threshold
+
+    @property
+    def state_norm_threshold(self) -> float | list[float] | None:
+        """This layer's τ (read from the config at every call: the sc_ options can be changed on a loaded model)."""
+        threshold = self.config.sc_state_norm_threshold
+        return threshold[self.layer_idx] if isinstance(threshold, (list, tuple)) else threshold
 
     def init_mixer_weights(self) -> None:
         """mamba_ssm's init: softplus(dt_bias) log-uniform in [time_step_min, time_step_max] (>= floor),
