@@ -45,8 +45,7 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        inverse_frequency = 1.0 / config.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-        self.register_buffer("inverse_frequency", inverse_frequency, persistent=False)
+        self.rope_theta = config.rope_theta
 
     def positions(self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device) -> torch.Tensor:
         """`[B, T]` rotary positions of the current tokens."""
@@ -61,7 +60,9 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        angles = self.positions(attention_mask, batch, steps, cache, hidden.device)[..., None].float() * self.inverse_frequency
+        # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
+        inverse_frequency = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=torch.float32) / self.head_dim)
+        angles = self.positions(attention_mask, batch, steps, cache, hidden.device)[..., None].float() * inverse_frequency
         angles = torch.cat((angles, angles), dim=-1)[:, None]
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -42,9 +42,11 @@ def _tokens(config, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Ten
 
 
 def _cache_bytes(cache) -> int:
+    """Bytes of the recurrent and conv states (a hybrid's attention layers, whose KV cache grows, left out)."""
     return sum(
         t.numel() * t.element_size()
         for layer in cache.layers
+        if hasattr(layer, "recurrent_states")
         for states in (layer.recurrent_states, layer.conv_states)
         for t in states.values()
         if t is not None
