@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # Triton kernels run in the interpreter on CPU; this must be set before they are defined.
@@ -19,3 +20,12 @@ def _nan_empty(*args, **kwargs):
 
 
 torch.empty = _nan_empty
+
+
+@pytest.fixture(autouse=True)
+def _gradients_stay_enabled():
+    """Grad mode is global: a test that leaves it off (e.g. `with torch.no_grad()` around a `yield`) breaks later tests."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left gradients disabled")

@@ -277,14 +277,16 @@ def state_norms(cache) -> torch.Tensor:
 
 def prefill_and_decode(model, ids: torch.Tensor, steps: int, seed: int = 5):
     """Run `ids`, then `steps` random tokens one at a time; yield the cache after the prefill and each step."""
+    # no_grad around each call only: a `with` around the yields would leave gradients off in the caller
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         cache = model(ids, use_cache=True).cache
-        yield cache
-        for _ in range(steps):
-            token = torch.randint(3, VOCAB, (ids.shape[0], 1), generator=generator)
+    yield cache
+    for _ in range(steps):
+        token = torch.randint(3, VOCAB, (ids.shape[0], 1), generator=generator)
+        with torch.no_grad():
             cache = model(token, cache=cache, use_cache=True).cache
-            yield cache
+        yield cache
 
 
 def with_options(model: Mamba2ForCausalLM, **options) -> Mamba2ForCausalLM:
