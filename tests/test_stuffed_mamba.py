@@ -42,7 +42,8 @@ def test_streams_across_calls_and_counts_only_real_tokens():
 @torch.no_grad()
 def test_model_forgets_tokens_beyond_the_window_and_decodes_from_its_cache():
     window, kernel = 6, 3
-    config = tiny_config("seqp_mamba2", num_hidden_layers=1, sc_sliding_window=window, conv_kernel=kernel, initializer_range=0.3)
+    config = tiny_config("seqp_mamba2", num_hidden_layers=1, attention_layers=[], sc_sliding_window=window, conv_kernel=kernel,
+                         initializer_range=0.3)
     model = AutoModelForCausalLM.from_config(config).eval()
     ids = torch.randint(0, config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
     changed = ids.clone()
