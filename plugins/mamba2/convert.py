@@ -44,13 +44,14 @@ exports say False, the setting under which transformers rounds the residual stre
 """
 from __future__ import annotations
 
-import copy
 import os
 from typing import NoReturn
 
 import torch
 from transformers import Mamba2Config as HFMamba2Config
 from transformers import Mamba2ForCausalLM as HFMamba2ForCausalLM
+
+from hf_seqplugins.conversion import build_with_weights, load_complete
 
 from .configuration import Mamba2Config
 from .modeling import Mamba2ForCausalLM
@@ -236,15 +237,6 @@ def state_dict_to_transformers(state_dict: dict[str, torch.Tensor], config: Mamb
     return _rename(source, config.num_hidden_layers, reverse=True)
 
 
-def _build(model_class, config, state_dict: dict[str, torch.Tensor]):
-    """`model_class(config)` holding copies of `state_dict`'s tensors (no random init, no second allocation)."""
-    with torch.device("meta"):
-        model = model_class(config)
-    model.load_state_dict({key: tensor.detach().clone() for key, tensor in state_dict.items()}, strict=True, assign=True)
-    model.tie_weights()
-    return model
-
-
 def from_transformers(model_or_path: HFMamba2ForCausalLM | str | os.PathLike, **from_pretrained_kwargs) -> Mamba2ForCausalLM:
     """A seqp_mamba2 `Mamba2ForCausalLM` with the weights (copied), config and generation config of a transformers
     `Mamba2ForCausalLM`: an instance, or a folder / hub repo id loaded with `transformers.Mamba2ForCausalLM.
@@ -255,21 +247,9 @@ def from_transformers(model_or_path: HFMamba2ForCausalLM | str | os.PathLike, **
     Raises ValueError (naming the field) for what seqp_mamba2 cannot represent, see `config_from_transformers` and
     `state_dict_from_transformers`, and for a checkpoint with missing or unexpected keys.
     """
-    if isinstance(model_or_path, HFMamba2ForCausalLM):
-        if from_pretrained_kwargs:
-            raise TypeError(f"from_pretrained arguments {sorted(from_pretrained_kwargs)} apply to a path, not to a model instance")
-        hf_model = model_or_path
-    else:
-        hf_model, info = HFMamba2ForCausalLM.from_pretrained(model_or_path, output_loading_info=True, **from_pretrained_kwargs)
-        if info["missing_keys"] or info["unexpected_keys"]:
-            raise ValueError(
-                f"{model_or_path} is not a complete transformers Mamba2ForCausalLM checkpoint: missing keys "
-                f"{sorted(info['missing_keys'])}, unexpected keys {sorted(info['unexpected_keys'])}"
-            )
+    hf_model = load_complete(HFMamba2ForCausalLM, model_or_path, **from_pretrained_kwargs)
     config = config_from_transformers(hf_model.config)
-    model = _build(Mamba2ForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config))
-    model.generation_config = copy.deepcopy(hf_model.generation_config)
-    return model.train(hf_model.training)
+    return build_with_weights(Mamba2ForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model)
 
 
 def to_transformers(model: Mamba2ForCausalLM) -> HFMamba2ForCausalLM:
@@ -280,6 +260,4 @@ def to_transformers(model: Mamba2ForCausalLM) -> HFMamba2ForCausalLM:
     `config_to_transformers`.
     """
     hf_config = config_to_transformers(model.config)
-    hf_model = _build(HFMamba2ForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config))
-    hf_model.generation_config = copy.deepcopy(model.generation_config)
-    return hf_model.train(model.training)
+    return build_with_weights(HFMamba2ForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config), like=model)

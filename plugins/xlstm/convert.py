@@ -41,13 +41,14 @@ transformers' defaults (`mode="inference"`: any sequence length, generation). Ne
 """
 from __future__ import annotations
 
-import copy
 import os
 from typing import NoReturn
 
 import torch
 from transformers import xLSTMConfig, xLSTMForCausalLM
 from transformers.models.xlstm.configuration_xlstm import round_up_to_next_multiple_of
+
+from hf_seqplugins.conversion import build_with_weights, load_complete
 
 from .configuration import XLSTMConfig
 from .modeling import XLSTMForCausalLM
@@ -330,15 +331,6 @@ def state_dict_to_transformers(
     return _fuse(hf, hf_config) if weight_mode == "fused" else hf
 
 
-def _build(model_class, config, state_dict: dict[str, torch.Tensor]):
-    """`model_class(config)` holding copies of `state_dict`'s tensors (no random init, no second allocation)."""
-    with torch.device("meta"):
-        model = model_class(config)
-    model.load_state_dict({key: tensor.detach().clone() for key, tensor in state_dict.items()}, strict=True, assign=True)
-    model.tie_weights()
-    return model
-
-
 class _NoInitxLSTMForCausalLM(xLSTMForCausalLM):
     """transformers' `xLSTMForCausalLM` without random init, to load complete checkpoints: its `_init_weights` fails
     on every fused-mode model (it slices the `[2 NH]` gate bias with `[2 NH]`-long tensors), and a conversion has no
@@ -357,21 +349,9 @@ def from_transformers(model_or_path: xLSTMForCausalLM | str | os.PathLike, **fro
     Raises ValueError (naming the field) for what seqp_xlstm cannot represent, see `config_from_transformers` and
     `state_dict_from_transformers`, and for a checkpoint with missing or unexpected keys.
     """
-    if isinstance(model_or_path, xLSTMForCausalLM):
-        if from_pretrained_kwargs:
-            raise TypeError(f"from_pretrained arguments {sorted(from_pretrained_kwargs)} apply to a path, not to a model instance")
-        hf_model = model_or_path
-    else:
-        hf_model, info = _NoInitxLSTMForCausalLM.from_pretrained(model_or_path, output_loading_info=True, **from_pretrained_kwargs)
-        if info["missing_keys"] or info["unexpected_keys"]:
-            raise ValueError(
-                f"{model_or_path} is not a complete transformers xLSTMForCausalLM checkpoint: missing keys "
-                f"{sorted(info['missing_keys'])}, unexpected keys {sorted(info['unexpected_keys'])}"
-            )
+    hf_model = load_complete(xLSTMForCausalLM, model_or_path, loader_class=_NoInitxLSTMForCausalLM, **from_pretrained_kwargs)
     config = config_from_transformers(hf_model.config)
-    model = _build(XLSTMForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config))
-    model.generation_config = copy.deepcopy(hf_model.generation_config)
-    return model.train(hf_model.training)
+    return build_with_weights(XLSTMForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model)
 
 
 def to_transformers(model: XLSTMForCausalLM, weight_mode: str = "single") -> xLSTMForCausalLM:
@@ -381,6 +361,4 @@ def to_transformers(model: XLSTMForCausalLM, weight_mode: str = "single") -> xLS
     Raises ValueError (naming the field) for what transformers' xLSTM cannot represent; see `config_to_transformers`.
     """
     hf_config = config_to_transformers(model.config, weight_mode=weight_mode)
-    hf_model = _build(xLSTMForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config, weight_mode))
-    hf_model.generation_config = copy.deepcopy(model.generation_config)
-    return hf_model.train(model.training)
+    return build_with_weights(xLSTMForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config, weight_mode), like=model)
