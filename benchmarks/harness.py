@@ -3,7 +3,8 @@
     python benchmarks/harness.py [--quick] [--device cuda] [--output-dir benchmarks/results/<cpu|gpu name>]
 
 1. Architectures (`hf_seqplugins.bench.compare`): training tokens/s, prefill, decode ms/token and cache bytes at
-   growing lengths, every registered architecture vs a Llama-style attention baseline of the same size.
+   growing lengths, every registered architecture vs a Llama-style attention baseline of the same size; and
+   seqp_mamba2 beside transformers' Mamba2 with the same weights.
 2. Operators (`benchmarks/operators/<op>.py`): our backends vs the peer libraries installed here on equal
    inputs: forward and forward+backward time, ratio to the case's first implementation, forward GFLOP/s as a
    fraction of the machine's matmul ceiling, and the bytes autograd saves for backward (activation memory).
@@ -71,6 +72,25 @@ def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: in
     return rows
 
 
+def transformers_peer_rows(lengths: list[int], width: dict | None, batch_size: int, repeats: int, device) -> list[dict]:
+    """seqp_mamba2 beside transformers' Mamba2ForCausalLM (its pure-torch path; mamba_ssm is not installed here)
+    with the same weights, converted, both without feed-forward: ratios are transformers' / ours."""
+    from hf_seqplugins.plugins.mamba2.convert import to_transformers
+
+    width = {"vocab_size": 259, "hidden_size": 128, "num_hidden_layers": 2, **(width or {}), "intermediate_size": 0}
+    ours = bench.build_model("seqp_mamba2", width, device)
+    models = {"seqp_mamba2 (ours, no FFN)": ours, "transformers Mamba2 (same weights)": to_transformers(ours)}
+    rows = []
+    for length in lengths:
+        scores = {name: bench.measure(model, batch_size, length, 8, repeats, device) for name, model in models.items()}
+        base = scores["seqp_mamba2 (ours, no FFN)"]
+        for name, score in scores.items():
+            rows.append({"model": name, "length": length, **score,
+                         "prefill_time_vs_ours": score["prefill_ms"] / base["prefill_ms"],
+                         "decode_time_vs_ours": score["decode_ms_per_token"] / base["decode_ms_per_token"]})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, one repeat (a smoke test of the harness)")
@@ -88,6 +108,9 @@ def main():
     width = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64} if args.quick else None
     model_rows = bench.compare(architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device)
     written = bench.write_report(model_rows, output_dir, device, "Architectures side by side (harness part 1)")
+    peer_rows = transformers_peer_rows(lengths, width, 1 if args.quick else 4, repeats, device)
+    written += write_results(peer_rows, output_dir / "transformers_peers", "Our models beside transformers' own (harness part 1b)",
+                             f"Same weights, converted with the plugin's converter.\n\n{bench.describe_machine(device)}")
 
     preamble = (
         f"Measured with `python benchmarks/harness.py{' --quick' if args.quick else ''}`. Ratios are to each case's first "

@@ -46,7 +46,7 @@ def main():
     lengths = [args.train_length, 2 * args.train_length] if args.quick else [args.train_length * f for f in (1, 2, 4, 8, 16)]
     data = tasks.splits("passkey", num_train=256 if args.quick else 4096, num_test=32, length=args.train_length)
     overrides = {"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 16, "state_size": 32, "chunk_size": 32}
-    model, _ = workflows.train("seqp_mamba2", data, None, Path(args.output_dir) / "stuffed_mamba_run", max_steps=steps,
+    model, _ = workflows.train("seqp_mamba2", data, None, "outputs/stuffed_mamba", max_steps=steps,
                                batch_size=16, learning_rate=3e-3, overrides=overrides)
     trained_norm = largest_state_norm(model, data["test"])
     variants = {
