@@ -62,17 +62,22 @@ class Mamba2Mixer(nn.Module):
         return threshold[self.layer_idx] if isinstance(threshold, (list, tuple)) else threshold
 
     def init_mixer_weights(self) -> None:
-        """mamba_ssm's init: softplus(dt_bias) log-uniform in [time_step_min, time_step_max] (>= floor),
-        A = -U[A_init_range], D = 1, out_proj scaled by 1/sqrt(num_hidden_layers)."""
+        """mamba_ssm's init (specs/SSM.md 3.6): softplus(dt_bias) log-uniform in [time_step_min, time_step_max]
+        (>= floor), A = -U[A_init_range], D = 1; in_proj and conv1d keep PyTorch's default init (uniform, bound
+        1/sqrt(fan_in)) rather than the generic N(0, initializer_range), which would make x, B and C ~25x too
+        small for the state to matter; out_proj the same, over sqrt(num_hidden_layers); Linear biases 0."""
         config = self.config
         low, high = math.log(config.time_step_min), math.log(config.time_step_max)
         dt = torch.exp(torch.rand(self.num_heads) * (high - low) + low).clamp(min=config.time_step_floor)
         init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
         init.copy_(self.A_log, torch.empty(self.num_heads).uniform_(*config.A_init_range).log())
         init.ones_(self.D)
-        # PyTorch's default Linear init (kaiming-uniform, a = sqrt(5): bound 1/sqrt(fan_in)) over sqrt(layers)
-        bound = 1 / math.sqrt(self.d_inner * config.num_hidden_layers)
-        init.uniform_(self.out_proj.weight, -bound, bound)
+        for module, fan_in, scale in ((self.in_proj, config.hidden_size, 1), (self.conv1d, self.conv_kernel, 1),
+                                      (self.out_proj, self.d_inner, config.num_hidden_layers)):
+            bound = 1 / math.sqrt(fan_in * scale)
+            init.uniform_(module.weight, -bound, bound)
+        if self.conv1d.bias is not None:
+            init.uniform_(self.conv1d.bias, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
 
     def causal_conv(self, xbc: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         """xBC `[B, T, conv_dim]` -> SiLU(causal depthwise conv) `[B, T, conv_dim]`, continuing the cached inputs."""
