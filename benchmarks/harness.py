@@ -48,9 +48,9 @@ def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: in
     for case in tqdm([c for suite in suites for c in suite.cases(quick, device)], desc="operators"):
         baseline = None
         for label, forward in case.implementations.items():
-            def train_step(forward=forward):
+            def train_step(forward=forward, inputs=case.inputs):
                 forward().float().square().mean().backward()
-                for tensor in case.inputs:
+                for tensor in inputs:
                     tensor.grad = None
 
             with torch.no_grad():

@@ -94,7 +94,6 @@ class Mamba2Mixer(nn.Module):
 
         Padding leaves the SSM state untouched; the convolution sees zeros there, which equals its zero
         initial state for left padding (what generation sends)."""
-        batch, steps, _ = hidden.shape
         config = self.config
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         if attention_mask is not None:
