@@ -39,15 +39,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps and short lengths (smoke test)")
     parser.add_argument("--train-length", type=int, default=128)
-    parser.add_argument("--max-steps", type=int, default=1500)
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results" / "cpu"))
     args = parser.parse_args()
     steps = 5 if args.quick else args.max_steps
     lengths = [args.train_length, 2 * args.train_length] if args.quick else [args.train_length * f for f in (1, 2, 4, 8, 16)]
-    data = tasks.splits("passkey", num_train=256 if args.quick else 4096, num_test=32, length=args.train_length)
-    overrides = {"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 16, "state_size": 32, "chunk_size": 32}
+    data = tasks.splits("passkey", num_train=256 if args.quick else 8192, num_test=32, length=args.train_length)
+    overrides = {"hidden_size": 128, "num_hidden_layers": 2, "head_dim": 32, "state_size": 32, "chunk_size": 32}
     model, _ = workflows.train("seqp_mamba2", data, None, "outputs/stuffed_mamba", max_steps=steps,
-                               batch_size=16, learning_rate=3e-3, overrides=overrides)
+                               batch_size=32, learning_rate=args.learning_rate, overrides=overrides)
     trained_norm = largest_state_norm(model, data["test"])
     variants = {
         "plain": {},
@@ -68,7 +69,7 @@ def main():
             curves.setdefault(name, []).append((length, accuracy))
             print(rows[-1], flush=True)
     preamble = (
-        f"seqp_mamba2 ({overrides}) trained {steps} steps on passkey rows of {args.train_length} tokens, then evaluated "
+        f"seqp_mamba2 ({overrides}) trained {steps} steps (lr {args.learning_rate}) on passkey rows of {args.train_length} tokens, then evaluated "
         f"with each option switched on the same weights. Digit accuracy (chance 0.1) and the largest per-head state "
         f"norm after reading the rows. The state-norm threshold is the largest norm seen at the training length.\n\n"
         + bench.describe_machine()
