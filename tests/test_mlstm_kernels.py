@@ -370,3 +370,12 @@ def test_16k_tokens_in_bfloat16_with_large_gates_stay_finite_forward_and_backwar
     assert h.dtype == torch.bfloat16 and torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in state)
     (h.float().square().mean() + state[0].square().mean()).backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v, igate, fgate))
+
+
+@pytest.mark.parametrize(("input_gate", "normalize"), GATES)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_single_step_fast_path_equals_reference_float64(input_gate, normalize, with_state):
+    """T=1 (decoding) takes the torch backend's one-step path: values and gradients as the loop."""
+    inputs = make_inputs(steps=1, with_state=with_state, seed=13)
+    options = {"input_gate": input_gate, "normalize": normalize}
+    assert_same(run_with_grads(inputs, "torch", **options), run_with_grads(inputs, "reference", **options))

@@ -320,3 +320,10 @@ def test_step_validation_errors():
         ssd_step(x, dt, dt, B[:1], B[:1], None)
     with pytest.raises(ValueError, match=r"state must be \[Bt, H, P, N\]"):
         ssd_step(x, dt, dt, B, B, torch.zeros(2, 4, 5, 3))
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_single_step_fast_path_equals_reference_float64(with_state):
+    """T=1 (decoding) takes the torch backend's one-step path: values and gradients as the loop."""
+    inputs = make_inputs(steps=1, groups=2, with_state=with_state, seed=11)
+    assert_same(run_with_grads(inputs, "torch"), run_with_grads(inputs, "reference"))

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .reference import step
+
 
 def _segsum(a: torch.Tensor) -> torch.Tensor:
     """`[..., L]` log-decays -> `[..., L, L]` with `sum_{j < r <= i} a[r]` at `[i, j]` for i >= j and
@@ -42,6 +44,10 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size):
     dtype = dt.dtype
     batch, steps, heads, head_dim = x.shape
     groups, state_size = B.shape[-2:]
+    if steps == 1:  # decoding: one recurrent step is cheaper than the chunk machinery
+        state = x.new_zeros(batch, heads, head_dim, state_size, dtype=dtype) if initial_state is None else initial_state
+        y, state = step(x[:, 0].to(dtype), dt[:, 0], log_decay[:, 0], B[:, 0].to(dtype), C[:, 0].to(dtype), state)
+        return y[:, None], state
     per_group = heads // groups
     length = min(chunk_size, steps)
     pad = -steps % length
