@@ -11,7 +11,6 @@ from transformers import Mamba2Config as HFMamba2Config
 from transformers import Mamba2ForCausalLM as HFMamba2ForCausalLM
 
 import hf_seqplugins  # noqa: F401  (registers seqp_mamba2 with the Auto classes)
-from hf_seqplugins.cache import read_state
 from hf_seqplugins.plugins.mamba2 import Mamba2Config, Mamba2ForCausalLM
 from hf_seqplugins.plugins.mamba2 import modeling as mamba2_modeling
 from hf_seqplugins.plugins.mamba2.convert import (
@@ -265,14 +264,14 @@ def test_import_refuses_weights_seqp_mamba2_cannot_represent():
         state_dict_from_transformers(state, hf_config())
 
 
-def ssm_states(cache) -> list[torch.Tensor]:
+def ssm_states(model, cache) -> list[torch.Tensor]:
     """Per layer, the cached SSM state `[B, H, P, N]`."""
-    return [read_state(cache, i)[0] for i in range(len(cache.layers))]
+    return [layer.mixer.cached_ssm_state(cache) for layer in model.model.layers]
 
 
-def state_norms(cache) -> torch.Tensor:
+def state_norms(model, cache) -> torch.Tensor:
     """`[L, B, H]` Frobenius norms of each head's cached SSM state."""
-    return torch.stack([torch.linalg.matrix_norm(state) for state in ssm_states(cache)])
+    return torch.stack([torch.linalg.matrix_norm(state) for state in ssm_states(model, cache)])
 
 
 def prefill_and_decode(model, ids: torch.Tensor, steps: int, seed: int = 5):
@@ -307,7 +306,7 @@ def test_state_collapse_options_at_their_defaults_change_nothing():
     ids = random_ids(13)
     assert torch.equal(logits(explicit, ids), logits(plain, ids))
     for ours, reference in zip(prefill_and_decode(explicit, ids, 3), prefill_and_decode(plain, ids, 3)):
-        assert all(torch.equal(a, b) for a, b in zip(ssm_states(ours), ssm_states(reference)))
+        assert all(torch.equal(a, b) for a, b in zip(ssm_states(explicit, ours), ssm_states(plain, reference)))
     kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert torch.equal(explicit.generate(ids, **kwargs), plain.generate(ids, **kwargs))
 
@@ -321,13 +320,13 @@ def test_state_norm_threshold_bounds_every_cached_state(per_head):
     and each decoding step (per head: half the smallest norm of that head), so it binds everywhere."""
     plain = convert(random_hf_model(hf_config(), seed=4))
     ids, steps = random_ids(20), 6
-    free = torch.stack([state_norms(cache) for cache in prefill_and_decode(plain, ids, steps)])  # [steps + 1, L, B, H]
+    free = torch.stack([state_norms(plain, cache) for cache in prefill_and_decode(plain, ids, steps)])  # [steps + 1, L, B, H]
     smallest = free.amax(2).amin(0)  # [L, H]
     tau = (smallest / 2).tolist() if per_head else smallest.amax(-1).min().item() / 2
     limits = smallest / 2 if per_head else torch.full_like(smallest, tau)
     bounded = with_options(plain, sc_state_norm_threshold=tau, sc_state_norm_chunk=8)
     for step, cache in enumerate(prefill_and_decode(bounded, ids, steps)):
-        assert (state_norms(cache) <= limits[:, None] * (1 + 1e-6)).all(), step
+        assert (state_norms(bounded, cache) <= limits[:, None] * (1 + 1e-6)).all(), step
         assert (free[step] > limits[:, None]).any(-1).any(-1).all(), step
 
 
@@ -360,9 +359,9 @@ def test_decay_scale_bounds_the_state_far_past_the_prompt(monkeypatch):
     sup = torch.zeros(prompt.shape[0], plain.config.num_heads)
     for cache in prefill_and_decode(bounded, prompt, steps):
         sup = torch.maximum(sup, largest_input(*inputs[-1]))
-        assert (state_norms(cache)[0] <= sup / (1 - decay_scale) * (1 + 1e-5)).all()
+        assert (state_norms(bounded, cache)[0] <= sup / (1 - decay_scale) * (1 + 1e-5)).all()
     prefill_bound = largest_input(*inputs[0]) / (1 - decay_scale)
-    assert (state_norms(next(prefill_and_decode(plain, prompt, 0)))[0] > prefill_bound).all()
+    assert (state_norms(plain, next(prefill_and_decode(plain, prompt, 0)))[0] > prefill_bound).all()
 
 
 @pytest.mark.parametrize(

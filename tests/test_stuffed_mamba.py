@@ -54,3 +54,17 @@ def test_model_forgets_tokens_beyond_the_window_and_decodes_from_its_cache():
     steps = [model(ids[:, :17], cache=cache, use_cache=True).logits]
     steps += [model(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(17, 30)]
     torch.testing.assert_close(torch.cat(steps, dim=1), model(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_state_norm_clamps_per_real_tokens_so_left_padding_changes_nothing():
+    config = tiny_config("seqp_mamba2", num_hidden_layers=1, attention_layers=[], sc_state_norm_threshold=0.01,
+                         sc_state_norm_chunk=4, initializer_range=0.3)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 11), generator=torch.Generator().manual_seed(3))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 11)], dim=1).long()
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits, atol=1e-6, rtol=1e-5)
+    cache = DynamicCache(config=model.config)
+    model(ids, cache=cache, use_cache=True)
+    assert torch.linalg.matrix_norm(model.model.layers[0].mixer.cached_ssm_state(cache)).max() <= 0.01 * (1 + 1e-6)

@@ -11,7 +11,8 @@ from transformers import initialization as init
 
 from hf_seqplugins.attention import CausalSelfAttention
 from hf_seqplugins.cache import read_state, write_state
-from hf_seqplugins.kernels.ssd import ssd, ssd_step
+from hf_seqplugins.kernels.ssd import ssd
+from hf_seqplugins.kernels.ssd.reference import step
 from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import Mamba2Config
@@ -61,6 +62,19 @@ class Mamba2Mixer(nn.Module):
         threshold = self.config.sc_state_norm_threshold
         return threshold[self.layer_idx] if isinstance(threshold, (list, tuple)) else threshold
 
+    def state_shapes(self) -> list[tuple[int, ...]] | None:
+        """Per-row shapes of the cached state tuple: `(h,)` (None: one shape), `(h, real-token count)` with state
+        normalisation, `(older, newer, count)` with the sliding window."""
+        heads_state = (self.num_heads, self.head_dim, self.state_size)
+        if self.config.sc_sliding_window is not None:
+            return [heads_state, heads_state, ()]
+        return None if self.state_norm_threshold is None else [heads_state, ()]
+
+    def cached_ssm_state(self, cache: Cache) -> torch.Tensor | None:
+        """The SSM state `[B, H, P, N]` the next token's output reads (with the sliding window, the older one)."""
+        state = read_state(cache, self.layer_idx, self.state_shapes())
+        return None if state is None else state[0]
+
     def init_mixer_weights(self) -> None:
         """mamba_ssm's init (specs/SSM.md 3.6): softplus(dt_bias) log-uniform in [time_step_min, time_step_max]
         (>= floor), A = -U[A_init_range], D = 1; in_proj and conv1d keep PyTorch's default init (uniform, bound
@@ -107,32 +121,39 @@ class Mamba2Mixer(nn.Module):
         C = C.unflatten(-1, (self.n_groups, self.state_size))
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
-        if config.sc_sliding_window is None:
-            y, state = self.scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx), attention_mask)
-            write_state(cache, self.layer_idx, (state,))
+        state = read_state(cache, self.layer_idx, self.state_shapes())
+        if config.sc_sliding_window is not None:
+            y, state = sliding_window_scan(x, dt, log_decay, B, C, state, attention_mask, config.sc_sliding_window)
+        elif self.state_norm_threshold is not None:
+            y, state = self.scan_with_state_norm(x, dt, log_decay, B, C, state, attention_mask)
         else:
-            shapes = [(self.num_heads, self.head_dim, self.state_size)] * 2 + [()]
-            y, window_state = sliding_window_scan(x, dt, log_decay, B, C, read_state(cache, self.layer_idx, shapes),
-                                                  attention_mask, config.sc_sliding_window)
-            write_state(cache, self.layer_idx, window_state)
+            y, final = ssd(x, dt, log_decay, B, C, None if state is None else state[0], attention_mask,
+                           chunk_size=config.chunk_size, backend=config.kernel_backend)
+            state = (final,)
+        write_state(cache, self.layer_idx, state)
         y = y + x * self.D[:, None].to(x.dtype)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def scan(self, x, dt, log_decay, B, C, state: tuple[torch.Tensor] | None, mask):
-        """The SSD operator, in pieces of `sc_state_norm_chunk` with the state rescaled between them when
-        state normalisation is on. Returns `(y [B, T, H, P], final state [B, H, P, N])`."""
-        state = None if state is None else state[0]
-        run = dict(chunk_size=self.config.chunk_size, backend=self.config.kernel_backend)
-        if self.state_norm_threshold is None:
-            return ssd(x, dt, log_decay, B, C, state, mask, **run)
-        outputs, piece = [], self.config.sc_state_norm_chunk
-        for start in range(0, x.shape[1], piece):
-            part = slice(start, start + piece)
-            y, state = ssd(x[:, part], dt[:, part], log_decay[:, part], B[:, part], C[:, part], state,
-                           None if mask is None else mask[:, part], **run)
-            state = clamp_state_norm(state, self.state_norm_threshold)
-            outputs.append(y)
-        return torch.cat(outputs, dim=1), state
+    def scan_with_state_norm(self, x, dt, log_decay, B, C, state, mask):
+        """The SSD operator over pieces of `sc_state_norm_chunk` real tokens (counted per row, so padding shifts
+        nothing), each head's state clamped to norm <= τ after every piece and at the end of the call (hence after
+        every decoded token). state `(h [B, H, P, N], real tokens so far [B])` or None; returns `(y, state)`."""
+        batch, steps = x.shape[:2]
+        h, count = (None, dt.new_zeros(batch)) if state is None else state
+        real = torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        piece = torch.div(count[:, None] + real.cumsum(1) - 1, self.config.sc_state_norm_chunk, rounding_mode="floor")
+        y = torch.zeros_like(x)
+        for k in piece[real].unique().tolist():
+            select = real & (piece == k)
+            columns = select.any(0).nonzero()
+            span = slice(int(columns[0]), int(columns[-1]) + 1)
+            part, h = ssd(x[:, span], dt[:, span], log_decay[:, span], B[:, span], C[:, span], h, select[:, span],
+                          chunk_size=self.config.chunk_size, backend=self.config.kernel_backend)
+            y[:, span] += part
+            h = clamp_state_norm(h, self.state_norm_threshold)
+        if h is None:  # nothing real in this call
+            h = x.new_zeros(batch, self.num_heads, self.head_dim, self.state_size, dtype=dt.dtype)
+        return y, (h, count + real.sum(1))
 
 
 def sliding_window_scan(x, dt, log_decay, B, C, state, mask, window: int):
@@ -155,12 +176,12 @@ def sliding_window_scan(x, dt, log_decay, B, C, state, mask, window: int):
         older = torch.where(restart[:, None, None, None], newer, older)
         newer = torch.where(restart[:, None, None, None], 0.0, newer)
         keep = real[:, t, None]
-        args = (x[:, t] * keep[..., None], dt[:, t] * keep, log_decay[:, t] * keep, B[:, t], C[:, t])
-        y, older = ssd_step(*args, older)
-        _, newer = ssd_step(*args, newer)
+        args = (x[:, t].to(dt.dtype) * keep[..., None], dt[:, t] * keep, log_decay[:, t] * keep, B[:, t].to(dt.dtype), C[:, t].to(dt.dtype))
+        y, older = step(*args, older)
+        _, newer = step(*args, newer)
         outputs.append(y * keep[..., None])
         count = count + real[:, t]
-    return torch.stack(outputs, dim=1), (older, newer, count)
+    return torch.stack(outputs, dim=1).to(x.dtype), (older, newer, count)
 
 
 def clamp_state_norm(state: torch.Tensor, threshold: float | list[float]) -> torch.Tensor:
