@@ -28,7 +28,7 @@ model, _ = workflows.train("seqp_gru", data, None, args.output_dir, max_steps=ar
 # Evaluate by hand with the evaluate modules: position t's argmax is the prediction of token t + 1.
 test = data["test"]
 with torch.no_grad():
-    predictions = model(torch.tensor(test["input_ids"])).logits.argmax(-1)
+    predictions = model(torch.tensor(test["input_ids"], device=model.device)).logits.argmax(-1).cpu()
 dfa_accuracy = metrics.load("dfa_accuracy").compute(predictions=predictions.tolist(), references=test["input_ids"], dfa=test["dfa"])
 print("DFA accuracy:", dfa_accuracy["dfa_accuracy"])
 shifted_labels = torch.tensor(test["labels"])[:, 1:]

@@ -88,7 +88,8 @@ def build_model(model_type: str, width: dict, device: str | torch.device = "cpu"
     torch.manual_seed(0)
     if model_type == BASELINE:
         heads = max(1, width["hidden_size"] // 32)
-        config = LlamaConfig(**width, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1 << 17)
+        sizes = {key: width[key] for key in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")}
+        config = LlamaConfig(**sizes, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1 << 17)
         return LlamaForCausalLM(config).to(device)
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **width)).to(device)
 

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 
@@ -92,7 +91,7 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=4)
     bench.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="width of every model, e.g. hidden_size=256")
     bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--device", help="default: cuda when available, else cpu")
     bench.add_argument("--output-dir", default="outputs/bench", help="bench.json, bench.md and PNG plots go here")
 
     export = verbs.add_parser("export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model")
@@ -158,7 +157,7 @@ def _evaluate(args) -> int:
     else:
         data, tokenizer = workflows.load_task(args.task, args.block_size)
         rows = [workflows.evaluate(model, data["test"], _tokenizer(args.model) if tokenizer is not None else None)]
-    stem = Path(args.output_dir) / f"eval_{args.task}"
+    stem = Path(args.output_dir) / f"eval_{Path(args.task).name.replace('.', '_')}"
     written = write_results(rows, stem, f"{model.config.model_type} on {args.task}")
     if args.lengths:
         metric = "dfa_accuracy" if "dfa_accuracy" in rows[0] else "accuracy"
@@ -183,9 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "evaluate":
         return _evaluate(args)
     if args.verb == "bench":
+        import torch
+
         from . import bench
         from .workflows import parse_overrides
 
+        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         rows = bench.compare(
             args.model_types, args.lengths, args.backends, parse_overrides(args.config), args.batch_size, repeats=args.repeats, device=args.device
         )

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import NoReturn
 
 import torch
 from transformers import PreTrainedModel
+
+
+def refuse(config, field: str, why: str) -> NoReturn:
+    """Raise the ValueError of a field one side of a conversion cannot represent, naming the field and its value."""
+    raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r} cannot be converted: {why}")
 
 
 def load_complete(model_class: type[PreTrainedModel], model_or_path, loader_class=None, **from_pretrained_kwargs) -> PreTrainedModel:

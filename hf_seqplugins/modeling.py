@@ -143,6 +143,7 @@ class SeqModel(SeqPreTrainedModel):
         self.layers = nn.ModuleList(SeqBlock(config, i, self.mixer_class) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.gradient_checkpointing = False
+        self.uses_history_mask = any(getattr(layer.mixer, "needs_history_mask", False) for layer in self.layers)
         self.post_init()
 
     def forward(
@@ -174,7 +175,9 @@ class SeqModel(SeqPreTrainedModel):
             cache = None
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         mask = padding_mask(attention_mask, inputs_embeds.shape[1])
-        history_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        history_mask = None
+        if self.uses_history_mask and attention_mask is not None and not bool(attention_mask.all()):
+            history_mask = attention_mask.bool()
 
         hidden = inputs_embeds
         all_hidden = [] if output_hidden_states else None

@@ -91,3 +91,13 @@ def test_distillation_with_trainer_trains_only_the_mamba_mixers(tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     assert all(torch.equal(p, frozen_before[n]) for n, p in student.named_parameters() if n in frozen_before)
+
+
+def test_distillation_loss_leaves_padding_out():
+    student, teacher = torch.randn(2, 4, 7), torch.randn(2, 4, 7)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    same_where_real = torch.where(mask[..., None].bool(), teacher, student)
+    layer = torch.randn(2, 4, 3)
+    moved = layer + 5 * (1 - mask[..., None])
+    assert distillation_loss(same_where_real, teacher, [(moved, layer)], mask=mask).abs().item() < 1e-6
+    assert distillation_loss(same_where_real, teacher, [(moved, layer)]).item() > 1.0

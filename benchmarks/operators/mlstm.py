@@ -31,11 +31,12 @@ def case(steps: int, device: torch.device) -> Case:
     if importlib.util.find_spec("mlstm_kernels") is not None:
         implementations["peer: mlstm_kernels chunkwise native"] = ours("mlstm_kernels")
     if device.type == "cuda":
-        from mlstm_kernels.torch import get_mlstm_kernel
-
-        tfla = get_mlstm_kernel("chunkwise--triton_xl_chunk")
         implementations["ours: triton (TFLA)"] = ours("triton")
-        implementations["peer: mlstm_kernels triton_xl_chunk"] = lambda: tfla(q, k, v, igate, fgate, chunk_size=128)
+        if importlib.util.find_spec("mlstm_kernels") is not None:
+            from mlstm_kernels.torch import get_mlstm_kernel
+
+            tfla = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+            implementations["peer: mlstm_kernels triton_xl_chunk"] = lambda: tfla(q, k, v, igate, fgate, chunk_size=128)
         implementations["torch SDPA (softmax attention)"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     # the quadratic form's causal half: q k^T and the weighted sum of values, 2 multiply-adds x T^2 / 2 x DK per head
     flops = 2 * HEADS * steps * steps * HEAD_DIM

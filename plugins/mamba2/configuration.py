@@ -27,13 +27,14 @@ class Mamba2Config(SeqConfig):
         sc_decay_scale: Stuffed Mamba method 1, λ_α <= 1: every step's decay becomes λ_α exp(Δ A) ("forget more").
         sc_input_scale: λ_B: B becomes λ_B B ("remember less").
         sc_dt_scale: Δ becomes sc_dt_scale Δ (LongMamba-style baseline).
-        sc_state_norm_threshold: Stuffed Mamba method 2: after every token (decoding) and every
-            `sc_state_norm_chunk` tokens (prefill/training) each head's state is rescaled to Frobenius norm
+        sc_state_norm_threshold: Stuffed Mamba method 2: after every `sc_state_norm_chunk` real tokens and at the
+            end of every call (so after every decoded token) each head's state is rescaled to Frobenius norm
             <= τ. A number (all layers and heads) or a list `[num_hidden_layers][num_heads]`; None = off.
         sc_state_norm_chunk: prefill chunk between state normalisations.
         sc_sliding_window: Stuffed Mamba method 3, a state-level window r: the output at each token reads a
-            state restarted from zero r to 2r tokens back (two states, swapped every r real tokens: O(1) per
-            token). Runs the step form, token by token, also in prefill. None = off.
+            state restarted from zero r + 1 to 2r real tokens back (all tokens while fewer than r have been read;
+            two states, swapped every r real tokens: O(1) per token). Runs the step form, token by token, also in
+            prefill. None = off.
         All sc_ options default to no change (outputs bit-identical to plain Mamba-2) and are read at every
         forward, so they can be switched on a trained model: `model.config.sc_decay_scale = 0.999`.
         xb_heads: MaTVLM's attention-shaped layout for grouped-query teachers: x and B are projected for
@@ -98,7 +99,7 @@ class Mamba2Config(SeqConfig):
         self.sc_state_norm_chunk = sc_state_norm_chunk
         self.sc_sliding_window = sc_sliding_window
         self.xb_heads = xb_heads
-        self.attention_layers = sorted(attention_layers)
+        self.attention_layers = list(attention_layers)
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         self.attention_head_dim = attention_head_dim
@@ -154,8 +155,9 @@ class Mamba2Config(SeqConfig):
             raise ValueError(f"{name}.sc_decay_scale must be <= 1 (it shrinks the decay), got {self.sc_decay_scale!r}")
         if self.attention_head_dim is None:
             self.attention_head_dim = self.hidden_size // self.num_attention_heads
-        if any(not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.attention_layers):
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.attention_layers):
             raise ValueError(f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), got {self.attention_layers!r}")
+        self.attention_layers = sorted(set(self.attention_layers))
         if self.attention_layers:
             for field in ("num_attention_heads", "num_key_value_heads", "attention_head_dim"):
                 require_positive_int(self, field)

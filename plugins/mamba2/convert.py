@@ -45,13 +45,12 @@ exports say False, the setting under which transformers rounds the residual stre
 from __future__ import annotations
 
 import os
-from typing import NoReturn
 
 import torch
 from transformers import Mamba2Config as HFMamba2Config
 from transformers import Mamba2ForCausalLM as HFMamba2ForCausalLM
 
-from hf_seqplugins.conversion import build_with_weights, load_complete
+from hf_seqplugins.conversion import build_with_weights, load_complete, refuse
 
 from .configuration import Mamba2Config
 from .modeling import Mamba2ForCausalLM
@@ -96,10 +95,6 @@ _PLAIN_ONLY = (
 )
 
 
-def _refuse(config, field: str, why: str) -> NoReturn:
-    raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r} cannot be converted: {why}")
-
-
 def config_from_transformers(hf_config: HFMamba2Config) -> Mamba2Config:
     """The `Mamba2Config` (plain Mamba-2: no feed-forward, state-collapse options off) of a transformers
     `Mamba2Config`. See the module docstring for the fields carried and those left out.
@@ -109,10 +104,10 @@ def config_from_transformers(hf_config: HFMamba2Config) -> Mamba2Config:
     validation refuses (e.g. num_heads not a multiple of n_groups).
     """
     if hf_config.hidden_act != "silu":
-        _refuse(hf_config, "hidden_act", "seqp_mamba2 applies SiLU after the convolution")
+        refuse(hf_config, "hidden_act", "seqp_mamba2 applies SiLU after the convolution")
     inner = hf_config.expand * hf_config.hidden_size
     if inner % hf_config.head_dim or hf_config.num_heads != inner // hf_config.head_dim:
-        _refuse(hf_config, "num_heads", f"seqp_mamba2 has expand * hidden_size / head_dim = {inner} / {hf_config.head_dim} heads")
+        refuse(hf_config, "num_heads", f"seqp_mamba2 has expand * hidden_size / head_dim = {inner} / {hf_config.head_dim} heads")
     return Mamba2Config(
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
@@ -152,7 +147,7 @@ def config_to_transformers(config: Mamba2Config) -> HFMamba2Config:
     """
     for field, is_plain, why in _PLAIN_ONLY:
         if hasattr(config, field) and not is_plain(getattr(config, field)):
-            _refuse(config, field, why)
+            refuse(config, field, why)
     return HFMamba2Config(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -218,7 +213,7 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
     if config.tie_word_embeddings:
         embeddings = source["backbone.embeddings.weight"]
         if not torch.equal(source.setdefault("lm_head.weight", embeddings), embeddings):
-            _refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings; set "
+            refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings; set "
                     "tie_word_embeddings=False to keep both")
     return _rename(source, config.num_hidden_layers, reverse=False)
 

@@ -29,6 +29,8 @@ def hybrid_config_from_llama(llama_config, mamba_layers: list[int], **overrides)
         raise ValueError(f"num_attention_heads * head_dim ({heads * head_dim}) must be a multiple of hidden_size ({llama_config.hidden_size})")
     if getattr(llama_config, "mlp_bias", False):
         raise ValueError("mlp_bias=True: the hybrid's feed-forward has no biases")
+    if llama_config.hidden_act != "silu":
+        raise ValueError(f"hidden_act={llama_config.hidden_act!r}: the hybrid's feed-forward is SwiGLU (silu)")
     rope = getattr(llama_config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(llama_config, "rope_theta", 10000.0)}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_parameters: only the default rotary embedding is supported, got {rope.get('rope_type')!r}")
@@ -118,15 +120,19 @@ def distillation_loss(
     temperature: float = 1.0,
     kl_weight: float = 1.0,
     layer_weight: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``kl_weight * T^2 KL(softmax(teacher / T) || softmax(student / T))`` (summed over positions and vocabulary,
     divided by the batch size) ``+ layer_weight * sum ||student_l - teacher_l||_2`` over `layer_pairs` (unsquared norm
-    of the whole tensor, as MaTVLM). Logits `[B, T, V]`; layer outputs `[B, T, D]`."""
+    of the whole tensor, as MaTVLM). Logits `[B, T, V]`; layer outputs `[B, T, D]`; `mask` `[B, T]` (0 = padding,
+    left out of both terms)."""
+    keep = torch.ones(student_logits.shape[:2], device=student_logits.device) if mask is None else mask.float()
     log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    loss = kl_weight * temperature**2 * F.kl_div(log_student.flatten(0, 1), teacher.flatten(0, 1), reduction="sum") / student_logits.shape[0]
+    per_position = F.kl_div(log_student, teacher, reduction="none").sum(-1)
+    loss = kl_weight * temperature**2 * (per_position * keep).sum() / student_logits.shape[0]
     for student_layer, teacher_layer in layer_pairs:
-        loss = loss + layer_weight * torch.linalg.vector_norm((student_layer - teacher_layer).float())
+        loss = loss + layer_weight * torch.linalg.vector_norm((student_layer - teacher_layer).float() * keep[..., None])
     return loss
 
 
@@ -137,7 +143,7 @@ class HybridDistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher, temperature: float = 1.0, kl_weight: float = 1.0, layer_weight: float = 1.0, ce_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         self.temperature, self.kl_weight, self.layer_weight, self.ce_weight = temperature, kl_weight, layer_weight, ce_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -160,7 +166,7 @@ class HybridDistillationTrainer(Trainer):
         outputs = model(**inputs, labels=labels if self.ce_weight else None, use_cache=False)
         chunk_mask = None if mask is None or bool(mask.all()) else mask.bool()
         pairs = [(model.model.layers[i](captured[i][0], attention_mask=chunk_mask, history_mask=chunk_mask), captured[i][1]) for i in mamba_layers]
-        loss = distillation_loss(outputs.logits, teacher_logits, pairs, self.temperature, self.kl_weight, self.layer_weight)
+        loss = distillation_loss(outputs.logits, teacher_logits, pairs, self.temperature, self.kl_weight, self.layer_weight, mask)
         if self.ce_weight and labels is not None:
             loss = loss + self.ce_weight * outputs.loss
         return (loss, outputs) if return_outputs else loss

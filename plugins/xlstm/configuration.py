@@ -120,6 +120,9 @@ class XLSTMConfig(SeqConfig):
                     f"{name}.kernel_backend {self.kernel_backend!r} is not a backend of the sLSTM blocks' operator; with sLSTM "
                     f"blocks choose one of {sorted(common)} (or pick per operator with hf_seqplugins.use_backend(mlstm=...))"
                 )
-        for field in ("gate_soft_cap", "mlstm_eps"):
-            if not float(getattr(self, field)) >= 0:
-                raise ValueError(f"{name}.{field} must be >= 0, got {getattr(self, field)!r}")
+        for field in ("gate_soft_cap", "output_logit_soft_cap", "mlstm_eps"):
+            value = getattr(self, field)
+            if field != "mlstm_eps" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}.{field} must be a number >= 0{' or None' if field != 'mlstm_eps' else ''}, got {value!r}")

@@ -42,13 +42,12 @@ transformers' defaults (`mode="inference"`: any sequence length, generation). Ne
 from __future__ import annotations
 
 import os
-from typing import NoReturn
 
 import torch
 from transformers import xLSTMConfig, xLSTMForCausalLM
 from transformers.models.xlstm.configuration_xlstm import round_up_to_next_multiple_of
 
-from hf_seqplugins.conversion import build_with_weights, load_complete
+from hf_seqplugins.conversion import build_with_weights, load_complete, refuse
 
 from .configuration import XLSTMConfig
 from .modeling import XLSTMForCausalLM
@@ -94,10 +93,6 @@ _FUSED_MODULES = (
 )
 
 
-def _refuse(config, field: str, why: str) -> NoReturn:
-    raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r} cannot be converted: {why}")
-
-
 def _up_proj_dim(hf_config: xLSTMConfig) -> int:
     """transformers' feed-forward width: D * ffn_proj_factor rounded up to the multiple (its own rounding)."""
     return round_up_to_next_multiple_of(hf_config.hidden_size * hf_config.ffn_proj_factor, hf_config.ffn_round_up_to_multiple_of)
@@ -116,16 +111,16 @@ def config_from_transformers(hf_config: xLSTMConfig) -> XLSTMConfig:
     soft cap <= 0 (transformers divides by it; seqp_xlstm reads 0 as "no cap"), an unknown weight_mode.
     """
     if hf_config.embedding_dim != hf_config.hidden_size:
-        _refuse(hf_config, "embedding_dim", f"it must equal hidden_size ({hf_config.hidden_size})")
+        refuse(hf_config, "embedding_dim", f"it must equal hidden_size ({hf_config.hidden_size})")
     if hf_config.num_blocks != hf_config.num_hidden_layers:
-        _refuse(hf_config, "num_blocks", f"it must equal num_hidden_layers ({hf_config.num_hidden_layers})")
+        refuse(hf_config, "num_blocks", f"it must equal num_hidden_layers ({hf_config.num_hidden_layers})")
     if not hf_config.add_out_norm:
-        _refuse(hf_config, "add_out_norm", "seqp_xlstm always applies the final RMSNorm")
+        refuse(hf_config, "add_out_norm", "seqp_xlstm always applies the final RMSNorm")
     for field in ("gate_soft_cap", "output_logit_soft_cap"):
         if not getattr(hf_config, field) > 0:
-            _refuse(hf_config, field, "transformers divides by the cap; only caps > 0 have a seqp_xlstm equivalent")
+            refuse(hf_config, field, "transformers divides by the cap; only caps > 0 have a seqp_xlstm equivalent")
     if hf_config.weight_mode not in WEIGHT_MODES:
-        _refuse(hf_config, "weight_mode", f"expected one of {WEIGHT_MODES}")
+        refuse(hf_config, "weight_mode", f"expected one of {WEIGHT_MODES}")
     return XLSTMConfig(
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
@@ -166,7 +161,7 @@ def _ffn_factor_and_multiple(config: XLSTMConfig) -> tuple[float, int]:
         ):
             if round_up_to_next_multiple_of(hidden * factor, multiple) == size:
                 return float(factor), int(multiple)
-    _refuse(config, "intermediate_size", "transformers' xLSTM needs a feed-forward whose width it derives from "
+    refuse(config, "intermediate_size", "transformers' xLSTM needs a feed-forward whose width it derives from "
             "round_up(hidden_size * ffn_proj_factor, ffn_round_up_to_multiple_of)")
 
 
@@ -179,12 +174,12 @@ def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> 
     hidden_size (0 included), an unknown weight_mode.
     """
     if "s" in config.block_types:
-        _refuse(config, "block_pattern", "transformers' xLSTM has mLSTM blocks only")
+        refuse(config, "block_pattern", "transformers' xLSTM has mLSTM blocks only")
     if config.input_gate != "exp":
-        _refuse(config, "input_gate", "transformers' xLSTM has the exponential input gate only")
+        refuse(config, "input_gate", "transformers' xLSTM has the exponential input gate only")
     for field in ("gate_soft_cap", "output_logit_soft_cap"):
         if not getattr(config, field):
-            _refuse(config, field, "transformers' xLSTM always soft-caps (a float cap > 0)")
+            refuse(config, field, "transformers' xLSTM always soft-caps (a float cap > 0)")
     if weight_mode not in WEIGHT_MODES:
         raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
     ffn_proj_factor, ffn_multiple = _ffn_factor_and_multiple(config)
@@ -282,7 +277,7 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
     if config.tie_word_embeddings:
         lm_head = source.setdefault("lm_head.weight", embeddings)
         if not torch.equal(lm_head, embeddings):
-            _refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings (transformers' xLSTM "
+            refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings (transformers' xLSTM "
                     "never ties them, seqp_xlstm would); set tie_word_embeddings=False to keep both")
     ours = {}
     for hf_name, our_name, hf_only_bias in _modules(config.num_hidden_layers):
@@ -293,7 +288,7 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
             tensor = source.pop(key)
             if param == "bias" and hf_only_bias:
                 if torch.count_nonzero(tensor):
-                    _refuse(hf_config, "use_bias", f"{key} is non-zero and seqp_xlstm has no bias there")
+                    refuse(hf_config, "use_bias", f"{key} is non-zero and seqp_xlstm has no bias there")
                 continue
             ours[f"{our_name}.{param}"] = tensor
     if source:
