@@ -11,7 +11,6 @@ from transformers import initialization as init
 from hf_seqplugins.cache import read_state, write_state
 from hf_seqplugins.kernels.mlstm import mlstm, state_shapes
 from hf_seqplugins.modeling import GatedFeedForward, SeqForCausalLM, SeqForSequenceClassification, SeqModel
-from hf_seqplugins.plugins.rnn.configuration import SLSTMConfig
 from hf_seqplugins.plugins.rnn.modeling import HeadwiseRNNMixer
 
 from .configuration import XLSTMConfig
@@ -99,18 +98,28 @@ class MLSTMLayer(nn.Module):
         return self.out_proj(torch.sigmoid(self.ogate_proj(hidden)) * h)
 
 
+class SLSTMBlockConfig:
+    """What the RNN family's sLSTM mixer reads, seen through an xLSTM config: its own head count and size, the
+    rest (kernel_backend included, so changing it on the model reaches these blocks too) from the parent."""
+
+    cell_name = "slstm"
+
+    def __init__(self, parent: XLSTMConfig):
+        self.parent = parent
+        self.num_heads = parent.slstm_num_heads
+        self.head_dim = parent.hidden_size // parent.slstm_num_heads
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "parent":  # copy/pickle probe these before __init__ has run
+            raise AttributeError(name)
+        return getattr(self.parent, name)
+
+
 def xlstm_mixer(config: XLSTMConfig, layer_idx: int) -> nn.Module:
     """The mixer of block `layer_idx`: an `MLSTMLayer`, or the RNN family's sLSTM mixer where the pattern says "s"."""
     if config.block_types[layer_idx] == "m":
         return MLSTMLayer(config, layer_idx)
-    slstm = SLSTMConfig(
-        hidden_size=config.hidden_size,
-        num_heads=config.slstm_num_heads,
-        num_hidden_layers=config.num_hidden_layers,
-        kernel_backend=config.kernel_backend,
-        vocab_size=config.vocab_size,
-    )
-    return HeadwiseRNNMixer(slstm, layer_idx)
+    return HeadwiseRNNMixer(SLSTMBlockConfig(config), layer_idx)
 
 
 class WangInitFeedForward:
