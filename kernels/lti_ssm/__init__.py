@@ -38,9 +38,9 @@ import torch
 
 from hf_seqplugins.backends import Operator, triton_unavailable_reason
 
-from .systems import DenseSystem, DiagonalSystem, DPLRSystem, System
+from .systems import DenseSystem, DiagonalSystem, DPLRSystem, System, select_outputs
 
-__all__ = ["OPERATOR", "DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "lti_ssm", "lti_ssm_step"]
+__all__ = ["OPERATOR", "DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "lti_ssm", "lti_ssm_step", "select_outputs"]
 
 SYSTEMS = (DiagonalSystem, DenseSystem, DPLRSystem)
 

@@ -15,14 +15,14 @@ Complex states keep one mode of each conjugate pair where the class says so; out
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 import torch
 
 from .generators import krylov
 
-__all__ = ["DPLRSystem", "DenseSystem", "DiagonalSystem", "System"]
+__all__ = ["DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "select_outputs"]
 
 
 @dataclass
@@ -179,6 +179,10 @@ class DPLRSystem:
         c = torch.linalg.solve(identity - torch.linalg.matrix_power(a_bar, self.length), _both_halves(self.c_tilde)[:, :, None, :], left=False)
         return DenseSystem(a_bar, b_bar, c[:, :, 0, :])
 
+    def c_tilde_of(self, c: torch.Tensor) -> torch.Tensor:
+        """C̃ = C (I - Ā^length) `[M, H, N2]` of an ordinary C `[M, H, N2]` (S4 initialises C̃ this way)."""
+        return self._doubled(c, self.length, sign=-1)
+
     def step(self, state: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dense().step(state, u)
 
@@ -216,12 +220,20 @@ class DPLRSystem:
             spectrum = torch.cat([spectrum, nyquist[..., None].to(spectrum.dtype)], dim=-1)
         return torch.fft.irfft(spectrum, n=nodes)[..., :length]
 
-    def _doubled(self, c_tilde: torch.Tensor, length: int) -> torch.Tensor:
-        """C̃ of twice the length: C (I - Ā^2L) = C̃ (I + Ā^L); the pairing of modes is kept, so half is stored."""
+    def _doubled(self, c_tilde: torch.Tensor, length: int, sign: int = 1) -> torch.Tensor:
+        """C̃ (I + sign Ā^length): with sign 1 the C̃ of twice the length, as C (I - Ā^2L) = C̃ (I + Ā^L). The pairing
+        of conjugate modes is kept, so the stored half is returned."""
         a_bar, _ = self.discretised()
         full = _both_halves(c_tilde)
-        doubled = full + torch.einsum("mhi,hij->mhj", full, torch.linalg.matrix_power(a_bar, length))
+        doubled = full + sign * torch.einsum("mhi,hij->mhj", full, torch.linalg.matrix_power(a_bar, length))
         return doubled[..., : c_tilde.shape[-1]]
 
 
 System = DiagonalSystem | DenseSystem | DPLRSystem
+
+
+def select_outputs(system: System, rows: slice) -> System:
+    """The same system with only the output channels `rows` of its C (C̃ for S4)."""
+    if isinstance(system, DPLRSystem):
+        return replace(system, c_tilde=system.c_tilde[rows])
+    return replace(system, c=system.c[rows])
