@@ -79,7 +79,7 @@ class S4Config(StateSpaceConfig):
     Args:
         rank: R, the rank of the low-rank correction (1 for LegS).
         n_ssm: number of independent (Λ, P, B) copies shared over the channels (H % n_ssm == 0); None = H.
-        max_length: the kernel length the learned C̃ = C (I - Ā^L) refers to: train at or below it; longer inputs
+        l_max: the kernel length the learned C̃ = C (I - Ā^L) refers to: train at or below it; longer inputs
             double the kernel (C̃ (I + Ā^L), a dense N x N power per channel) rather than change the model.
         dt_transform: Δ = exp(param) ("exp") or softplus(param) ("softplus").
         B_clip: the imaginary part of the initial B is clipped to [-B_clip, B_clip].
@@ -92,7 +92,7 @@ class S4Config(StateSpaceConfig):
         self,
         rank: int = 1,
         n_ssm: int | None = None,
-        max_length: int = 1024,
+        l_max: int = 1024,
         dt_transform: str = "exp",
         B_clip: float = 2.0,
         init: str = "legs",
@@ -101,7 +101,7 @@ class S4Config(StateSpaceConfig):
     ):
         self.rank = rank
         self.n_ssm = n_ssm
-        self.max_length = max_length
+        self.l_max = l_max
         self.dt_transform = dt_transform
         self.B_clip = B_clip
         self.init = init
@@ -116,7 +116,7 @@ class S4Config(StateSpaceConfig):
         super().validate_fields()
         name = type(self).__name__
         require_positive_int(self, "rank")
-        require_positive_int(self, "max_length")
+        require_positive_int(self, "l_max")
         require_choice(self, "dt_transform", ("exp", "softplus"))
         if self.n_ssm is not None:
             require_positive_int(self, "n_ssm")
@@ -136,7 +136,7 @@ class S4Config(StateSpaceConfig):
 
 class S4DConfig(S4Config):
     """S4D (spec 1.5): diagonal Λ (init "diag-lin", "diag-inv", "diag-real" or "legs"), ZOH or bilinear
-    discretisation, kernel by a Vandermonde product. `rank` and `max_length` are unused."""
+    discretisation, kernel by a Vandermonde product. `rank` and `l_max` are unused."""
 
     model_type = "seqp_s4d"
     structure = "diagonal"

@@ -26,8 +26,8 @@ def _architecture(model_type, config_class, prefix, tiny, description) -> Archit
 @hookimpl
 def seqplugins_architectures() -> list[Architecture]:
     return [
-        # max_length 8 < the suite's sequences, so the kernel-doubling path runs too
-        _architecture("seqp_s4", m.S4Config, "S4", {"max_length": 8},
+        # l_max 8 < the suite's sequences, so the kernel-doubling path runs too
+        _architecture("seqp_s4", m.S4Config, "S4", {"l_max": 8},
                       "S4: HiPPO-LegS diagonal plus low rank, Cauchy kernel + Woodbury, FFT convolution, recurrent decoding"),
         _architecture("seqp_s4d", m.S4DConfig, "S4D", {"channels": 2},
                       "S4D: diagonal state space, Vandermonde kernel (ZOH or bilinear), FFT convolution, recurrent decoding"),

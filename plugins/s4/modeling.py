@@ -126,7 +126,7 @@ class S4Mixer(StateSpaceMixer):
 
     Parameters (complex ones stored as real `[..., 2]`; S = n_ssm copies, channel h uses copy h % S):
     `dt_param [H]` (Δ = exp or softplus of it), `A_real`, `A_imag [S, N/2]` (Λ = -exp(A_real) - i A_imag),
-    `B [S, N/2, 2]`, S4 only `P [R, S, N/2, 2]`, `C [M', H, N/2, 2]` (S4: the C̃ of `max_length`), `D [M, H]`.
+    `B [S, N/2, 2]`, S4 only `P [R, S, N/2, 2]`, `C [M', H, N/2, 2]` (S4: the C̃ of `l_max`), `D [M, H]`.
     """
 
     complex_state = True
@@ -148,7 +148,7 @@ class S4Mixer(StateSpaceMixer):
 
     def init_mixer_weights(self) -> None:
         """Spec 1.2: log Δ ~ U[log dt_min, log dt_max]; Λ from `config.init`; B = 1 (diag-*) or V* B (legs, imaginary
-        part clipped to ±B_clip); P = V* P; C complex normal (parts N(0, 1/2)); S4's C̃ = C (I - Ā^max_length)."""
+        part clipped to ±B_clip); P = V* P; C complex normal (parts N(0, 1/2)); S4's C̃ = C (I - Ā^l_max)."""
         super().init_mixer_weights()
         config = self.config
         copies, modes = self.A_real.shape
@@ -192,7 +192,7 @@ class S4Mixer(StateSpaceMixer):
         dt = torch.exp(raw) if config.dt_transform == "exp" else F.softplus(raw)
         if self.P is not None:
             p = _complex(self.P, dtype).repeat(1, repeats, 1)
-            return DPLRSystem(lam, p, b, c, dt, config.max_length)
+            return DPLRSystem(lam, p, b, c, dt, config.l_max)
         step = dt[:, None] * lam
         if config.discretization == "zoh":
             return DiagonalSystem(step, b * torch.expm1(step) / lam, c)
