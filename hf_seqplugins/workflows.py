@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, Trai
 
 from . import metrics, tasks
 from .data import byte_tokenizer, language_modeling_dataset
+from .optim import optimizer_cls_and_kwargs
 
 TEXT_TASK = "pydoc"
 TASK_CHOICES = (TEXT_TASK, *sorted(tasks.TASKS))
@@ -82,7 +83,8 @@ def train(
 ) -> tuple[PreTrainedModel, Trainer]:
     """Train a fresh `model_type` causal LM on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints).
 
-    `overrides` set config fields (default: a small model); `lora` trains LoRA adapters on every linear layer
+    `overrides` set config fields (default: a small model); parameters that declare optimizer settings (e.g. the
+    SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.optim`); `lora` trains LoRA adapters on every linear layer
     (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
     """
     torch.manual_seed(seed)
@@ -112,7 +114,10 @@ def train(
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
     )
-    trainer = Trainer(model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"], **metrics.trainer_metrics(data["test"]))
+    trainer = Trainer(
+        model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"],
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(trained, args), **metrics.trainer_metrics(data["test"]),
+    )
     trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
     if lora:
         model = trained.merge_and_unload()
