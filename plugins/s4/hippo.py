@@ -28,9 +28,10 @@ def hippo(measure: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return MEASURES[measure](size)
 
 
-def nplr_legs(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HiPPO-LegS as `A = V (Λ - P̃ P̃*) V*` with V unitary; returns `(Λ, P̃, B̃)`, each `[N/2]` complex128: the modes
-    with negative imaginary part (their conjugates are implied), B̃ = V* B and P̃ = V* P, P_n = sqrt(n + 1/2)."""
+def nplr_legs(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HiPPO-LegS as `A = V (Λ - P̃ P̃*) V*` with V unitary; returns `(Λ, P̃, B̃, V)`: `[N/2]` complex128 each for the
+    modes with negative imaginary part (their conjugates are implied), B̃ = V* B and P̃ = V* P with P_n = sqrt(n + 1/2),
+    and their eigenvectors `V [N, N/2]` (the other half of V is their conjugate)."""
     a, b = _legs(size)
     p = torch.sqrt(torch.arange(size, dtype=torch.float64) + 0.5)
     normal = a + p[:, None] * p[None, :]  # -1/2 I + a skew-symmetric part
@@ -39,4 +40,4 @@ def nplr_legs(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     keep = torch.argsort(frequencies)[: size // 2]
     lam = real + 1j * frequencies[keep]
     project = vectors[:, keep].conj().T
-    return lam, project @ p.to(project.dtype), project @ b.to(project.dtype)
+    return lam, project @ p.to(project.dtype), project @ b.to(project.dtype), vectors[:, keep]

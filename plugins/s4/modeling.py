@@ -158,7 +158,7 @@ class S4Mixer(StateSpaceMixer):
         n = torch.arange(modes, dtype=torch.float64)
         b = torch.ones(modes, dtype=torch.complex128)
         if config.init == "legs":
-            lam, p, b = nplr_legs(config.state_size)
+            lam, p, b, _ = nplr_legs(config.state_size)
             b = torch.complex(b.real, b.imag.clamp(-config.B_clip, config.B_clip))
             if self.P is not None:
                 init.copy_(self.P, torch.view_as_real(p.expand(config.rank, copies, modes).contiguous()) / math.sqrt(config.rank))
