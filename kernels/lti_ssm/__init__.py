@@ -32,8 +32,6 @@ or cast to the state dtype. A backend returns `(y [Bt, T, M, H], final_state | N
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from hf_seqplugins.backends import Operator, triton_unavailable_reason
@@ -100,10 +98,9 @@ def _load_torch():
 
 
 def _load_triton():
-    from . import triton_impl
-    from .torch_impl import convolve
+    from .triton_impl import lti_ssm as kernel
 
-    return functools.partial(convolve, generators=triton_impl)
+    return kernel
 
 
 def _triton_unavailable_reason(device: torch.device) -> str | None:

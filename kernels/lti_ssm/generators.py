@@ -6,9 +6,18 @@ They materialise `[rows, N/2, L]` (Vandermonde) or `[rows, L', N/2]` (Cauchy) co
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 
-__all__ = ["cauchy", "krylov", "vandermonde"]
+__all__ = ["TORCH_GENERATORS", "Generators", "cauchy", "krylov", "vandermonde"]
+
+
+class Generators(NamedTuple):
+    """The two reductions a convolution backend makes its kernels with (same contracts as below)."""
+
+    vandermonde: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    cauchy: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tensor:
@@ -41,3 +50,6 @@ def krylov(a: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
         if columns.shape[-1] < length:
             power = power @ power
     return columns[..., :length]
+
+
+TORCH_GENERATORS = Generators(vandermonde, cauchy)

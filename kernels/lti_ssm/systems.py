@@ -6,7 +6,7 @@ operator's backends need:
 
 - `step(state, u_t)`: one recurrence step (the `reference` backend and decoding);
 - `kernel(length, generators)`: the convolution kernel `K [M, H, length]`, `K_l = C Ā^l B̄`, computed by
-  the `vandermonde` / `cauchy` of a generators module (`generators` in PyTorch or `triton_impl`);
+  the `vandermonde` / `cauchy` of a `Generators` pair (PyTorch's or Triton's);
 - `free_response(state, length)`: `C Ā^(t+1) x_0` for t < length, the output of an initial state;
 - `final_state(u, state)`: the state after the inputs, from the same closed forms (no step loop).
 
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from types import ModuleType
 
 import torch
 
-from .generators import krylov
+from .generators import Generators, krylov
 
 __all__ = ["DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "select_outputs"]
 
@@ -54,13 +53,13 @@ class DiagonalSystem:
         state = torch.exp(self.log_a) * state + self.b * u[..., None]
         return 2 * torch.einsum("mhn,bhn->bmh", self.c, state).real, state
 
-    def kernel(self, length: int, generators: ModuleType) -> torch.Tensor:
+    def kernel(self, length: int, generators: Generators) -> torch.Tensor:
         (outputs, channels), modes = self.shape, self.log_a.shape[-1]
         v = (self.c * self.b).reshape(-1, modes)
         log_a = self.log_a.expand(outputs, channels, modes).reshape(-1, modes)
         return generators.vandermonde(v, log_a, length).view(outputs, channels, length)
 
-    def free_response(self, state: torch.Tensor, length: int, generators: ModuleType) -> torch.Tensor:
+    def free_response(self, state: torch.Tensor, length: int, generators: Generators) -> torch.Tensor:
         """`[Bt, length, M, H]`: 2 Re sum_n c_n Ā_n^(t+1) x_0,n."""
         (outputs, channels), modes = self.shape, self.log_a.shape[-1]
         batch = state.shape[0]
@@ -106,12 +105,12 @@ class DenseSystem:
         state = torch.einsum("hij,bhj->bhi", self.a, state) + self.b * u[..., None].to(self.b.dtype)
         return torch.einsum("mhn,bhn->bmh", self.c, state).real, state
 
-    def kernel(self, length: int, generators: ModuleType | None = None) -> torch.Tensor:
+    def kernel(self, length: int, generators: Generators | None = None) -> torch.Tensor:
         """Krylov kernel (spec 2.1): `K[m, h, l] = Re(c Ā^l B̄)` by repeated squaring."""
         columns = krylov(self.a, self.b[..., None], length)[:, :, 0]
         return torch.einsum("mhn,hnl->mhl", self.c, columns).real
 
-    def free_response(self, state: torch.Tensor, length: int, generators: ModuleType | None = None) -> torch.Tensor:
+    def free_response(self, state: torch.Tensor, length: int, generators: Generators | None = None) -> torch.Tensor:
         """`[Bt, length, M, H]`: Re(c Ā^(t+1) x_0)."""
         start = torch.einsum("hij,bhj->hib", self.a, state)
         return torch.einsum("mhn,hnbt->btmh", self.c, krylov(self.a, start, length)).real
@@ -186,13 +185,13 @@ class DPLRSystem:
     def step(self, state: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dense().step(state, u)
 
-    def free_response(self, state: torch.Tensor, length: int, generators: ModuleType | None = None) -> torch.Tensor:
+    def free_response(self, state: torch.Tensor, length: int, generators: Generators | None = None) -> torch.Tensor:
         return self.dense().free_response(state, length)
 
     def final_state(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         return self.dense().final_state(u, state)
 
-    def kernel(self, length: int, generators: ModuleType) -> torch.Tensor:
+    def kernel(self, length: int, generators: Generators) -> torch.Tensor:
         """`K [M, H, length]` from the generating function (spec 1.6), evaluated at `self.length` roots of unity
         (doubled until it covers `length`) and truncated. The Nyquist node ω = -1 takes its analytic value."""
         c_tilde, nodes = self.c_tilde, self.length

@@ -1,19 +1,17 @@
 """Convolution mode (specs/SSM.md 1.8): the SSM kernel, then one FFT convolution, plus the response to an
-initial state and the final state in closed form; kernels from the plain-PyTorch `generators`.
+initial state and the final state in closed form; kernels from the plain-PyTorch generators.
 
 The FFT length is 2T >= 2T - 1, so the circular convolution never wraps (spec 1.10). A single step
 (decoding) runs the recurrence instead: it is O(1) in the history.
 """
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
-from . import generators as torch_generators
+from .generators import TORCH_GENERATORS, Generators
 
 
-def convolve(u, system, initial_state, return_final_state, generators: ModuleType):
+def convolve(u, system, initial_state, return_final_state, generators: Generators):
     """u `[Bt, T, H]` -> (y `[Bt, T, M, H]`, final state or None) with `generators` making the kernel."""
     batch, steps, _ = u.shape
     if steps == 1:
@@ -32,4 +30,4 @@ def convolve(u, system, initial_state, return_final_state, generators: ModuleTyp
 
 def lti_ssm(u, system, initial_state, return_final_state):
     """See `hf_seqplugins.kernels.lti_ssm` for the contract (inputs arrive validated, mask folded in)."""
-    return convolve(u, system, initial_state, return_final_state, torch_generators)
+    return convolve(u, system, initial_state, return_final_state, TORCH_GENERATORS)

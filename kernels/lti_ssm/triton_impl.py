@@ -56,7 +56,10 @@ from torch.autograd.function import once_differentiable
 
 from hf_seqplugins.backends import BackendUnavailableError
 
-__all__ = ["cauchy", "generator_unsupported_reason", "vandermonde"]
+from .generators import Generators
+from .torch_impl import convolve
+
+__all__ = ["TRITON_GENERATORS", "cauchy", "generator_unsupported_reason", "lti_ssm", "vandermonde"]
 
 # triton.jit picks the interpreter when the kernels are defined, i.e. when this module is first imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -387,3 +390,11 @@ def _block(size: int, limit: int) -> int:
 
 def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+TRITON_GENERATORS = Generators(vandermonde, cauchy)
+
+
+def lti_ssm(u, system, initial_state, return_final_state):
+    """The `triton` backend of `hf_seqplugins.kernels.lti_ssm`: convolution mode with the kernels above."""
+    return convolve(u, system, initial_state, return_final_state, TRITON_GENERATORS)

@@ -1,8 +1,9 @@
 """Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), specs/SSM.md 1-2."""
 from __future__ import annotations
 
-from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
 from hf_seqplugins.kernels.lti_ssm import OPERATOR as LTI_SSM
+
+from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
 
 from .hippo import MEASURES
 
@@ -21,7 +22,7 @@ class StateSpaceConfig(SeqConfig):
         state_size: N, the state size of each channel's SSM.
         channels: M, SSM outputs per channel (flattened to M * H before the output linear).
         bidirectional: add an anti-causal SSM (its own C) for sequence classification; not causal, so such
-            models cannot generate.
+            models cannot generate and keep no cache (`use_cache` is set to False).
         dt_min, dt_max: the step Δ of each channel is initialised log-uniform in [dt_min, dt_max].
         activation: after the SSM and D skip: "gelu", "silu", "relu", "tanh" or "identity".
         final_act: "glu" (Linear(M H -> 2 H) then GLU) or "linear" (Linear(M H -> H)).
@@ -71,6 +72,8 @@ class StateSpaceConfig(SeqConfig):
             raise ValueError(f"{name}.ssm_dropout must be in [0, 1), got {self.ssm_dropout!r}")
         if self.ssm_lr is not None and not self.ssm_lr > 0:
             raise ValueError(f"{name}.ssm_lr must be None or > 0, got {self.ssm_lr!r}")
+        if self.bidirectional:
+            self.use_cache = False
 
 
 class S4Config(StateSpaceConfig):

@@ -6,13 +6,24 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hf_seqplugins.kernels.lti_ssm import (
+    DenseSystem,
+    DiagonalSystem,
+    DPLRSystem,
+    lti_ssm,
+    lti_ssm_step,
+    select_outputs,
+)
 from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
 from hf_seqplugins.cache import read_state, write_state
-from hf_seqplugins.kernels.lti_ssm import DenseSystem, DiagonalSystem, DPLRSystem, lti_ssm, lti_ssm_step, select_outputs
-from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins.modeling import (
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+)
 
 from .configuration import LSSLConfig, S4Config, S4DConfig, StateSpaceConfig
 from .hippo import hippo, nplr_legs
