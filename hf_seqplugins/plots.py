@@ -27,14 +27,18 @@ def training_curve(log_history: list[dict], path: str | Path, title: str = "trai
     return _save(figure, path)
 
 
-def against_length(series: dict[str, list[tuple[int, float]]], path: str | Path, ylabel: str, title: str, log_x: bool = True) -> Path:
-    """One line per name of (length, value) points, e.g. decode latency or accuracy vs context length."""
+def against_length(series: dict[str, list[tuple[int, float]]], path: str | Path, ylabel: str, title: str, log_x: bool = True,
+                   log_y: bool = False) -> Path:
+    """One line per name of (length, value) points, e.g. decode latency or accuracy vs context length (log-log
+    axes show power laws as straight lines: slope 1 linear, 2 quadratic)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, points in series.items():
         axis.plot(*zip(*points), marker="o", label=name)
     if log_x:
         axis.set_xscale("log", base=2)
+    if log_y:
+        axis.set_yscale("log")
     axis.set(xlabel="sequence length (tokens)", ylabel=ylabel, title=title)
     axis.legend()
     axis.grid(alpha=0.3)
