@@ -102,34 +102,39 @@ class StateSpaceMixer(nn.Module):
     def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden `[B, T, H]`, attention_mask `[B, T]` bool or None -> `[B, T, H]`."""
         config = self.config
-        batch, steps, _ = hidden.shape
         if config.bidirectional and cache is not None:
             raise ValueError("a bidirectional state-space model sees future tokens: it cannot run with a cache (generate)")
-        dtype = _compute_dtype(self.D)
         state = read_state(cache, self.layer_idx)
         if state is not None:
             state = torch.view_as_complex(state[0].contiguous()) if self.complex_state else state[0]
-        if state is not None and steps == 1:
-            u = hidden[:, 0] if attention_mask is None else hidden[:, 0] * attention_mask[:, 0, None]
-            y, state = lti_ssm_step(u, self.decoding_system(dtype), state)
-            y = y[:, None]
-        elif config.bidirectional:
-            system = self.system(dtype)
-            forward_part, backward_part = select_outputs(system, slice(0, self.outputs)), select_outputs(system, slice(self.outputs, None))
-            y, _ = lti_ssm(hidden, forward_part, None, attention_mask, return_final_state=False, backend=config.kernel_backend)
-            flipped_mask = None if attention_mask is None else attention_mask.flip(1)
-            backward, _ = lti_ssm(hidden.flip(1), backward_part, None, flipped_mask, return_final_state=False, backend=config.kernel_backend)
-            y = y + backward.flip(1)
-        else:
-            y, state = lti_ssm(hidden, self.system(dtype), state, attention_mask, return_final_state=cache is not None,
-                               backend=config.kernel_backend)
+        # kernels, FFTs and states in float32 even under autocast (spec 1.10)
+        with torch.autocast(hidden.device.type, enabled=False):
+            y, state = self.state_space(hidden, state, cache is not None, attention_mask)
         if cache is not None:
             write_state(cache, self.layer_idx, (torch.view_as_real(state) if state.is_complex() else state,))
         y = self.activation(y + self.D.to(y.dtype) * hidden[:, :, None, :])
         if self.training and config.ssm_dropout > 0:  # one mask per (row, output channel) for all time steps
-            y = y * F.dropout(y.new_ones(batch, 1, *y.shape[2:]), config.ssm_dropout)
+            y = y * F.dropout(y.new_ones(y.shape[0], 1, *y.shape[2:]), config.ssm_dropout)
         y = self.output_linear(y.flatten(2))
         return F.glu(y, dim=-1) if config.final_act == "glu" else y
+
+    def state_space(self, u: torch.Tensor, state: torch.Tensor | None, keep_state: bool, mask: torch.Tensor | None):
+        """u `[B, T, H]` -> (y `[B, T, M, H]` in u's dtype, final state or None): one recurrent step when decoding
+        from a state, else the operator (both directions when bidirectional)."""
+        config = self.config
+        dtype = _compute_dtype(self.D)
+        if state is not None and u.shape[1] == 1:
+            step = u[:, 0] if mask is None else u[:, 0] * mask[:, 0, None]
+            y, state = lti_ssm_step(step, self.decoding_system(dtype), state)
+            return y[:, None], state
+        system = self.system(dtype)
+        if not config.bidirectional:
+            return lti_ssm(u, system, state, mask, return_final_state=keep_state, backend=config.kernel_backend)
+        forward_part, backward_part = select_outputs(system, slice(0, self.outputs)), select_outputs(system, slice(self.outputs, None))
+        y, _ = lti_ssm(u, forward_part, None, mask, return_final_state=False, backend=config.kernel_backend)
+        flipped_mask = None if mask is None else mask.flip(1)
+        backward, _ = lti_ssm(u.flip(1), backward_part, None, flipped_mask, return_final_state=False, backend=config.kernel_backend)
+        return y + backward.flip(1), None
 
 
 class S4Mixer(StateSpaceMixer):
