@@ -1,0 +1,97 @@
+"""Linear recurrence operator: the solver inside ParaRNN's Newton iterations and its adjoint (specs/RNN.md 3.2).
+
+`linear_scan(a, b, initial_state=None, *, backend=None) -> (states, final_state)`
+
+Per channel, ``s_t = a_t s_{t-1} + b_t`` for t = 1..T from ``s_0 = initial_state`` (zeros when None), with
+
+- diagonal transitions: `a`, `b` `[B, T, D]`, states `[B, D]`; or
+- block-diagonal transitions (m x m blocks, e.g. m = 2 for an LSTM's `[c, h]`): `a` `[B, T, D, m, m]`,
+  `b` `[B, T, D, m]`, states `[B, D, m]` (`a_t s` is a matrix-vector product per channel).
+
+Returns every state `s_1..s_T` (b's shape) and the final state `s_T`. Half-precision inputs are computed in
+float32 (long products of transitions lose everything in 8 mantissa bits; spec 3.7); the results come back in
+the compute dtype.
+
+Backend contract (what `validate` hands every backend, positionally): ``(a, b, initial_state, blocks)`` with
+a, b (and the initial state, if any) in one compute dtype and `blocks` a bool. A backend returns
+``(states, final_state)``. Backends: "reference" (step loop), "torch" (log-depth Hillis-Steele doubling, the
+default on CPU), "triton" (chunked scan kernel with `tl.associative_scan`).
+"""
+from __future__ import annotations
+
+import torch
+
+from hf_seqplugins.backends import Operator, triton_unavailable_reason
+
+__all__ = ["OPERATOR", "compute_dtype", "linear_scan"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _validate(a, b, initial_state=None):
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"linear_scan: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if b.dim() not in (3, 4):
+        raise ValueError(f"linear_scan: b must be [B, T, D] (diagonal) or [B, T, D, m] (blocks), got shape {list(b.shape)}")
+    blocks = b.dim() == 4
+    expected = (*b.shape, b.shape[-1]) if blocks else tuple(b.shape)
+    if tuple(a.shape) != expected:
+        layout = "[B, T, D, m, m]" if blocks else "[B, T, D]"
+        raise ValueError(f"linear_scan: a must be {layout} = {list(expected)} for b of shape {list(b.shape)}, got {list(a.shape)}")
+    if b.shape[1] == 0:
+        raise ValueError("linear_scan: no time steps (T=0)")
+    if a.device != b.device:
+        raise ValueError(f"linear_scan: a is on {a.device}, b on {b.device}")
+    dtype = compute_dtype(torch.promote_types(a.dtype, b.dtype))
+    if initial_state is not None:
+        shape = (b.shape[0], *b.shape[2:])
+        if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != shape:
+            raise ValueError(f"linear_scan: initial_state must be {list(shape)}, got {list(getattr(initial_state, 'shape', [type(initial_state).__name__]))}")
+        if initial_state.device != b.device:
+            raise ValueError(f"linear_scan: initial_state is on {initial_state.device}, b on {b.device}")
+        initial_state = initial_state.to(dtype)
+    return (a.to(dtype), b.to(dtype), initial_state, blocks), {}
+
+
+def _load_reference():
+    from .reference import linear_scan as kernel
+
+    return kernel
+
+
+def _load_torch():
+    from .torch_impl import linear_scan as kernel
+
+    return kernel
+
+
+def _load_triton():
+    from .triton_impl import linear_scan as kernel
+
+    return kernel
+
+
+def _triton_input_check(*validated_args):
+    from .triton_impl import unsupported_reason
+
+    return unsupported_reason(*validated_args)
+
+
+OPERATOR = Operator(
+    name="linear_scan",
+    backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton},
+    requirements={"triton": triton_unavailable_reason},
+    input_checks={"triton": _triton_input_check},
+    validate=_validate,
+)
+
+
+def linear_scan(
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve the linear recurrence over the sequence; see the module docstring. `backend`: None/"auto" or a name."""
+    return OPERATOR(a, b, initial_state, backend=backend)
