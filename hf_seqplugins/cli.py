@@ -43,6 +43,12 @@ def _card_results(task: str, results: dict) -> list[dict]:
     return [{"dataset": task, "metric": name, "value": value} for name, value in results.items() if name != "perplexity"]
 
 
+TASK_ARGS_HELP = (
+    "arguments of a synthetic task and its splits, e.g. length=1024 max_depth=6 num_train=512 num_test=128 "
+    "(listops, a sequence-classification task, trains AutoModelForSequenceClassification)"
+)
+
+
 def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     from .workflows import TASK_CHOICES
 
@@ -54,6 +60,7 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
         verb.add_argument("--model-type", default="seqp_lstm", choices=model_types)
         verb.add_argument("--task", default="pydoc", help=f"one of {', '.join(TASK_CHOICES)}, or a saved dataset folder")
         verb.add_argument("--text-files", nargs="+", help="train on these UTF-8 text files instead (byte-level)")
+        verb.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
         verb.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=64")
         verb.add_argument("--max-steps", type=int, default=max_steps)
         verb.add_argument("--batch-size", type=int, default=16)
@@ -74,6 +81,7 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("model")
     evaluate.add_argument("--task", default="pydoc")
     evaluate.add_argument("--block-size", type=int, default=128)
+    evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
     evaluate.add_argument("--lengths", type=int, nargs="+", help="evaluate fresh rows at each of these lengths (accuracy vs length plot)")
     evaluate.add_argument("--output-dir", default="outputs/eval", help="where eval_<task>.json/.md (and .png with --lengths) go")
 
@@ -118,7 +126,7 @@ def _train(args, reload_check: bool) -> int:
     from . import workflows
     from .plots import training_curve
 
-    data, tokenizer = workflows.load_task(args.task, args.block_size, args.text_files, args.seed)
+    data, tokenizer = workflows.load_task(args.task, args.block_size, args.text_files, args.seed, workflows.parse_overrides(args.task_args))
     task_name = "text files" if args.text_files else args.task
     print(f"{task_name}: {len(data['train'])} training and {len(data['test'])} held-out rows")
     model, trainer = workflows.train(
@@ -126,7 +134,8 @@ def _train(args, reload_check: bool) -> int:
         workflows.parse_overrides(args.config), getattr(args, "lora", False), getattr(args, "resume", False), args.seed,
     )
     results = workflows.evaluate(model, data["test"], tokenizer)
-    print(f"held-out: {workflows.perplexity_summary(results)}")
+    classifier = workflows.is_classifier(model)
+    print(f"held-out: {(workflows.classification_summary if classifier else workflows.perplexity_summary)(results)}")
     if tokenizer is not None:
         print(f"sample: {workflows.generate_text(model, tokenizer, 'The function ', 80, do_sample=False)!r}")
     export_dir = hf_seqplugins.export(
@@ -136,6 +145,16 @@ def _train(args, reload_check: bool) -> int:
     (export_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     curve = training_curve(trainer.state.log_history, Path(args.output_dir) / "training_curve.png", f"{args.model_type} on {task_name}")
     print(f"exported to {export_dir} (weights, remote code, model card, results.json); training curve: {curve}")
+    if reload_check and classifier:
+        import torch
+
+        reloaded = AutoModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=True).to(model.device).eval()
+        rows = data["test"][:8]
+        inputs = {name: torch.tensor(rows[name], device=model.device) for name in ("input_ids", "attention_mask") if name in rows}
+        with torch.no_grad():
+            same = torch.allclose(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
+        print(f"reloaded with trust_remote_code: {'identical' if same else 'DIFFERENT'} logits")
+        return 0 if same else 1
     if reload_check:
         reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
         ids = AutoTokenizer.from_pretrained(export_dir)("The function ", add_special_tokens=False, return_tensors="pt").input_ids
@@ -151,11 +170,12 @@ def _evaluate(args) -> int:
     from .results import write_results
 
     model = _load(args.model)
+    task_kwargs = workflows.parse_overrides(args.task_args)
     if args.lengths:
-        by_length = workflows.evaluate_lengths(model, args.task, args.lengths)
+        by_length = workflows.evaluate_lengths(model, args.task, args.lengths, **task_kwargs)
         rows = [{"length": length, **scores} for length, scores in by_length.items()]
     else:
-        data, tokenizer = workflows.load_task(args.task, args.block_size)
+        data, tokenizer = workflows.load_task(args.task, args.block_size, task_kwargs=task_kwargs)
         rows = [workflows.evaluate(model, data["test"], _tokenizer(args.model) if tokenizer is not None else None)]
     stem = Path(args.output_dir) / f"eval_{Path(args.task).name.replace('.', '_')}"
     written = write_results(rows, stem, f"{model.config.model_type} on {args.task}")
@@ -196,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         print("written:", ", ".join(str(p) for p in written))
         return 0
     if args.verb == "generate":
-        from .workflows import generate_text
+        from .workflows import generate_text, is_classifier
 
+        model = _load(args.model)
+        if is_classifier(model):
+            print(
+                f"error: {args.model} holds a sequence classifier ({type(model).__name__}): it predicts one class per input "
+                "and cannot generate text; use `hf-seqplugins evaluate` on it, or generate with a causal LM",
+                file=sys.stderr,
+            )
+            return 1
         sampling = {"do_sample": True, "temperature": args.temperature} if args.sample else {"do_sample": False}
-        print(generate_text(_load(args.model), _tokenizer(args.model), args.prompt, args.max_new_tokens, **sampling))
+        print(generate_text(model, _tokenizer(args.model), args.prompt, args.max_new_tokens, **sampling))
         return 0
     model = _load(args.model)
     if args.verb == "export":

@@ -11,10 +11,16 @@ causal LM's loss (labels shifted inside the model) and `recall_accuracy` score o
 - `regbench`: in-context language learning (RegBench): strings of a random regular language per row, to be
   continued validly; scored by the `dfa_accuracy` metric against the row's `dfa` column.
 
+Sequence classification (`CLASSIFICATION_TASKS`; rows carry `attention_mask` and one `labels` class per row, a
+`ClassLabel`, see `num_labels`):
+
+- `listops`: the value of a long nested MAX/MIN/MED/SM expression (Long Range Arena's ListOps), 10 classes.
+
 `splits(task, ...)` gives train/test splits; for `regbench` the held-out rows come from unseen DFAs.
 """
 from __future__ import annotations
 
+import math
 import random
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
@@ -23,6 +29,7 @@ from .data import byte_tokenizer, pydoc_corpus
 from .dfa import NUM_SYMBOLS, unique_dfas
 
 IGNORE = -100
+PAD_TOKEN = "<pad>"
 
 
 def _answer_labels(tokens: list[int], answer_positions: list[int]) -> list[int]:
@@ -42,6 +49,19 @@ def vocab_size(data: Dataset) -> int | None:
     """The vocabulary a task's rows are drawn from (None for datasets that do not record it)."""
     feature = getattr(data.features.get("input_ids"), "feature", None)
     return feature.num_classes if isinstance(feature, ClassLabel) else None
+
+
+def num_labels(data: Dataset) -> int | None:
+    """The number of classes of a sequence-classification dataset (one `ClassLabel` per row in `labels`), else None."""
+    feature = data.features.get("labels")
+    return feature.num_classes if isinstance(feature, ClassLabel) else None
+
+
+def pad_token_id(data: Dataset) -> int | None:
+    """The id the rows pad with, when the `input_ids` vocabulary names a `PAD_TOKEN` (ListOps), else None."""
+    feature = getattr(data.features.get("input_ids"), "feature", None)
+    names = feature.names if isinstance(feature, ClassLabel) else []
+    return names.index(PAD_TOKEN) if PAD_TOKEN in names else None
 
 
 def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_keys: int = 32, num_values: int = 32, seed: int = 0) -> Dataset:
@@ -135,13 +155,135 @@ def regbench(num_examples: int = 256, length: int = 256, seed: int = 0, skip_dfa
     return _dataset(rows, NUM_SYMBOLS + 2).add_column("dfa", tables)
 
 
+LISTOPS_OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
+LISTOPS_VOCAB = (*(str(digit) for digit in range(10)), *LISTOPS_OPERATORS, "]", PAD_TOKEN)
+LISTOPS_MAX, LISTOPS_MIN, LISTOPS_MED, LISTOPS_SM = range(10, 14)
+LISTOPS_CLOSE, LISTOPS_PAD = 14, 15
+LISTOPS_NUM_CLASSES = 10
+
+
+def _arguments_evaluating_to(operator: int, value: int, count: int, rng: random.Random) -> list[int]:
+    """`count` argument values, in random order, on which `operator` gives `value` (drawn with `rng.random()`, for speed)."""
+    uniform = rng.random
+    if operator == LISTOPS_SM:
+        values = [int(uniform() * 10) for _ in range(count - 1)]
+        return [*values, (value - sum(values)) % 10]
+    if operator in (LISTOPS_MAX, LISTOPS_MIN):
+        values = [int(uniform() * (value + 1)) if operator == LISTOPS_MAX else 9 - int(uniform() * (10 - value)) for _ in range(count - 1)]
+        values.insert(int(uniform() * count), value)
+        return values
+    if count % 2:
+        side = count // 2
+        values = [value, *(int(uniform() * (value + 1)) for _ in range(side)), *(9 - int(uniform() * (10 - value)) for _ in range(side))]
+    else:
+        total = 2 * value + int(uniform() * 2) if value < 9 else 18
+        lower = rng.randint(max(0, total - 9), total // 2)
+        upper = total - lower
+        side = count // 2 - 1
+        values = [lower, upper, *(int(uniform() * (lower + 1)) for _ in range(side)), *(9 - int(uniform() * (10 - upper)) for _ in range(side))]
+    rng.shuffle(values)
+    return values
+
+
+def _split(total: int, parts: int, most: int, rng: random.Random) -> list[int]:
+    """`total` as `parts` random positive sizes (uniform on the simplex), each at most `most` (needs `parts <= total <= parts * most`)."""
+    uniform = rng.random
+    weights = [-math.log(1.0 - uniform()) for _ in range(parts)]
+    scale = (total - parts) / (sum(weights) or 1.0)
+    sizes = [1 + int(weight * scale) for weight in weights]
+    for _ in range(total - sum(sizes)):
+        sizes[int(uniform() * parts)] += 1
+    if max(sizes) > most:
+        overflow = sum(max(0, size - most) for size in sizes)
+        sizes = [min(size, most) for size in sizes]
+        for index in range(parts):
+            room = min(most - sizes[index], overflow)
+            sizes[index] += room
+            overflow -= room
+    return sizes
+
+
+def _listops_capacities(max_depth: int, max_args: int, limit: int) -> list[int]:
+    """Entry d: the most tokens an expression of at most d nested operators of at most `max_args` arguments has,
+    capped at `limit`; d = 0..max_depth."""
+    capacities = [1]
+    for _ in range(max_depth):
+        capacities.append(min(limit, 2 + max_args * capacities[-1]))
+    return capacities
+
+
+def _write_expression(
+    tokens: list[int], budget: int, depth: int, value: int, max_args: int, capacities: list[int], rng: random.Random
+) -> int:
+    """Append to `tokens` an expression of at most `budget` tokens and `depth` nested operators that evaluates to
+    `value`; returns how many tokens it wrote. Arguments pass the budget their expressions leave unused to the next.
+    `capacities`: `_listops_capacities(max_depth, max_args, ...)`."""
+    if depth == 0 or budget < 4:
+        tokens.append(value)
+        return 1
+    child_capacity = capacities[depth - 1]
+    fewest = max(2, -(-(budget - 2) // child_capacity))
+    count = fewest + int(rng.random() * (min(max_args, budget - 2) - fewest + 1))
+    operator = LISTOPS_MAX + int(rng.random() * 4)
+    tokens.append(operator)
+    written, unused = 2, 0
+    for size, argument in zip(_split(budget - 2, count, child_capacity, rng), _arguments_evaluating_to(operator, value, count, rng)):
+        size = min(child_capacity, size + unused)
+        if size < 4 or depth == 1:
+            tokens.append(argument)
+            used = 1
+        else:
+            used = _write_expression(tokens, size, depth - 1, argument, max_args, capacities, rng)
+        written += used
+        unused = size - used
+    tokens.append(LISTOPS_CLOSE)
+    return written
+
+
+def listops(num_examples: int = 256, length: int = 512, max_depth: int = 10, max_args: int = 10, seed: int = 0) -> Dataset:
+    """ListOps (Long Range Arena): classify the value (0-9) of a nested prefix expression, e.g. `[MAX 4 3 [MIN 2 3 ] 1 0 ]` -> 4.
+
+    Operators: `[MAX`, `[MIN`, `[MED` (median; of an even count, the floor of the mean of the two middle values) and
+    `[SM` (sum modulo 10), each opening a list of 2 to `max_args` arguments closed by `]`; arguments are digits or
+    expressions, nested at most `max_depth` operators deep. Tokens (`LISTOPS_VOCAB`, vocabulary 16): digits 0-9 are ids
+    0-9, `[MAX` 10, `[MIN` 11, `[MED` 12, `[SM` 13, `]` 14, padding 15 (`LISTOPS_PAD`).
+
+    Columns: `input_ids` (`length` ids: the expression, then padding on the right), `attention_mask` (1 on the
+    expression, 0 on padding) and `labels` (the value, `ClassLabel(num_classes=10)`). Each expression's size is drawn
+    uniformly between half and all of `length` (or of the most tokens `max_depth` and `max_args` allow, if fewer).
+    Labels are balanced: each row's value is drawn uniformly and the expression is built top-down to evaluate to it
+    (LRA's bottom-up random trees skew towards some values), every operator drawn uniformly at every node.
+    """
+    for name, value, least in (("num_examples", num_examples, 1), ("length", length, 4), ("max_depth", max_depth, 1), ("max_args", max_args, 2)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"listops: {name} must be an integer >= {least}, got {value!r}")
+    rng = random.Random(f"listops {seed}")
+    capacities = _listops_capacities(max_depth, max_args, length)
+    most = capacities[-1]
+    input_ids, attention_mask, labels = [], [], []
+    for _ in range(num_examples):
+        value = rng.randrange(LISTOPS_NUM_CLASSES)
+        tokens: list[int] = []
+        _write_expression(tokens, rng.randint(max(4, most // 2), most), max_depth, value, max_args, capacities, rng)
+        padding = length - len(tokens)
+        input_ids.append(tokens + [LISTOPS_PAD] * padding)
+        attention_mask.append([1] * len(tokens) + [0] * padding)
+        labels.append(value)
+    features = Features(
+        {"input_ids": List(ClassLabel(names=list(LISTOPS_VOCAB))), "attention_mask": List(Value("int8")), "labels": ClassLabel(num_classes=LISTOPS_NUM_CLASSES)}
+    )
+    return Dataset.from_dict({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, features=features)
+
+
 TASKS = {
     "mqar": mqar,
     "selective_copying": selective_copying,
     "modular_counting": modular_counting,
     "passkey": passkey,
     "regbench": regbench,
+    "listops": listops,
 }
+CLASSIFICATION_TASKS = frozenset({"listops"})
 
 
 def splits(task: str, num_train: int = 2048, num_test: int = 256, seed: int = 0, **task_kwargs) -> DatasetDict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
 
 from . import metrics, tasks
 from .data import byte_tokenizer, language_modeling_dataset
@@ -22,12 +22,17 @@ TEXT_TASK = "pydoc"
 TASK_CHOICES = (TEXT_TASK, *sorted(tasks.TASKS))
 
 
-def load_task(task: str, block_size: int = 128, text_files: list[str] | None = None, seed: int = 0) -> tuple[DatasetDict, object | None]:
+def load_task(
+    task: str, block_size: int = 128, text_files: list[str] | None = None, seed: int = 0, task_kwargs: dict | None = None
+) -> tuple[DatasetDict, object | None]:
     """`(DatasetDict with train/test, tokenizer or None)` for a task name, text files, or a saved dataset folder.
 
-    Text (the embedded `pydoc` corpus or `text_files`) is byte-tokenized; the synthetic probes are already
-    token ids (no tokenizer). A folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
+    Text (the embedded `pydoc` corpus or `text_files`) is byte-tokenized; the synthetic tasks are already
+    token ids (no tokenizer) and take `task_kwargs` (`tasks.splits` arguments, e.g. `{"length": 1024, "num_train": 512}`).
+    A folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
     """
+    if task_kwargs and task not in tasks.TASKS:
+        raise ValueError(f"task arguments {sorted(task_kwargs)} apply to the synthetic tasks ({', '.join(sorted(tasks.TASKS))}), not to {task!r}")
     if text_files:
         text = "\n\n".join(Path(f).read_text(encoding="utf-8") for f in text_files)
         tokenizer = byte_tokenizer()
@@ -36,7 +41,7 @@ def load_task(task: str, block_size: int = 128, text_files: list[str] | None = N
         tokenizer = byte_tokenizer()
         return language_modeling_dataset(tokenizer, block_size=block_size), tokenizer
     if task in tasks.TASKS:
-        return tasks.splits(task, seed=seed), None
+        return tasks.splits(task, seed=seed, **(task_kwargs or {})), None
     if Path(task).is_dir():
         return load_from_disk(task), None
     raise ValueError(f"unknown task {task!r}: choose from {list(TASK_CHOICES)}, pass text files, or a saved dataset folder")
@@ -68,6 +73,22 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def sequence_classifier(config) -> PreTrainedModel:
+    """A fresh `AutoModelForSequenceClassification` for `config`; an error naming the model type when it has none."""
+    try:
+        return AutoModelForSequenceClassification.from_config(config)
+    except ValueError as error:
+        raise ValueError(
+            f"model type {config.model_type!r} has no sequence classifier (AutoModelForSequenceClassification), "
+            "so it cannot train on a classification task"
+        ) from error
+
+
+def is_classifier(model: PreTrainedModel) -> bool:
+    """Whether `model` is a sequence classifier (one prediction per row) rather than a causal LM."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 def train(
     model_type: str,
     data: DatasetDict,
@@ -81,7 +102,9 @@ def train(
     resume: bool = False,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, Trainer]:
-    """Train a fresh `model_type` causal LM on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints).
+    """Train a fresh `model_type` model on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints): a causal
+    LM, or a sequence classifier (`AutoModelForSequenceClassification`, `num_labels` and `pad_token_id` from the data)
+    when the data is a classification task (`tasks.num_labels`: a `ClassLabel` per row, e.g. ListOps).
 
     `overrides` set config fields (default: a small model); parameters that declare optimizer settings (e.g. the
     SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.optim`); `lora` trains LoRA adapters on every linear layer
@@ -92,12 +115,18 @@ def train(
     settings["vocab_size"] = vocab_size_of(data, tokenizer)
     if tokenizer is not None:
         settings.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+    classes = tasks.num_labels(data["train"])
+    if classes is None:
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+    else:
+        settings.update(num_labels=classes, pad_token_id=tasks.pad_token_id(data["train"]))
+        model = sequence_classifier(AutoConfig.for_model(model_type, **settings))
     trained = model
     if lora:
         import peft
 
-        trained = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        task_type = None if classes is None else peft.TaskType.SEQ_CLS  # SEQ_CLS also trains the new `score` head
+        trained = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type=task_type))
     checkpoints = Path(output_dir) / "checkpoints"
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -127,8 +156,16 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: int = 32) -> dict:
-    """Held-out metrics: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions,
-    `bits_per_byte` when the tokens are bytes (a byte tokenizer), `dfa_accuracy` when rows carry a `dfa` (RegBench)."""
+    """Held-out metrics. Causal LM: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions,
+    `bits_per_byte` when the tokens are bytes (a byte tokenizer), `dfa_accuracy` when rows carry a `dfa` (RegBench).
+    Sequence classifier on classification rows (`tasks.num_labels`): `loss` (mean cross-entropy) and `accuracy`."""
+    classification = tasks.num_labels(data) is not None
+    if classification != is_classifier(model):
+        model_kind = "a sequence classifier" if is_classifier(model) else "a causal LM"
+        data_kind = "classification rows (one label per row)" if classification else "language-modelling rows (a label per token)"
+        raise ValueError(f"cannot evaluate {type(model).__name__}, {model_kind}, on {data_kind}")
+    if classification:
+        return _evaluate_classifier(model, data, batch_size)
     model.eval()
     total_nll, total_tokens, predictions, references, next_tokens = 0.0, 0, [], [], []
     for start in range(0, len(data), batch_size):
@@ -155,13 +192,37 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
     return results
 
 
-def evaluate_lengths(model: PreTrainedModel, task: str, lengths: list[int], num_examples: int = 64, seed: int = 1) -> dict[int, dict]:
-    """`evaluate` on fresh rows of `task` at each sequence length (length extrapolation, state capacity)."""
+@torch.no_grad()
+def _evaluate_classifier(model: PreTrainedModel, data: Dataset, batch_size: int) -> dict:
+    """`loss` (mean cross-entropy) and `accuracy` of a sequence classifier on rows of `input_ids` `[T]`,
+    `attention_mask` `[T]` (optional) and one class id in `labels`."""
+    model.eval()
+    total_nll, predictions = 0.0, []
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        ids = torch.tensor(batch["input_ids"], device=model.device)
+        mask = torch.tensor(batch["attention_mask"], device=model.device) if "attention_mask" in batch else None
+        labels = torch.tensor(batch["labels"], device=model.device)
+        logits = model(ids, attention_mask=mask).logits.float()
+        total_nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        predictions += logits.argmax(-1).tolist()
+    accuracy = metrics.load("classification_accuracy").compute(predictions=predictions, references=data["labels"])
+    return {"loss": total_nll / len(data), **accuracy}
+
+
+def evaluate_lengths(
+    model: PreTrainedModel, task: str, lengths: list[int], num_examples: int = 64, seed: int = 1, **task_kwargs
+) -> dict[int, dict]:
+    """`evaluate` on fresh rows of `task` at each sequence length (length extrapolation, state capacity); `task_kwargs`
+    go to the task (e.g. `max_depth=4` for ListOps)."""
     make = tasks.TASKS.get(task)
     if make is None or "length" not in inspect.signature(make).parameters:
         with_length = [name for name, f in tasks.TASKS.items() if "length" in inspect.signature(f).parameters]
         raise ValueError(f"task {task!r} has no length to vary; tasks with one: {with_length}")
-    return {length: evaluate(model, make(num_examples=num_examples, length=length, seed=seed)) for length in tqdm(lengths, desc=f"{task} lengths")}
+    return {
+        length: evaluate(model, make(num_examples=num_examples, length=length, seed=seed, **task_kwargs))
+        for length in tqdm(lengths, desc=f"{task} lengths")
+    }
 
 
 def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int = 100, **generate_kwargs) -> str:
@@ -169,6 +230,10 @@ def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
     output = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
     return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def classification_summary(results: dict) -> str:
+    return f"loss {results['loss']:.3f}, accuracy {results['accuracy']:.3f}"
 
 
 def perplexity_summary(results: dict) -> str:

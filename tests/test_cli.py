@@ -119,3 +119,29 @@ def test_bench_compares_backends_with_the_attention_baseline(tmp_path, capsys):
     assert all(r["train_tokens_per_s"] > 0 and r["decode_ms_per_token"] > 0 for r in rows)
     assert "GFLOP/s" in (tmp_path / "bench.md").read_text()
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("decode_latency.png", "decode_cache.png", "train_throughput.png"))
+
+
+LISTOPS = ["--task", "listops", "--task-args", "length=64", "max_depth=1", "max_args=3", "num_train=128", "num_test=32"]
+
+
+def test_listops_classifier_demo_evaluate_and_refused_generation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["demo", "--model-type", "seqp_s4d", *LISTOPS, "--max-steps", "8", "--output-dir", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out: loss" in printed and "reloaded with trust_remote_code: identical logits" in printed
+    results = json.loads((out / "model" / "results.json").read_text())
+    assert set(results) == {"loss", "accuracy"} and 0 <= results["accuracy"] <= 1
+    assert json.loads((out / "model" / "config.json").read_text())["architectures"] == ["S4DForSequenceClassification"]
+    assert main(["evaluate", str(out / "model"), *LISTOPS, "--output-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "eval_listops.json").read_text())[0]["accuracy"] == pytest.approx(results["accuracy"])
+    assert main(["evaluate", str(out / "model"), "--task", "listops", "--task-args", "max_depth=2", "--lengths", "16", "32",
+                 "--output-dir", str(tmp_path)]) == 0
+    assert [row["length"] for row in json.loads((tmp_path / "eval_listops.json").read_text())] == [16, 32]
+    assert (tmp_path / "eval_listops.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["generate", str(out / "model"), "--prompt", "[MAX 1 2 ]"]) == 1
+    assert "sequence classifier (S4DForSequenceClassification)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a sequence classifier, on language-modelling rows"):
+        main(["evaluate", str(out / "model"), "--task", "mqar", "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="task arguments"):
+        main(["train", "--task-args", "length=64", "--output-dir", str(tmp_path)])

@@ -8,7 +8,7 @@ from hf_seqplugins import metrics
 
 
 def test_available_lists_the_shipped_modules():
-    assert {"bits_per_byte", "recall_accuracy"} <= set(metrics.available())
+    assert {"bits_per_byte", "recall_accuracy", "classification_accuracy"} <= set(metrics.available())
 
 
 def test_bits_per_byte():
@@ -74,3 +74,27 @@ def test_trainer_reports_dfa_accuracy_on_regbench(tmp_path):
     predictions = model(torch.tensor(data["input_ids"])).logits.argmax(-1).tolist()
     expected = metrics.load("dfa_accuracy").compute(predictions=predictions, references=data["input_ids"], dfa=data["dfa"])
     assert scores["eval_dfa_accuracy"] == pytest.approx(expected["dfa_accuracy"])
+
+
+def test_classification_accuracy():
+    metric = metrics.load("classification_accuracy")
+    assert metric.compute(predictions=[3, 1, 4, 1], references=[3, 1, 5, 9]) == {"accuracy": pytest.approx(0.5)}
+    with pytest.raises(ValueError, match="no examples"):
+        metric.compute(predictions=[], references=[])
+
+
+def test_trainer_reports_classification_accuracy(tmp_path):
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from hf_seqplugins.tasks import LISTOPS_PAD, listops
+    from hf_seqplugins.testing import tiny_config
+
+    config = tiny_config("seqp_s4d", vocab_size=16, num_labels=10, pad_token_id=LISTOPS_PAD)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    data = listops(num_examples=10, length=24, max_depth=2, max_args=3)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    scores = Trainer(model=model, args=args, eval_dataset=data, **metrics.trainer_metrics(data)).evaluate()
+    with torch.no_grad():
+        logits = model(torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
+    expected = (logits.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
+    assert scores["eval_accuracy"] == pytest.approx(expected) and "eval_sequence_accuracy" not in scores

@@ -1,15 +1,25 @@
 """Synthetic probes: shapes, seeding, and that the labelled answers are what the task defines."""
+import math
+import statistics
+from collections import Counter
+
 import pytest
 
 from hf_seqplugins.data import byte_tokenizer
 from hf_seqplugins.dfa import DFA, minimize, unique_dfas
 from hf_seqplugins.tasks import (
+    CLASSIFICATION_TASKS,
     IGNORE,
+    LISTOPS_PAD,
+    LISTOPS_VOCAB,
     REGBENCH_PAD,
     REGBENCH_SEPARATOR,
     TASKS,
     modular_counting,
+    listops,
     mqar,
+    num_labels,
+    pad_token_id,
     passkey,
     regbench,
     selective_copying,
@@ -18,7 +28,7 @@ from hf_seqplugins.tasks import (
 )
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(set(TASKS) - CLASSIFICATION_TASKS))
 def test_rows_are_seeded_and_of_one_length(name):
     first, again, other = TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=2)
     assert first["input_ids"] == again["input_ids"] and first["input_ids"] != other["input_ids"]
@@ -87,3 +97,82 @@ def test_random_dfas_are_minimal_and_within_the_spec_sizes():
         assert minimize(dfa).table() == dfa.table()
         states = {s for (s, _) in dfa.transitions}
         assert 1 <= len(states) <= 12 and all(1 <= len(dfa.outgoing(s)) <= 3 for s in states)
+
+
+LISTOPS_OPERATIONS = {
+    "[MAX": max,
+    "[MIN": min,
+    "[MED": lambda values: math.floor(statistics.median(values)),
+    "[SM": lambda values: sum(values) % 10,
+}
+
+
+def parse_listops(words: list[str]) -> tuple[int, int, list[int]]:
+    """Evaluate a ListOps expression written as words; `(value, nesting depth, argument counts)`. Fails on anything malformed."""
+    stack = [[]]
+    depth, counts = 0, []
+    for word in words:
+        if word in LISTOPS_OPERATIONS:
+            stack.append([word])
+            depth = max(depth, len(stack) - 1)
+        elif word == "]":
+            operator, *values = stack.pop()
+            counts.append(len(values))
+            stack[-1].append(LISTOPS_OPERATIONS[operator](values))
+        else:
+            stack[-1].append(int(word))
+    assert len(stack) == 1 and len(stack[0]) == 1, f"not one complete expression: {' '.join(words)}"
+    return stack[0][0], depth, counts
+
+
+def test_listops_reference_evaluator():
+    assert parse_listops("[MAX 4 3 [MIN 2 3 ] 1 0 ]".split())[0] == 4
+    assert parse_listops("[MED 2 5 ]".split())[0] == 3 and parse_listops("[MED 7 1 4 ]".split())[0] == 4
+    assert parse_listops("[SM 9 8 [MAX 1 7 ] ]".split()) == (4, 2, [2, 3])
+
+
+@pytest.mark.parametrize("length, max_depth, max_args", [(16, 2, 3), (64, 3, 5), (64, 1, 10), (600, 10, 10), (1500, 4, 4)])
+def test_listops_labels_are_the_expression_values(length, max_depth, max_args):
+    data = listops(num_examples=40, length=length, max_depth=max_depth, max_args=max_args, seed=7)
+    filled = []
+    for tokens, mask, label in zip(data["input_ids"], data["attention_mask"], data["labels"]):
+        assert len(tokens) == len(mask) == length
+        real = sum(mask)
+        assert mask == [1] * real + [0] * (length - real), "padding is on the right"
+        assert tokens[real:] == [LISTOPS_PAD] * (length - real) and LISTOPS_PAD not in tokens[:real]
+        value, depth, counts = parse_listops([LISTOPS_VOCAB[token] for token in tokens[:real]])
+        assert value == label and 1 <= depth <= max_depth and all(2 <= count <= max_args for count in counts)
+        filled.append(real)
+    most = 1
+    for _ in range(max_depth):
+        most = 2 + max_args * most
+    assert statistics.mean(filled) >= 0.6 * min(length, most), "expressions fill a good part of the row (or of what the limits allow)"
+
+
+def test_listops_columns_vocabulary_and_balanced_labels():
+    data = listops(num_examples=1000, length=32, seed=3)
+    assert vocab_size(data) == len(LISTOPS_VOCAB) == 16 and num_labels(data) == 10 and pad_token_id(data) == LISTOPS_PAD
+    assert LISTOPS_VOCAB[:10] == tuple("0123456789") and LISTOPS_VOCAB[10:] == ("[MAX", "[MIN", "[MED", "[SM", "]", "<pad>")
+    assert set(data.column_names) == {"input_ids", "attention_mask", "labels"}
+    counts = Counter(data["labels"])
+    assert sorted(counts) == list(range(10)) and all(70 <= n <= 130 for n in counts.values()), counts
+    operators = Counter(token for row in data["input_ids"] for token in row if 10 <= token <= 13)
+    assert min(operators.values()) > 0.2 * sum(operators.values()), "every operator is used about equally"
+
+
+def test_listops_is_seeded_and_split():
+    first, again, other = (listops(num_examples=8, length=128, seed=seed) for seed in (1, 1, 2))
+    assert first["input_ids"] == again["input_ids"] and first["labels"] == again["labels"]
+    assert first["input_ids"] != other["input_ids"]
+    data = splits("listops", num_train=20, num_test=10, length=48)
+    assert len(data["train"]) == 20 and len(data["test"]) == 10 and data["train"]["input_ids"][:10] != data["test"]["input_ids"]
+    assert {len(row) for split in data.values() for row in split["input_ids"]} == {48}
+    assert "listops" in CLASSIFICATION_TASKS and num_labels(mqar(num_examples=2)) is None
+
+
+@pytest.mark.parametrize(
+    "argument, value", [("num_examples", 0), ("length", 3), ("max_depth", 0), ("max_args", 1), ("length", 64.0)]
+)
+def test_listops_refuses_invalid_arguments(argument, value):
+    with pytest.raises(ValueError, match=f"{argument} must be an integer >= "):
+        listops(**{"num_examples": 2, "length": 32, argument: value})

@@ -22,17 +22,21 @@ def load(name: str, **kwargs):
 
 
 def trainer_metrics(eval_dataset=None) -> dict:
-    """Keyword arguments for `Trainer(...)` that report the `recall_accuracy` module's `accuracy` and
-    `sequence_accuracy` over the labelled positions of a causal LM (labels shifted as in the loss) on every
-    evaluation, keeping only argmax ids in memory instead of full logits. When `eval_dataset` has a `dfa`
-    column (RegBench), `dfa_accuracy` is reported too (Trainer evaluates rows in order)."""
+    """Keyword arguments for `Trainer(...)` that report accuracy on every evaluation, keeping only argmax ids in
+    memory instead of full logits. For a causal LM: the `recall_accuracy` module's `accuracy` and `sequence_accuracy`
+    over the labelled positions (labels shifted as in the loss); when `eval_dataset` has a `dfa` column (RegBench),
+    `dfa_accuracy` too (Trainer evaluates rows in order). For a sequence classifier (one label per row, logits
+    `[B, num_labels]`): the `classification_accuracy` module's `accuracy`."""
     metric = load("recall_accuracy")
+    classification_metric = load("classification_accuracy")
     dfa_metric = load("dfa_accuracy") if eval_dataset is not None and "dfa" in eval_dataset.column_names else None
 
     def preprocess_logits_for_metrics(logits, labels):
         return logits.argmax(-1)
 
     def compute_metrics(evaluation):
+        if evaluation.label_ids.ndim == 1:
+            return classification_metric.compute(predictions=evaluation.predictions.tolist(), references=evaluation.label_ids.tolist())
         predictions, labels = evaluation.predictions[:, :-1], evaluation.label_ids[:, 1:]
         scored = labels != -100
         scores = metric.compute(
