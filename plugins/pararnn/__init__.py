@@ -1,0 +1,17 @@
+"""ParaRNN (specs/RNN.md section 3): nonlinear RNNs with diagonal Jacobians, trained by parallel Newton iterations."""
+from .cells import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, register_cell
+from .configuration import ParaRNNConfig
+from .modeling import ParaRNNForCausalLM, ParaRNNForSequenceClassification, ParaRNNMixer, ParaRNNModel
+
+__all__ = [
+    "CELLS",
+    "ParaCell",
+    "ParaGRUCell",
+    "ParaLSTMCell",
+    "ParaRNNConfig",
+    "ParaRNNForCausalLM",
+    "ParaRNNForSequenceClassification",
+    "ParaRNNMixer",
+    "ParaRNNModel",
+    "register_cell",
+]
