@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from . import metrics, tasks
 from .data import byte_tokenizer, language_modeling_dataset
+from .newton import NewtonStatsCallback
 from .optim import optimizer_cls_and_kwargs
 
 TEXT_TASK = "pydoc"
@@ -107,8 +108,9 @@ def train(
     when the data is a classification task (`tasks.num_labels`: a `ClassLabel` per row, e.g. ListOps).
 
     `overrides` set config fields (default: a small model); parameters that declare optimizer settings (e.g. the
-    SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.optim`); `lora` trains LoRA adapters on every linear layer
-    (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
+    SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.optim`); models solved by
+    parallel Newton iterations (ParaRNN) log their iterations and residual; `lora` trains LoRA adapters on every
+    linear layer (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
     """
     torch.manual_seed(seed)
     settings = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256, **(overrides or {})}
@@ -147,6 +149,8 @@ def train(
         model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"],
         optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(trained, args), **metrics.trainer_metrics(data["test"]),
     )
+    if any(hasattr(module, "newton_stats") for module in model.modules()):
+        trainer.callback_handler.callbacks.insert(0, NewtonStatsCallback())  # first, so printed logs include it
     trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
     if lora:
         model = trained.merge_and_unload()
