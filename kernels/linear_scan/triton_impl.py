@@ -24,7 +24,7 @@ as the identity). This is the same scan kernel with ``REVERSE=True``: the progra
 transposed (the row and column strides swapped), its "inputs" are g and its initial state g_final. Then
 ``grad b_t = lambda_t``, ``grad a_t = lambda_t s_{t-1}^T`` (outer product per channel, elementwise for
 diagonal transitions; a torch post-pass with s_0 = the initial state) and
-``grad s_0 = a_1^T lambda_1``.
+``grad s_0 = a_1^T lambda_1``. The backward is not itself differentiable (`once_differentiable`).
 
 Computation runs in the (validated) input dtype, float32 or float64; the per-program tile holds
 ``(m^2 + m) BT BD`` values, sized by `TILE_VALUES` (halved in float64).
@@ -116,9 +116,10 @@ def _scan_kernel(
     cols = (pid % tiles) * BD + tl.arange(0, BD)
     col_ok = cols < channels
     rows = tl.arange(0, BT)
-    a_base = a_ptr + batch * sa_b + cols[None, :] * sa_d
-    b_base = b_ptr + batch * sb_b + cols[None, :] * sb_d
-    o_base = out_ptr + batch * so_b + cols[None, :] * so_d
+    wide_cols = cols.to(tl.int64)[None, :]  # offsets in int64: strided views can span more than 2^31 elements
+    a_base = a_ptr + batch * sa_b + wide_cols * sa_d
+    b_base = b_ptr + batch * sb_b + wide_cols * sb_d
+    o_base = out_ptr + batch * so_b + wide_cols * so_d
 
     carry = ()
     for i in tl.static_range(M):
@@ -170,9 +171,9 @@ def _scan_kernel(
 
 def _tiles(m: int, steps: int, channels: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BT, BD): powers of two with ``(m^2 + m) BT BD`` within the tile budget, BT in [MIN_CHUNK, MAX_CHUNK]
-    (at most the padded length), BD at most `MAX_CHANNEL_TILE` (16 for m >= 3)."""
+    (at most the padded length), BD at most `MAX_CHANNEL_TILE` (half that for m >= 3)."""
     budget = TILE_VALUES // (2 if dtype == torch.float64 else 1)
-    block = min(MAX_CHANNEL_TILE if m <= 2 else 16, triton.next_power_of_2(max(channels, 1)))
+    block = min(MAX_CHANNEL_TILE if m <= 2 else MAX_CHANNEL_TILE // 2, triton.next_power_of_2(max(channels, 1)))
     chunk = max(budget // ((m * m + m) * block), 1)
     chunk = 1 << (chunk.bit_length() - 1)
     chunk = max(MIN_CHUNK, min(chunk, MAX_CHUNK, triton.next_power_of_2(steps)))
