@@ -1,6 +1,7 @@
 """The benchmark harness: everything side by side in one run, ratios reported, results written with the machine.
 
     python benchmarks/harness.py [--quick] [--device cuda] [--output-dir benchmarks/results/<cpu|gpu name>]
+                                 [--operators NAME ...]   (only these operator suites, no part 1)
 
 1. Architectures (`hf_seqplugins.bench.compare`): training tokens/s, prefill, decode ms/token and cache bytes at
    growing lengths, every registered architecture vs a Llama-style attention baseline of the same size; and
@@ -42,9 +43,10 @@ def saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: int) -> list[dict]:
+def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: int, names: list[str] | None = None) -> list[dict]:
     rows = []
-    suites = [importlib.import_module(f"operators.{m.name}") for m in pkgutil.iter_modules(operators.__path__)]
+    names = names or [m.name for m in pkgutil.iter_modules(operators.__path__)]
+    suites = [importlib.import_module(f"operators.{name}") for name in names]
     for case in tqdm([c for suite in suites for c in suite.cases(quick, device)], desc="operators"):
         baseline = None
         for label, forward in case.implementations.items():
@@ -96,6 +98,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small shapes, one repeat (a smoke test of the harness)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", help="default: benchmarks/results/cpu, or .../<gpu name> on CUDA")
+    suites = sorted(m.name for m in pkgutil.iter_modules(operators.__path__))
+    parser.add_argument("--operators", nargs="+", choices=suites, metavar="NAME",
+                        help=f"run only these operator suites ({', '.join(suites)}) and skip part 1; written to operators_<names>")
     args = parser.parse_args()
     device = torch.device(args.device)
     tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_").lower()
@@ -103,22 +108,27 @@ def main():
     repeats = 1 if args.quick else 5
     ceiling = bench.matmul_gflops(device)
 
-    architectures = sorted(hf_seqplugins.available_architectures())
-    lengths = [16, 32] if args.quick else [64, 256, 1024, 4096]
-    width = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64} if args.quick else None
-    model_rows = bench.compare(architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device)
-    written = bench.write_report(model_rows, output_dir, device, "Architectures side by side (harness part 1)")
-    peer_rows = transformers_peer_rows(lengths, width, 1 if args.quick else 4, repeats, device)
-    written += write_results(peer_rows, output_dir / "transformers_peers", "Our models beside transformers' own (harness part 1b)",
-                             f"Same weights, converted with the plugin's converter.\n\n{bench.describe_machine(device)}")
+    written = []
+    if not args.operators:
+        architectures = sorted(hf_seqplugins.available_architectures())
+        lengths = [16, 32] if args.quick else [64, 256, 1024, 4096]
+        width = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64} if args.quick else None
+        model_rows = bench.compare(architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device)
+        written += bench.write_report(model_rows, output_dir, device, "Architectures side by side (harness part 1)")
+        peer_rows = transformers_peer_rows(lengths, width, 1 if args.quick else 4, repeats, device)
+        written += write_results(peer_rows, output_dir / "transformers_peers", "Our models beside transformers' own (harness part 1b)",
+                                 f"Same weights, converted with the plugin's converter.\n\n{bench.describe_machine(device)}")
 
     preamble = (
-        f"Measured with `python benchmarks/harness.py{' --quick' if args.quick else ''}`. Ratios are to each case's first "
+        f"Measured with `python benchmarks/harness.py{' --quick' if args.quick else ''}"
+        f"{' --operators ' + ' '.join(args.operators) if args.operators else ''}`. Ratios are to each case's first "
         f"implementation (< 1 is faster). Matmul ceiling on this machine: {ceiling:.1f} GFLOP/s (float32); "
         "`fwd_fraction_of_matmul` = the forward's GFLOP/s over it. `saved_for_backward_mib`: distinct tensors autograd "
         f"keeps for backward.\n\n{bench.describe_machine(device)}"
     )
-    written += write_results(operator_rows(args.quick, device, ceiling, repeats), output_dir / "operators", "Operators: our backends vs peers (harness part 2)", preamble)
+    stem = "operators" if not args.operators else "operators_" + "_".join(args.operators)
+    rows = operator_rows(args.quick, device, ceiling, repeats, args.operators)
+    written += write_results(rows, output_dir / stem, "Operators: our backends vs peers (harness part 2)", preamble)
     print("written:", "\n  ".join(["", *map(str, written)]))
 
 
