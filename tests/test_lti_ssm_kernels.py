@@ -4,6 +4,7 @@ dense Krylov kernel; the HiPPO cross-check of spec 2.5 (LSSL's kernel equals S4'
 
 Tolerances: float64 atol 1e-10 (observed about 1e-14); float32 rtol 1e-4 relative to the output scale.
 """
+import importlib
 import math
 
 import pytest
@@ -250,3 +251,27 @@ def test_fft_length_avoids_circular_wrap():
     u = torch.randn(1, 33, 1, dtype=torch.float64)
     torch.testing.assert_close(lti_ssm(u, system, backend="torch")[0], lti_ssm(u, system, backend="reference")[0], **F64)
     assert math.isclose(system.kernel(1, TORCH_GENERATORS).item(), 2.0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cauchy_shares_the_poles_over_leading_dimensions_and_has_exact_gradients(backend):
+    """v `[P, R, N2]` against one pole set w `[R, N2]`: equals the plain formula per slice; gradients by gradcheck
+    (the torch generator's backward is analytic)."""
+    if backend not in OPERATOR.available_backends():
+        pytest.skip("Triton is not installed (the `triton` extra)")
+    module = "generators" if backend == "torch" else "triton_impl"
+    cauchy = importlib.import_module(f"hf_seqplugins.kernels.lti_ssm.{module}").cauchy
+    g = torch.Generator().manual_seed(0)
+    v = crandn(2, 3, 4, generator=g).requires_grad_()
+    w = (random_lambda(3, 4, g) * 0.3).requires_grad_()
+    z = crandn(5, generator=g)
+
+    def plain(v, w):
+        nodes = z[:, None]
+        return (v[..., None, :] / (nodes - w[:, None, :]) + v.conj()[..., None, :] / (nodes - w.conj()[:, None, :])).sum(-1)
+
+    torch.testing.assert_close(cauchy(v, z, w), plain(v, w), **F64)
+    weights = crandn(2, 3, 5, generator=g)
+    loss = lambda f: (f(v, w) * weights).real.sum()  # noqa: E731
+    for mine, theirs in zip(torch.autograd.grad(loss(lambda a, b: cauchy(a, z, b)), [v, w]), torch.autograd.grad(loss(plain), [v, w])):
+        torch.testing.assert_close(mine, theirs, **F64)

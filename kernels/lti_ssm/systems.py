@@ -198,8 +198,7 @@ class DPLRSystem:
         while nodes < length:
             c_tilde = self._doubled(c_tilde, nodes)
             nodes *= 2
-        (outputs, channels), modes = self.shape, self.lam.shape[-1]
-        rank = self.p.shape[0]
+        outputs, rank = self.shape[0], self.p.shape[0]
         k = torch.arange(nodes // 2 + 1, device=self.lam.device, dtype=torch.float64)
         omega = torch.exp(-2j * math.pi * k / nodes)
         regular = omega[: (nodes + 1) // 2]  # without the Nyquist node of an even length
@@ -207,9 +206,8 @@ class DPLRSystem:
         w = self.dt[:, None] * self.lam
         left = torch.cat([c_tilde, self.p.conj()])  # C̃_m and P*_r
         right = torch.cat([self.b[None], self.p])  # B and P_s
-        v = self.dt[:, None] * left[:, None] * right[None]
-        sums = generators.cauchy(v.reshape(-1, modes), z, w.expand(*v.shape[:2], channels, modes).reshape(-1, modes))
-        sums = sums.view(outputs + rank, 1 + rank, channels, -1).permute(2, 3, 0, 1)  # [H, K, M + R, 1 + R]
+        v = self.dt[:, None] * left[:, None] * right[None]  # [M + R, 1 + R, H, N2], all with the poles w [H, N2]
+        sums = generators.cauchy(v, z, w).permute(2, 3, 0, 1)  # [H, K, M + R, 1 + R]
         r00, r01, r10, r11 = sums[..., :outputs, :1], sums[..., :outputs, 1:], sums[..., outputs:, :1], sums[..., outputs:, 1:]
         identity = torch.eye(rank, dtype=sums.dtype, device=sums.device)
         woodbury = r00 - r01 @ torch.linalg.solve(identity + r11, r10)

@@ -271,22 +271,25 @@ def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tens
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`out[r, k] = sum_n v[r, n] / (z[k] - w[r, n]) + conj(v[r, n]) / (z[k] - conj(w[r, n]))` (spec 1.6).
+    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (spec 1.6).
 
-    v, w `[R, N2]` complex, z `[K]` complex -> `[R, K]` complex (complex64, or complex128 when any
-    input is). Differentiable in v and w (not twice); z is a constant: one that requires a gradient is
-    refused. Raises `BackendUnavailableError` where `generator_unsupported_reason` refuses the device."""
+    v `[..., R, N2]` complex (leading dimensions share the poles w), w `[R, N2]` complex, z `[K]` complex ->
+    `[..., R, K]` complex (complex64, or complex128 when any input is). Differentiable in v and w (not twice);
+    z is a constant: one that requires a gradient is refused. Raises `BackendUnavailableError` where
+    `generator_unsupported_reason` refuses the device."""
     dtype = _compute_dtype("cauchy", v, z, w)
-    if v.dim() != 2 or v.shape != w.shape or z.dim() != 1:
-        raise ValueError(f"cauchy needs v and w of one shape [R, N2] and z [K], got v {list(v.shape)}, "
+    if v.dim() < 2 or w.dim() != 2 or v.shape[-2:] != w.shape or z.dim() != 1:
+        raise ValueError(f"cauchy needs v [..., R, N2], w [R, N2] and z [K], got v {list(v.shape)}, "
                          f"w {list(w.shape)}, z {list(z.shape)}")
+    leading, poles, rows = v.shape[:-2], w.shape[0], v.shape[:-1].numel()
+    v, w = v.reshape(rows, w.shape[-1]), w.expand(*leading, *w.shape).reshape(rows, w.shape[-1])
     if z.requires_grad and torch.is_grad_enabled():
         raise ValueError("the Triton cauchy gives no gradient to the nodes z; pass z.detach()")
     _check_device("cauchy", v, z, w)
     complex_dtype = _complex_of(dtype)
     v, z, w = (t.to(complex_dtype) for t in (v, z, w))
     real, imag = _Cauchy.apply(v.real, v.imag, w.real, w.imag, z.real, z.imag)
-    return torch.complex(real, imag)
+    return torch.complex(real, imag).reshape(*leading, poles, z.shape[0])
 
 
 class _Vandermonde(torch.autograd.Function):
