@@ -157,8 +157,9 @@ def newton_scan(
     if stats.fell_back:  # the loop's states, differentiated by ordinary back-propagation
         return sequential_scan(step, x, initial_state, mask, block), stats
     prev = _previous(states, initial_state)
-    adjoint_transitions = jacobians(prev)
-    output = masked(_previous(states, initial_state), x)
+    with torch.no_grad():
+        adjoint_transitions = jacobians(prev)
+    output = masked(prev, x)
     if output.requires_grad:
         output.register_hook(lambda grad: _adjoint(grad, adjoint_transitions, block, backend))
     return output, stats
