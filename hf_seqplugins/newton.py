@@ -83,8 +83,9 @@ def sequential_scan(step: Step, x: torch.Tensor, initial_state: torch.Tensor, ma
     """The plain loop ``h_t = step(h_{t-1}, x_t)``: x `[B, T, ...]`, initial state `[B, D(, m)]` -> states `[B, T, D(, m)]`.
     Differentiable by ordinary back-propagation; what generation and the fallback run."""
     state, states = initial_state, []
-    for t in range(x.shape[1]):
-        state = step(state, x[:, t]) if mask is None else _masked(step, mask[:, t], block)(state, x[:, t])
+    # unbind, not x[:, t]: the backward of T slices would write T full-size gradients (quadratic in T)
+    for t, x_t in enumerate(x.unbind(1)):
+        state = step(state, x_t) if mask is None else _masked(step, mask[:, t], block)(state, x_t)
         states.append(state)
     return torch.stack(states, dim=1)
 
@@ -144,18 +145,16 @@ def newton_scan(
             delta, _ = linear_scan(jacobians(prev), update, backend=backend)
             states = states + delta
             iterations += 1
-        stats = NewtonStats(iterations, residual, residual <= tolerance)
-        if not stats.converged:
-            what = "falling back to the sequential loop" if fallback else "returning the last iterate"
-            warnings.warn(f"parallel Newton did not converge: residual {residual:.3g} > tolerance {tolerance:g} after "
-                          f"{iterations} iterations (T={x.shape[1]}); {what}", RuntimeWarning, stacklevel=2)
-            if fallback:
-                states = sequential_scan(step, x, initial_state, mask, block)
-                stats.fell_back = True
+    stats = NewtonStats(iterations, residual, residual <= tolerance)
+    if not stats.converged:
+        what = "falling back to the sequential loop" if fallback else "returning the last iterate"
+        warnings.warn(f"parallel Newton did not converge: residual {residual:.3g} > tolerance {tolerance:g} after "
+                      f"{iterations} iterations (T={x.shape[1]}); {what}", RuntimeWarning, stacklevel=2)
+        if fallback:  # the loop's states, differentiated by ordinary back-propagation
+            stats.fell_back = True
+            return sequential_scan(step, x, initial_state, mask, block), stats
     if not torch.is_grad_enabled():
         return states, stats
-    if stats.fell_back:  # the loop's states, differentiated by ordinary back-propagation
-        return sequential_scan(step, x, initial_state, mask, block), stats
     prev = _previous(states, initial_state)
     with torch.no_grad():
         adjoint_transitions = jacobians(prev)

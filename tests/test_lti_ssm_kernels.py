@@ -4,6 +4,7 @@ dense Krylov kernel; the HiPPO cross-check of spec 2.5 (LSSL's kernel equals S4'
 
 Tolerances: float64 atol 1e-10 (observed about 1e-14); float32 rtol 1e-4 relative to the output scale.
 """
+import dataclasses
 import importlib
 import math
 
@@ -180,8 +181,9 @@ def test_float32_systems_stay_close_to_float64():
         system, state = make_system(kind)
         u = torch.randn(2, 40, 3, dtype=torch.float64)
         expected, expected_final = lti_ssm(u, system, state, backend="reference")
+        values = {f.name: getattr(system, f.name) for f in dataclasses.fields(system)}
         low = type(system)(**{k: v.to(torch.complex64 if v.is_complex() else torch.float32) if isinstance(v, torch.Tensor) else v
-                              for k, v in vars(system).items()})
+                              for k, v in values.items()})
         y, final = lti_ssm(u.float(), low, state.to(low.state_dtype), backend="torch")
         assert y.dtype == torch.float32
         scale = expected.abs().max().item()
@@ -275,3 +277,17 @@ def test_cauchy_shares_the_poles_over_leading_dimensions_and_has_exact_gradients
     loss = lambda f: (f(v, w) * weights).real.sum()  # noqa: E731
     for mine, theirs in zip(torch.autograd.grad(loss(lambda a, b: cauchy(a, z, b)), [v, w]), torch.autograd.grad(loss(plain), [v, w])):
         torch.testing.assert_close(mine, theirs, **F64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_final_state_over_several_chunks(kind, with_state, monkeypatch):
+    """The closed-form final state sums chunks of FINAL_STATE_CHUNK steps (5 here: T = 23 is 4 chunks and zeros)."""
+    from hf_seqplugins.kernels.lti_ssm import systems
+
+    monkeypatch.setattr(systems, "FINAL_STATE_CHUNK", 5)
+    system, state = make_system(kind)
+    state = state if with_state else None
+    u = torch.randn(2, 23, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    expected = lti_ssm(u, system, state, backend="reference")[1]
+    torch.testing.assert_close(lti_ssm(u, system, state, backend="torch")[1], expected, **F64)

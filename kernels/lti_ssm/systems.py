@@ -14,6 +14,7 @@ Complex states keep one mode of each conjugate pair where the class says so; out
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -48,9 +49,14 @@ class DiagonalSystem:
     def state_dtype(self) -> torch.dtype:
         return self.log_a.dtype
 
+    @functools.cached_property
+    def a(self) -> torch.Tensor:
+        """Ā = exp(log Ā) `[H, N2]` (computed once per system: decoding reuses its system)."""
+        return torch.exp(self.log_a)
+
     def step(self, state: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """state `[Bt, H, N2]`, u `[Bt, H]` -> (y `[Bt, M, H]`, new state)."""
-        state = torch.exp(self.log_a) * state + self.b * u[..., None]
+        state = self.a * state + self.b * u[..., None]
         return 2 * torch.einsum("mhn,bhn->bmh", self.c, state).real, state
 
     def kernel(self, length: int, generators: Generators) -> torch.Tensor:
@@ -63,19 +69,21 @@ class DiagonalSystem:
         """`[Bt, length, M, H]`: 2 Re sum_n c_n Ā_n^(t+1) x_0,n."""
         (outputs, channels), modes = self.shape, self.log_a.shape[-1]
         batch = state.shape[0]
-        v = (self.c[None] * (torch.exp(self.log_a) * state)[:, None]).reshape(-1, modes)
+        v = (self.c[None] * (self.a * state)[:, None]).reshape(-1, modes)
         log_a = self.log_a.expand(batch, outputs, channels, modes).reshape(-1, modes)
         return generators.vandermonde(v, log_a, length).view(batch, outputs, channels, length).permute(0, 3, 1, 2)
 
     def final_state(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """u `[Bt, T, H]` -> `x_T = Ā^T x_0 + sum_t Ā^(T-1-t) B̄ u_t` `[Bt, H, N2]`."""
-        steps = u.shape[1]
-        lags = torch.arange(steps - 1, -1, -1, device=u.device, dtype=u.dtype)
-        powers = torch.exp(self.log_a[:, None, :] * lags[None, :, None])
-        final = self.b * torch.einsum("bth,htn->bhn", u.to(powers.dtype), powers)
-        if state is not None:
-            final = final + torch.exp(steps * self.log_a) * state
-        return final
+        """u `[Bt, T, H]` -> `x_T = Ā^T x_0 + sum_t Ā^(T-1-t) B̄ u_t` `[Bt, H, N2]` (see `_chunked_final_state`)."""
+        lags = torch.arange(FINAL_STATE_CHUNK - 1, -1, -1, device=u.device, dtype=u.dtype)
+        within = torch.exp(self.log_a[:, None, :] * lags[:, None])  # [H, C, N2]: Ā^(C-1-l)
+
+        def chunk_sums(chunks):  # [Bt, J, C, H] -> [Bt, J, H, N2]
+            return self.b * torch.einsum("bjlh,hln->bjhn", chunks.to(within.dtype), within[:, -chunks.shape[2]:])
+
+        across = torch.exp(self.log_a * min(FINAL_STATE_CHUNK, u.shape[1]))
+        final = _chunked_final_state(u, chunk_sums, lambda x: across * x)
+        return final if state is None else final + torch.exp(u.shape[1] * self.log_a) * state
 
 
 @dataclass
@@ -116,14 +124,36 @@ class DenseSystem:
         return torch.einsum("mhn,hnbt->btmh", self.c, krylov(self.a, start, length)).real
 
     def final_state(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """u `[Bt, T, H]` -> `x_T = Ā^T x_0 + sum_t Ā^(T-1-t) B̄ u_t` `[Bt, H, N]`, from the Krylov matrix."""
-        steps = u.shape[1]
-        columns = krylov(self.a, self.b[..., None], steps)[:, :, 0]
-        final = torch.einsum("hnt,bth->bhn", columns.flip(-1), u.to(columns.dtype))
-        if state is not None:
-            start = torch.einsum("hij,bhj->hib", self.a, state)
-            final = final + krylov(self.a, start, steps)[..., -1].permute(2, 0, 1)
-        return final
+        """u `[Bt, T, H]` -> `x_T = Ā^T x_0 + sum_t Ā^(T-1-t) B̄ u_t` `[Bt, H, N]` (see `_chunked_final_state`)."""
+        chunk = min(FINAL_STATE_CHUNK, u.shape[1])
+        within = krylov(self.a, self.b[..., None], chunk)[:, :, 0].flip(-1)  # [H, N, C]: Ā^(C-1-l) B̄
+        across = torch.linalg.matrix_power(self.a, chunk)
+
+        def chunk_sums(chunks):  # [Bt, J, C, H] -> [Bt, J, H, N]
+            return torch.einsum("hnl,bjlh->bjhn", within, chunks.to(within.dtype))
+
+        final = _chunked_final_state(u, chunk_sums, lambda x: torch.einsum("hij,bhj->bhi", across, x))
+        if state is None:
+            return final
+        return final + torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(self.a, u.shape[1]), state)
+
+
+FINAL_STATE_CHUNK = 256
+
+
+def _chunked_final_state(u, chunk_sums, advance) -> torch.Tensor:
+    """The state after u `[Bt, T, H]` from a zero state, without a step loop: T is cut into J chunks of
+    C = min(T, FINAL_STATE_CHUNK) steps (zeros prepended, which leave the zero state alone); `chunk_sums` gives each
+    chunk's contribution (its inputs weighted by Ā^(C-1-l) B̄, one batched product), and a Horner loop over the
+    chunks (`advance`: multiply by Ā^C) adds them up. O(T) work in J steps."""
+    batch, steps, channels = u.shape
+    chunk = min(FINAL_STATE_CHUNK, steps)
+    padded = torch.nn.functional.pad(u, (0, 0, -steps % chunk, 0))
+    sums = chunk_sums(padded.view(batch, -1, chunk, channels))
+    final = sums[:, 0]
+    for j in range(1, sums.shape[1]):
+        final = advance(final) + sums[:, j]
+    return final
 
 
 def _both_halves(modes: torch.Tensor) -> torch.Tensor:

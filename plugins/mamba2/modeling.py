@@ -171,16 +171,17 @@ def sliding_window_scan(x, dt, log_decay, B, C, state, mask, window: int):
     older, newer, count = state
     real = torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
     outputs = []
-    for t in range(steps):
-        restart = real[:, t] & (count > 0) & (torch.remainder(count, window) == 0)
+    # unbind, not [:, t]: the backward of T slices would write T full-size gradients (quadratic in T)
+    for x_t, dt_t, a_t, b_t, c_t, real_t in zip(*(t.unbind(1) for t in (x, dt, log_decay, B, C, real))):
+        restart = real_t & (count > 0) & (torch.remainder(count, window) == 0)
         older = torch.where(restart[:, None, None, None], newer, older)
         newer = torch.where(restart[:, None, None, None], 0.0, newer)
-        keep = real[:, t, None]
-        args = (x[:, t].to(dt.dtype) * keep[..., None], dt[:, t] * keep, log_decay[:, t] * keep, B[:, t].to(dt.dtype), C[:, t].to(dt.dtype))
+        keep = real_t[:, None]
+        args = (x_t.to(dt.dtype) * keep[..., None], dt_t * keep, a_t * keep, b_t.to(dt.dtype), c_t.to(dt.dtype))
         y, older = step(*args, older)
         _, newer = step(*args, newer)
         outputs.append(y * keep[..., None])
-        count = count + real[:, t]
+        count = count + real_t
     return torch.stack(outputs, dim=1).to(x.dtype), (older, newer, count)
 
 
