@@ -4,8 +4,8 @@ decode latency vs context, and a long-input classifier, on whatever machine runs
     python benchmarks/s4_scaling.py [--quick] [--output-dir benchmarks/results/cpu]
 
 1. Training (forward + backward + AdamW, batch 1) of seqp_s4d, seqp_s4 and seqp_lssl in convolution mode
-   (torch backend), of seqp_s4d stepping its recurrence (reference backend, up to `--recurrence-limit`
-   tokens) and of a Llama attention baseline of the same width, depth and feed-forward, at growing T.
+   (torch backend; S4 with l_max = T), of seqp_s4d stepping its recurrence (reference backend, up to
+   `--recurrence-limit` tokens) and of a Llama attention baseline of the same width, depth and feed-forward.
    `scaling_exponent` is the slope of log(time) against log(T) from the previous length: about 1 for the
    T log T convolution and the linear recurrence, approaching 2 where attention's T^2 dominates.
 2. Decoding: ms per generated token after a prompt of each length (prefill, then single-token steps from
@@ -53,12 +53,13 @@ def scaling_rows(lengths, recurrence_limit, width, repeats, device) -> list[dict
     runs = [(name, "torch") for name in STATE_SPACES] + [("seqp_s4d", "reference"), (bench.BASELINE, "sdpa")]
     rows = []
     for model_type, backend in tqdm(runs, desc="training"):
-        settings = {**width, "l_max": max(lengths)} if model_type == "seqp_s4" else width
-        model = bench.build_model(model_type, settings, device)
         previous = None
         for length in lengths:
             if backend == "reference" and length > recurrence_limit:
                 continue
+            # S4 computes its kernel at l_max whatever T is: train it at l_max = T, as one would
+            settings = {**width, "l_max": length} if model_type == "seqp_s4" else width
+            model = bench.build_model(model_type, settings, device)
             with use_backend(None if backend == "sdpa" else backend):
                 ms = training_ms(model, length, repeats, device)
             exponent = None if previous is None else math.log(ms / previous[1]) / math.log(length / previous[0])
