@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArgu
 
 from hf_seqplugins.kernels.linear_scan import OPERATOR as LINEAR_SCAN
 from hf_seqplugins.newton import NewtonStatsCallback, _jacobian, newton_scan, sequential_scan
-from hf_seqplugins.plugins.pararnn import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, register_cell
+from hf_seqplugins.plugins.pararnn import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, SLSTMDiagCell, register_cell
 from hf_seqplugins.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
@@ -29,9 +29,12 @@ def make_cell(cell_class, size=6, seed=0, scale=1.0):
 
 
 def inputs(cell, batch=2, steps=40, seed=1):
+    """Random pre-activations around the cell's initial bias, and a random initial state (sLSTM: n > 0)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, steps, cell.input_rows, cell.state_size, generator=g, dtype=torch.float64)
+    x = torch.randn(batch, steps, cell.input_rows, cell.state_size, generator=g, dtype=torch.float64) + cell.initial_bias().double()
     h0 = 0.5 * torch.randn(cell.initial_state(batch, "cpu", torch.float64).shape, generator=g, dtype=torch.float64)
+    if isinstance(cell, SLSTMDiagCell):
+        h0[..., 2] = h0[..., 2].abs() + 1  # the normaliser n of a state that has seen input
     return x.requires_grad_(), h0.requires_grad_()
 
 
@@ -43,8 +46,13 @@ def test_explicit_jacobians_equal_autograd(cell_class):
     torch.testing.assert_close(cell.jacobian(prev, x), _jacobian(cell.step, prev, x, cell.block), atol=1e-14, rtol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cell_class,explicit", [(ParaGRUCell, True), (ParaGRUCell, False), (ParaLSTMCell, True), (ParaLSTMCell, False)])
+CELL_CASES = [(ParaGRUCell, True), (ParaGRUCell, False), (ParaLSTMCell, True), (ParaLSTMCell, False), (SLSTMDiagCell, False)]
+# the 4 x 4 blocks take ~40 s in Triton's interpreter: with the slow tests
+ENGINE_CASES = [pytest.param(cell, explicit, backend, marks=[pytest.mark.slow] if (cell, backend) == (SLSTMDiagCell, "triton") else [])
+                for cell, explicit in CELL_CASES for backend in BACKENDS]
+
+
+@pytest.mark.parametrize("cell_class,explicit,backend", ENGINE_CASES)
 def test_newton_equals_the_loop_values_and_gradients(cell_class, explicit, backend):
     cell = make_cell(cell_class)
     x, h0 = inputs(cell)
@@ -103,7 +111,7 @@ def test_float32_long_sequence_stays_close_to_the_float64_loop():
     assert (states.double() - expected).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm_cifg"])
+@pytest.mark.parametrize("cell", ["gru", "lstm_cifg", "slstm_diag"])
 def test_parallel_and_sequential_models_agree_float64(cell):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("seqp_pararnn", cell=cell, newton_tolerance=1e-13,

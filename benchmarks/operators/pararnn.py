@@ -19,9 +19,7 @@ def case(cell_class, steps: int, device: torch.device) -> Case:
     torch.manual_seed(0)
     cell = cell_class(CHANNELS).to(device)
     cell.init_cell_weights()
-    bias = torch.zeros(cell.input_rows, CHANNELS)
-    bias[0] = -torch.linspace(0, 1, CHANNELS)  # the plugin's init: slow update / forget gates
-    x = (torch.randn(BATCH, steps, cell.input_rows, CHANNELS) + bias).to(device).requires_grad_()
+    x = (torch.randn(BATCH, steps, cell.input_rows, CHANNELS) + cell.initial_bias()).to(device).requires_grad_()
     h0 = cell.initial_state(BATCH, device, torch.float32)
 
     def newton(backend):

@@ -1,5 +1,5 @@
 """ParaRNN (specs/RNN.md section 3): nonlinear RNNs with diagonal Jacobians, trained by parallel Newton iterations."""
-from .cells import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, register_cell
+from .cells import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, SLSTMDiagCell, register_cell
 from .configuration import ParaRNNConfig
 from .modeling import ParaRNNForCausalLM, ParaRNNForSequenceClassification, ParaRNNMixer, ParaRNNModel
 
@@ -13,5 +13,6 @@ __all__ = [
     "ParaRNNForSequenceClassification",
     "ParaRNNMixer",
     "ParaRNNModel",
+    "SLSTMDiagCell",
     "register_cell",
 ]

@@ -1,10 +1,11 @@
 """ParaRNN's cells (specs/RNN.md 3.4-3.5): recurrences whose Jacobian ∂h_t/∂h_{t-1} is diagonal across channels
-(ParaGRU) or made of 2 x 2 diagonal blocks (ParaLSTM's `[c, h]`), so Newton's linear solves are scans.
+(ParaGRU) or made of small diagonal blocks (ParaLSTM's 2 x 2 over `[c, h]`, the diagonal sLSTM's 4 x 4 over
+`[h, c, n, m]`), so Newton's linear solves are scans.
 
 A cell is an `nn.Module` with `block` (None: a state `[..., N]`; m: `[..., N, m]`), `input_rows` (the input
 projection gives `[..., input_rows, N]` pre-activations per step), `output(states)` (the `[..., N]` features
-the block reads), `step(h_prev, x) -> h` and optionally `jacobian(h_prev, x)` (else the engine uses
-autograd). `register_cell(name, cls)` makes a new cell available as `ParaRNNConfig(cell=name)`.
+the block reads), `initial_bias()` (the input projection's bias at init), `step(h_prev, x) -> h` and optionally
+`jacobian(h_prev, x)` (else the engine uses forward-mode autograd). `register_cell(name, cls)` makes a new cell available as `ParaRNNConfig(cell=name)`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-__all__ = ["CELLS", "ParaCell", "ParaGRUCell", "ParaLSTMCell", "register_cell"]
+__all__ = ["CELLS", "ParaCell", "ParaGRUCell", "ParaLSTMCell", "SLSTMDiagCell", "register_cell"]
 
 
 class ParaCell(nn.Module):
@@ -31,6 +32,12 @@ class ParaCell(nn.Module):
 
     def init_cell_weights(self) -> None:
         init.normal_(self.A, std=math.sqrt(2 / (5 * self.state_size)))
+
+    def initial_bias(self) -> torch.Tensor:
+        """`[input_rows, N]`: zero except row 0 (GRU's update, LSTM's forget gate) = -linspace(0, 1, N) (spec 3.6)."""
+        bias = torch.zeros(self.input_rows, self.state_size)
+        bias[0] = -torch.linspace(0, 1, self.state_size)
+        return bias
 
     def initial_state(self, batch: int, device, dtype) -> torch.Tensor:
         shape = (batch, self.state_size) if self.block is None else (batch, self.state_size, self.block)
@@ -109,7 +116,37 @@ class ParaLSTMCell(ParaCell):
         return torch.stack([torch.stack([dc_dc, dc_dh], -1), torch.stack([dh_dc, dh_dh], -1)], -2)
 
 
-CELLS: dict[str, type[ParaCell]] = {"gru": ParaGRUCell, "lstm_cifg": ParaLSTMCell}
+class SLSTMDiagCell(ParaCell):
+    """sLSTM (specs/RNN.md 2.2) with diagonal recurrent weights, state `[..., N, 4]` = (h, c, n, m), x rows (i, f, z, o):
+    ``m' = max(ĩ, m + logσ(f̃))``, ``i = exp(ĩ - m')``, ``f = exp(m + logσ(f̃) - m')``, ``c' = f c + i tanh(z̃)``,
+    ``n' = f n + i``, ``h' = σ(õ) c' / n'`` with ``ĩ = A_i h + x_i`` etc. (no normaliser clamp). From the zero state
+    the first m differs from the reference's m_1 = ĩ but h, the stabiliser-free quantity, is the same. Written as
+    its step only: the engine takes its 4 x 4 Jacobian blocks from forward-mode autograd."""
+
+    block = 4
+    input_rows = 4
+
+    def initial_bias(self) -> torch.Tensor:
+        """Forget-gate bias linspace(3, 6, N) (long memory at init, as xLSTM), the rest zero."""
+        bias = torch.zeros(self.input_rows, self.state_size)
+        bias[1] = torch.linspace(3, 6, self.state_size)
+        return bias
+
+    def output(self, states):
+        return states[..., 0]
+
+    def step(self, state, x):
+        h, c, n, m = state.unbind(-1)
+        a = self.A.to(state.dtype)
+        i_pre, f_pre, z_pre, o_pre = (a[row] * h + x[..., row, :] for row in range(4))
+        log_forget = m + torch.nn.functional.logsigmoid(f_pre)
+        m_new = torch.maximum(i_pre, log_forget)
+        i, f = torch.exp(i_pre - m_new), torch.exp(log_forget - m_new)
+        c_new, n_new = f * c + i * torch.tanh(z_pre), f * n + i
+        return torch.stack([torch.sigmoid(o_pre) * c_new / n_new, c_new, n_new, m_new], dim=-1)
+
+
+CELLS: dict[str, type[ParaCell]] = {"gru": ParaGRUCell, "lstm_cifg": ParaLSTMCell, "slstm_diag": SLSTMDiagCell}
 
 
 def register_cell(name: str, cell_class: type[ParaCell]) -> None:

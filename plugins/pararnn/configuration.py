@@ -17,7 +17,8 @@ class ParaRNNConfig(SeqConfig):
     weights), and an output projection. The block around the cell is our assumption: the paper's is unpublished.
 
     Args:
-        cell: "gru" (ParaGRU) or "lstm_cifg" (ParaLSTM), or a name given to `cells.register_cell`.
+        cell: "gru" (ParaGRU), "lstm_cifg" (ParaLSTM), "slstm_diag" (sLSTM with diagonal recurrence), or a name
+            given to `cells.register_cell`.
         state_size: N, the recurrent state width (None: hidden_size).
         num_heads: head blocks of the input projection (hidden_size and state_size divisible by it).
         mode: "parallel" (Newton iterations over the whole sequence, training and prefill) or "sequential" (the

@@ -36,14 +36,11 @@ class ParaRNNMixer(nn.Module):
         self.newton_stats: NewtonStats | None = None
 
     def init_mixer_weights(self) -> None:
-        """Spec 3.6: B Xavier-uniform over (D/NH, N/NH), b zero except row 0 (the GRU's update / LSTM's forget
-        gate) = -linspace(0, 1, N); the cell's own init."""
+        """Spec 3.6: B Xavier-uniform over (D/NH, N/NH), b the cell's `initial_bias()`; the cell's own init."""
         heads, fan_in, _, fan_out = self.B.shape
         bound = math.sqrt(6 / (fan_in + fan_out))
         init.uniform_(self.B, -bound, bound)
-        bias = torch.zeros_like(self.b)
-        bias[0] = -torch.linspace(0, 1, self.b.shape[1])
-        init.copy_(self.b, bias)
+        init.copy_(self.b, self.cell.initial_bias())
         self.cell.init_cell_weights()
 
     def preactivations(self, hidden: torch.Tensor) -> torch.Tensor:
