@@ -66,3 +66,9 @@ def test_evaluate_and_publish_example(tmp_path):
     assert 0.0 <= float(out.split("DFA accuracy: ")[1].split()[0]) <= 1.0
     assert (tmp_path / "dfa_accuracy_vs_length.png").exists() and "config.json" in out and "(dry run)" in out
     assert "dfa_accuracy" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_parallel_rnn_example(tmp_path):
+    out = run_example("parallel_rnn.py", "--cell", "tanh", "--max-steps", "3", "--output-dir", str(tmp_path))
+    assert float(out.split("max difference to the loop ")[1].split()[0]) < 1e-5
+    assert "Newton iterations per solve" in out and "0 fallbacks" in out and "generated:" in out
