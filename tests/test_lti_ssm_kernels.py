@@ -10,6 +10,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_seqplugins.backends import BackendUnavailableError
 from hf_seqplugins.kernels.lti_ssm import (
     OPERATOR,
     DenseSystem,
@@ -21,10 +25,6 @@ from hf_seqplugins.kernels.lti_ssm import (
 )
 from hf_seqplugins.kernels.lti_ssm.generators import TORCH_GENERATORS
 from hf_seqplugins.plugins.s4.hippo import hippo, nplr_legs
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from hf_seqplugins.backends import BackendUnavailableError
 
 F64 = {"atol": 1e-10, "rtol": 1e-10}
 

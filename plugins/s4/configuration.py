@@ -1,9 +1,8 @@
 """Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), specs/SSM.md 1-2."""
 from __future__ import annotations
 
-from hf_seqplugins.kernels.lti_ssm import OPERATOR as LTI_SSM
-
 from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins.kernels.lti_ssm import OPERATOR as LTI_SSM
 
 from .hippo import MEASURES
 

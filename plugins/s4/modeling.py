@@ -6,6 +6,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import Cache
+from transformers import initialization as init
+
+from hf_seqplugins.cache import read_state, write_state
 from hf_seqplugins.kernels.lti_ssm import (
     DenseSystem,
     DiagonalSystem,
@@ -14,11 +19,6 @@ from hf_seqplugins.kernels.lti_ssm import (
     lti_ssm_step,
     select_outputs,
 )
-from torch import nn
-from transformers import Cache
-from transformers import initialization as init
-
-from hf_seqplugins.cache import read_state, write_state
 from hf_seqplugins.modeling import (
     SeqForCausalLM,
     SeqForSequenceClassification,
