@@ -189,3 +189,23 @@ def test_decoding_reuses_the_dense_system_until_a_parameter_changes():
 def test_invalid_fields_are_named(model_type, field, value):
     with pytest.raises(ValueError, match=field if field != "dt_min" else "dt_min <= dt_max"):
         AutoConfig.for_model(model_type, **{**load_plugins()[model_type].tiny_config, field: value})
+
+
+def test_state_space_runs_outside_autocast(monkeypatch):
+    """Spec 1.10: kernels, FFTs and states stay float32 under bf16 autocast; the output layer may use bf16."""
+    from hf_seqplugins.plugins.s4 import modeling
+
+    seen = []
+
+    def recording(u, system, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), system.state_dtype))
+        return original(u, system, *args, **kwargs)
+
+    original = modeling.lti_ssm
+    monkeypatch.setattr(modeling, "lti_ssm", recording)
+    model = causal_lm("seqp_s4d")
+    ids = torch.randint(0, 32, (1, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids).logits
+    assert seen and all(not enabled and dtype == torch.complex64 for enabled, dtype in seen)
+    assert torch.isfinite(logits).all()
