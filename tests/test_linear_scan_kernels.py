@@ -1,5 +1,5 @@
-"""The `linear_scan` operator: the torch doubling scan against the step loop (float64), diagonal and block
-transitions, initial state, gradients, and input validation. The Triton backend has its own file."""
+"""The `linear_scan` operator: the torch doubling scan and the chunked scan against the step loop (float64),
+diagonal and block transitions, initial state, gradients, and input validation. The Triton backend has its own file."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -22,19 +22,23 @@ def make(batch, steps, channels, block, seed=0, requires_grad=False):
     return [t.requires_grad_(requires_grad) for t in (a, b, s0)]
 
 
+TORCH_BACKENDS = ["torch", "chunked"]
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
 @pytest.mark.parametrize("block", [None, 2, 3])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_torch_scan_equals_the_loop(block, with_state):
+def test_torch_scans_equal_the_loop(backend, block, with_state):
     a, b, s0 = make(2, 37, 4, block, requires_grad=True)
     s0 = s0 if with_state else None
     results = {}
-    for backend in ("reference", "torch"):
-        states, final = linear_scan(a, b, s0, backend=backend)
+    for name in ("reference", backend):
+        states, final = linear_scan(a, b, s0, backend=name)
         weights = torch.linspace(-1, 1, states.numel(), dtype=states.dtype).view_as(states)
         loss = (states * weights).sum() + final.square().sum()
         leaves = [a, b] + ([s0] if s0 is not None else [])
-        results[backend] = (states, final, torch.autograd.grad(loss, leaves))
-    (s_ref, f_ref, g_ref), (s, f, g) = results["reference"], results["torch"]
+        results[name] = (states, final, torch.autograd.grad(loss, leaves))
+    (s_ref, f_ref, g_ref), (s, f, g) = results["reference"], results[backend]
     torch.testing.assert_close(s, s_ref, **F64)
     torch.testing.assert_close(f, f_ref, **F64)
     torch.testing.assert_close(f, s[:, -1], atol=0, rtol=0)
@@ -47,8 +51,9 @@ def test_torch_scan_equals_the_loop(block, with_state):
 def test_property_lengths_and_blocks(steps, channels, block, seed):
     a, b, s0 = make(2, steps, channels, block, seed)
     expected = linear_scan(a, b, s0, backend="reference")
-    for mine, theirs in zip(linear_scan(a, b, s0, backend="torch"), expected):
-        torch.testing.assert_close(mine, theirs, **F64)
+    for backend in TORCH_BACKENDS:
+        for mine, theirs in zip(linear_scan(a, b, s0, backend=backend), expected):
+            torch.testing.assert_close(mine, theirs, **F64)
 
 
 def test_half_precision_is_computed_in_float32():

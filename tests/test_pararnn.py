@@ -17,7 +17,7 @@ from hf_seqplugins.plugins.pararnn import CELLS, ParaCell, ParaGRUCell, ParaLSTM
 from hf_seqplugins.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
-BACKENDS = [b for b in ("reference", "torch", "triton") if b in LINEAR_SCAN.available_backends()]
+BACKENDS = [b for b in ("reference", "torch", "chunked", "triton") if b in LINEAR_SCAN.available_backends()]
 
 
 def make_cell(cell_class, size=6, seed=0, scale=1.0):

@@ -26,7 +26,7 @@ def case(cell_class, steps: int, device: torch.device) -> Case:
         return lambda: newton_scan(cell.step, x, h0, block=cell.block, jacobian=cell.jacobian, backend=backend)[0]
 
     implementations = {"ours: sequential loop": lambda: sequential_scan(cell.step, x, h0, block=cell.block),
-                       "ours: newton (torch scan)": newton("torch")}
+                       "ours: newton (torch scan)": newton("torch"), "ours: newton (chunked scan)": newton("chunked")}
     if device.type == "cuda":
         implementations["ours: newton (triton scan)"] = newton("triton")
     # per step and channel: a cell step (~30 flops GRU, ~60 LSTM); Newton: ~3 iterations of a step, a Jacobian

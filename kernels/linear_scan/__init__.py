@@ -15,7 +15,8 @@ the compute dtype.
 Backend contract (what `validate` hands every backend, positionally): ``(a, b, initial_state, blocks)`` with
 a, b (and the initial state, if any) in one compute dtype and `blocks` a bool. A backend returns
 ``(states, final_state)``. Backends: "reference" (step loop), "torch" (log-depth Hillis-Steele doubling, the
-default on CPU), "triton" (chunked scan kernel with `tl.associative_scan`).
+default on CPU), "chunked" (work-efficient two-level scan in PyTorch, O(T) work: usually the fastest on a CPU),
+"triton" (chunked scan kernel with `tl.associative_scan`).
 """
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ def _load_torch():
     return kernel
 
 
+def _load_chunked():
+    from .chunked_impl import linear_scan as kernel
+
+    return kernel
+
+
 def _load_triton():
     from .triton_impl import linear_scan as kernel
 
@@ -83,7 +90,7 @@ def _triton_input_check(*validated_args):
 
 OPERATOR = Operator(
     name="linear_scan",
-    backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton},
+    backends={"reference": _load_reference, "torch": _load_torch, "chunked": _load_chunked, "triton": _load_triton},
     requirements={"triton": triton_unavailable_reason},
     input_checks={"triton": _triton_input_check},
     validate=_validate,

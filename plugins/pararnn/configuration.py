@@ -27,6 +27,8 @@ class ParaRNNConfig(SeqConfig):
             after this many iterations (after k iterations the first k states are exact; T always suffice).
         newton_fallback: on non-convergence run the sequential loop instead (always with a warning); False keeps
             the last iterate (still warned).
+        kernel_backend: the linear scans' backend; on a CPU "chunked" (O(T) work) beats "auto" (= "torch", the
+            log-depth doubling scan, made for wide parallel hardware).
     """
 
     model_type = "seqp_pararnn"
