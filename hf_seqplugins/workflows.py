@@ -223,6 +223,11 @@ def evaluate_lengths(
     if make is None or "length" not in inspect.signature(make).parameters:
         with_length = [name for name, f in tasks.TASKS.items() if "length" in inspect.signature(f).parameters]
         raise ValueError(f"task {task!r} has no length to vary; tasks with one: {with_length}")
+    accepted = set(inspect.signature(make).parameters) - {"num_examples", "length", "seed"}
+    refused = sorted(set(task_kwargs) - accepted)
+    if refused:
+        raise ValueError(f"task arguments {refused} do not apply when evaluating {task!r} at several lengths "
+                         f"(the lengths and row counts are set here); accepted: {sorted(accepted)}")
     return {
         length: evaluate(model, make(num_examples=num_examples, length=length, seed=seed, **task_kwargs))
         for length in tqdm(lengths, desc=f"{task} lengths")

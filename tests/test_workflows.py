@@ -32,3 +32,9 @@ def test_evaluate_refuses_a_model_of_the_other_kind():
 def test_model_type_without_a_classifier_is_named():
     with pytest.raises(ValueError, match="model type 'vit' has no sequence classifier"):
         workflows.sequence_classifier(AutoConfig.for_model("vit"))
+
+
+def test_evaluate_lengths_names_task_arguments_it_cannot_take():
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_s4d", vocab_size=16))
+    with pytest.raises(ValueError, match=r"\['length', 'num_train'\] do not apply"):
+        workflows.evaluate_lengths(model, "listops", [16], num_train=4, length=8)
