@@ -44,6 +44,28 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+TRITON_MIN_CAPABILITY = (8, 0)
+
+
+def triton_device_reason(device: torch.device, interpreted: bool, module: str) -> str | None:
+    """Why the Triton kernels defined in `module` cannot run on `device`, or None. CUDA needs compute capability
+    >= 8.0 (the kernels are built and checked for sm_80 and sm_90); a CPU needs Triton's interpreter, which
+    `triton.jit` picks when the kernels are defined: `interpreted` is whether TRITON_INTERPRET was 1 when `module`
+    was first imported."""
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < TRITON_MIN_CAPABILITY:
+            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
+                    "and checked for sm_80 and sm_90; use backend 'torch'")
+        return None
+    if device.type == "cpu":
+        if not interpreted:
+            return (f"the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when {module} was first "
+                    "imported); set it before that import to run on CPU")
+        return None
+    return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {device.type!r}"
+
+
 def module_unavailable_reason(module: str) -> Callable[[torch.device], str | None]:
     """Availability check for a peer backend that only needs `module` importable."""
 

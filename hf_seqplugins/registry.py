@@ -69,6 +69,16 @@ class Architecture:
     distribution: str = "unknown"
 
 
+def standard_model_classes(module, prefix: str) -> dict[str, type]:
+    """The Auto-class mapping of a module that names its classes `{prefix}Model`, `{prefix}ForCausalLM` and
+    `{prefix}ForSequenceClassification` (e.g. ``standard_model_classes(modeling, "S4D")``)."""
+    return {
+        "AutoModel": getattr(module, f"{prefix}Model"),
+        "AutoModelForCausalLM": getattr(module, f"{prefix}ForCausalLM"),
+        "AutoModelForSequenceClassification": getattr(module, f"{prefix}ForSequenceClassification"),
+    }
+
+
 class PluginSpec:
     """The hooks a plugin module implements (decorate the functions with `hookimpl`)."""
 

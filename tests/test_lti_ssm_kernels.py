@@ -71,8 +71,9 @@ CONVOLUTION_BACKENDS = [(kind, "torch") for kind in KINDS] + [(kind, "triton") f
 def test_convolution_equals_recurrence_float64(kind, backend, with_state):
     """The triton backend (in Triton's interpreter without CUDA) takes its Vandermonde / Cauchy sums from the
     Triton kernels and everything else from the torch backend."""
-    if backend not in OPERATOR.available_backends():
-        pytest.skip("Triton is not installed (the `triton` extra)")
+    reason = OPERATOR.unavailable_reason(backend, torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
     system, state = make_system(kind)
     u = torch.randn(2, 21, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     state = state if with_state else None
@@ -259,8 +260,9 @@ def test_fft_length_avoids_circular_wrap():
 def test_cauchy_shares_the_poles_over_leading_dimensions_and_has_exact_gradients(backend):
     """v `[P, R, N2]` against one pole set w `[R, N2]`: equals the plain formula per slice; gradients by gradcheck
     (the torch generator's backward is analytic)."""
-    if backend not in OPERATOR.available_backends():
-        pytest.skip("Triton is not installed (the `triton` extra)")
+    reason = OPERATOR.unavailable_reason(backend, torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
     module = "generators" if backend == "torch" else "triton_impl"
     cauchy = importlib.import_module(f"hf_seqplugins.kernels.lti_ssm.{module}").cauchy
     g = torch.Generator().manual_seed(0)

@@ -42,13 +42,12 @@ try:  # in a `try` so exported remote code does not list Triton as a hard requir
 except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
 
 __all__ = ["MAX_BLOCK", "linear_scan", "unsupported_reason"]
 
 # triton.jit picks the interpreter when the kernels are defined, i.e. when this module is first imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-MIN_CAPABILITY = (8, 0)
 MAX_BLOCK = 4
 # Values of the scanned tuple per program in float32 (half that in float64); bounds the registers used.
 TILE_VALUES = 4096
@@ -266,17 +265,9 @@ class _LinearScanFunction(torch.autograd.Function):
 
 def unsupported_reason(a, b, initial_state, blocks) -> str | None:
     """None when the Triton kernel computes these (validated) inputs, else why not."""
-    if b.device.type == "cuda":
-        capability = torch.cuda.get_device_capability(b.device)
-        if capability < MIN_CAPABILITY:
-            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernel is only built "
-                    "and checked for sm_80 and sm_90; use backend 'torch'")
-    elif b.device.type == "cpu":
-        if not INTERPRETED:
-            return ("the Triton kernel was defined for CUDA (TRITON_INTERPRET was not 1 when "
-                    "hf_seqplugins.kernels.linear_scan.triton_impl was first imported); set it before that import to run on CPU")
-    else:
-        return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {b.device.type!r}"
+    reason = triton_device_reason(b.device, INTERPRETED, __name__)
+    if reason is not None:
+        return reason
     for name, tensor in (("a", a), ("b", b), ("initial_state", initial_state)):
         if tensor is not None and tensor.dtype not in (torch.float32, torch.float64):
             return f"the kernel computes in float32 or float64, got {tensor.dtype} for {name}"

@@ -54,7 +54,7 @@ except ImportError as error:
 
 from torch.autograd.function import once_differentiable
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
 
 from .generators import Generators
 from .torch_impl import convolve
@@ -63,7 +63,6 @@ __all__ = ["TRITON_GENERATORS", "cauchy", "generator_unsupported_reason", "lti_s
 
 # triton.jit picks the interpreter when the kernels are defined, i.e. when this module is first imported.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-MIN_CAPABILITY = (8, 0)
 MIN_BLOCK = 2
 VANDERMONDE_BLOCK_ROWS = 16
 VANDERMONDE_BLOCK_STEPS = 128
@@ -237,19 +236,7 @@ def _cauchy_backward_kernel(
 def generator_unsupported_reason(device: torch.device) -> str | None:
     """None when the kernels run on `device` (CUDA with compute capability >= 8.0, or CPU when Triton's
     interpreter was on at this module's first import), else why not."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        capability = torch.cuda.get_device_capability(device)
-        if capability < MIN_CAPABILITY:
-            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
-                    "and checked for sm_80 and sm_90; use the PyTorch generators")
-        return None
-    if device.type == "cpu":
-        if not INTERPRETED:
-            return ("the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when "
-                    "hf_seqplugins.kernels.lti_ssm.triton_impl was first imported); set it before that import to run on CPU")
-        return None
-    return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {device.type!r}"
+    return triton_device_reason(torch.device(device), INTERPRETED, __name__)
 
 
 def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tensor:

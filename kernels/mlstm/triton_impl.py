@@ -49,7 +49,7 @@ try:  # in a `try` so exported remote code does not list Triton as a hard requir
 except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
 
 from .reference import step
 
@@ -63,7 +63,6 @@ MAX_INTRA_TILE = 64
 # float64 tiles of 64 stage about 165 KB of shared memory per program, at the limit of an A100 (sm_80).
 MAX_TILE_FLOAT64 = 32
 MAX_GRID_Z = 65535
-MIN_CAPABILITY = (8, 0)
 
 
 @triton.jit
@@ -421,17 +420,9 @@ def unsupported_reason(q, k, v, igate, fgate, initial_state, mask, input_gate, n
 
     The check for a -inf forget gate reads a flag back from the device (one synchronisation).
     """
-    if q.device.type == "cuda":
-        capability = torch.cuda.get_device_capability(q.device)
-        if capability < MIN_CAPABILITY:
-            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
-                    "and checked for sm_80 and sm_90; use backend 'torch'")
-    elif q.device.type == "cpu":
-        if not INTERPRETED:
-            return ("the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when "
-                    "hf_seqplugins.kernels.mlstm.triton_impl was first imported); set it before that import to run on CPU")
-    else:
-        return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {q.device.type!r}"
+    reason = triton_device_reason(q.device, INTERPRETED, __name__)
+    if reason is not None:
+        return reason
     if input_gate not in ("exp", "sigmoid"):
         return f"unknown input_gate {input_gate!r}"
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):

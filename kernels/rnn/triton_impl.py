@@ -30,7 +30,7 @@ try:  # in a `try` so exported remote code does not list Triton as a hard requir
 except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
 
 from .cells import NUM_STATES
 
@@ -476,9 +476,9 @@ def unsupported_reason(
     normalizer_clamp: bool,
 ) -> str | None:
     """None when the Triton kernels can compute these (validated) inputs, else why not."""
-    if gates_x.device.type != "cuda" and not INTERPRETED:
-        return ("the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when "
-                "hf_seqplugins.kernels.rnn.triton_impl was first imported); set it before that import to run on CPU")
+    reason = triton_device_reason(gates_x.device, INTERPRETED, __name__)
+    if reason is not None:
+        return reason
     if projection is not None:
         return f"the LSTM projection (proj_size={projection.shape[1]}) is not supported by the Triton kernel; use backend 'torch'"
     head_dim = gates_x.shape[-1]

@@ -59,7 +59,7 @@ try:  # in a `try` so exported remote code does not list Triton as a hard requir
 except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
 
 from .reference import step
 
@@ -74,7 +74,6 @@ MAX_INTRA_TILE = 64
 MAX_TILE_FLOAT64 = 32
 MAX_STATE_BLOCK = 1024
 MAX_GRID_YZ = 65535
-MIN_CAPABILITY = (8, 0)
 
 
 @triton.jit
@@ -240,17 +239,9 @@ def _scan_kernel(
 
 def unsupported_reason(x, dt, log_decay, B, C, initial_state, mask, chunk_size) -> str | None:
     """None when the Triton kernels compute these inputs, else why not."""
-    if x.device.type == "cuda":
-        capability = torch.cuda.get_device_capability(x.device)
-        if capability < MIN_CAPABILITY:
-            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
-                    "and checked for sm_80 and sm_90; use backend 'torch'")
-    elif x.device.type == "cpu":
-        if not INTERPRETED:
-            return ("the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when "
-                    "hf_seqplugins.kernels.ssd.triton_impl was first imported); set it before that import to run on CPU")
-    else:
-        return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {x.device.type!r}"
+    reason = triton_device_reason(x.device, INTERPRETED, __name__)
+    if reason is not None:
+        return reason
     supported = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     for name, tensor in (("x", x), ("dt", dt), ("log_decay", log_decay), ("B", B), ("C", C)):
         if tensor.dtype not in supported:

@@ -1,7 +1,7 @@
 """Entry point of the RNN family (declared in pyproject.toml like any third-party plugin's)."""
 from __future__ import annotations
 
-from hf_seqplugins.registry import Architecture, hookimpl
+from hf_seqplugins.registry import Architecture, hookimpl, standard_model_classes
 
 from . import modeling as m
 
@@ -12,11 +12,7 @@ def _architecture(model_type, config_class, prefix, description, **tiny_override
     return Architecture(
         model_type=model_type,
         config_class=config_class,
-        model_classes={
-            "AutoModel": getattr(m, f"{prefix}Model"),
-            "AutoModelForCausalLM": getattr(m, f"{prefix}ForCausalLM"),
-            "AutoModelForSequenceClassification": getattr(m, f"{prefix}ForSequenceClassification"),
-        },
+        model_classes=standard_model_classes(m, prefix),
         api_version=1,
         tiny_config={**TINY, **tiny_overrides},
         description=description,
