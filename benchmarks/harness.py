@@ -3,7 +3,7 @@
     python benchmarks/harness.py [--quick] [--device cuda] [--output-dir benchmarks/results/<cpu|gpu name>]
                                  [--operators NAME ...]   (only these operator suites, no part 1)
 
-1. Architectures (`hf_seqplugins.bench.compare`): training tokens/s, prefill, decode ms/token and cache bytes at
+1. Architectures (`hf_seqplugins.app.bench.compare`): training tokens/s, prefill, decode ms/token and cache bytes at
    growing lengths, every registered architecture vs a Llama-style attention baseline of the same size; and
    seqp_mamba2 beside transformers' Mamba2 with the same weights.
 2. Operators (`benchmarks/operators/<op>.py`): our backends vs the peer libraries installed here on equal
@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 import hf_seqplugins
-from hf_seqplugins import bench
-from hf_seqplugins.results import write_results
+from hf_seqplugins.app import bench
+from hf_seqplugins.app.results import write_results
 
 sys.path.insert(0, str(Path(__file__).parent))
 import operators  # noqa: E402

@@ -10,7 +10,7 @@ decode latency vs context, and a long-input classifier, on whatever machine runs
    T log T convolution and the linear recurrence, approaching 2 where attention's T^2 dominates.
 2. Decoding: ms per generated token after a prompt of each length (prefill, then single-token steps from
    the cache) and the cache's bytes: constant for the state spaces, growing with the KV cache for attention.
-3. ListOps (classification, `hf_seqplugins.tasks.listops`) at `--listops-length` tokens: a seqp_s4d
+3. ListOps (classification, `hf_seqplugins.app.tasks.listops`) at `--listops-length` tokens: a seqp_s4d
    classifier trained with `Trainer` for a few steps: seconds per step and the loss, to show 4k+ inputs
    train on a CPU.
 
@@ -27,10 +27,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from hf_seqplugins import bench, tasks, workflows
-from hf_seqplugins.backends import use_backend
-from hf_seqplugins.plots import against_length
-from hf_seqplugins.results import write_results
+from hf_seqplugins.app import bench, tasks, workflows
+from hf_seqplugins.core.backends import use_backend
+from hf_seqplugins.app.plots import against_length
+from hf_seqplugins.app.results import write_results
 
 STATE_SPACES = ["seqp_s4d", "seqp_s4", "seqp_lssl"]
 

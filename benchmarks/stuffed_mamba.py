@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from hf_seqplugins import bench, tasks, workflows
-from hf_seqplugins.plots import against_length
-from hf_seqplugins.results import write_results
+from hf_seqplugins.app import bench, tasks, workflows
+from hf_seqplugins.app.plots import against_length
+from hf_seqplugins.app.results import write_results
 
 
 @torch.no_grad()

@@ -11,8 +11,8 @@ import argparse
 import torch
 
 import hf_seqplugins
-from hf_seqplugins import metrics, tasks, workflows
-from hf_seqplugins.plots import against_length
+from hf_seqplugins.app import metrics, tasks, workflows
+from hf_seqplugins.app.plots import against_length
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--max-steps", type=int, default=300)

@@ -11,9 +11,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
 import hf_seqplugins
-from hf_seqplugins import tasks
-from hf_seqplugins.data import byte_tokenizer
-from hf_seqplugins.workflows import evaluate
+from hf_seqplugins.app import tasks
+from hf_seqplugins.app.data import byte_tokenizer
+from hf_seqplugins.app.workflows import evaluate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--base", help="a folder written by save_pretrained / export (default: a fresh small sLSTM)")

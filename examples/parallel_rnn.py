@@ -10,8 +10,8 @@ import argparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 
-from hf_seqplugins.data import byte_tokenizer, language_modeling_dataset
-from hf_seqplugins.newton import NewtonStatsCallback, newton_scan, sequential_scan
+from hf_seqplugins.app.data import byte_tokenizer, language_modeling_dataset
+from hf_seqplugins.kernels.linear_scan.newton import NewtonStatsCallback, newton_scan, sequential_scan
 from hf_seqplugins.plugins.pararnn import ParaCell, register_cell
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments, pipeline, set_seed
 
 import hf_seqplugins
-from hf_seqplugins.data import byte_tokenizer, language_modeling_dataset
+from hf_seqplugins.app.data import byte_tokenizer, language_modeling_dataset
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model-type", default="seqp_lstm", choices=sorted(hf_seqplugins.available_architectures()))

@@ -3,42 +3,81 @@
 Importing the package discovers every installed architecture plugin (entry-point group
 ``hf_seqplugins``) and registers it with `AutoConfig` and the Auto model classes.
 
-The public extension API for plugin authors: `Architecture`, `hookimpl`, `SeqConfig`, `SeqModel`,
-`SeqForCausalLM`, `SeqForSequenceClassification`, `read_state` / `write_state`, `Operator`.
+The names below are the public API. Plugins (ours in `plugins/` and third parties') import what they
+need from ``hf_seqplugins`` itself, plus the operators they run from ``hf_seqplugins.kernels.<op>``;
+`docs/writing-a-plugin.md` lists them. The package is in three parts that import downwards only:
+`core` (the framework), `export` (publishing), `app` (command line and workflows).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backends import BackendUnavailableError, Operator, use_backend
-from .cache import read_state, write_state
-from .configuration import SeqConfig
-from .export import export
-from .hub import PushError, push_to_hub
-from .modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel, SeqPreTrainedModel
-from .registry import Architecture, DuplicateModelTypeError, PluginLoadWarning, hookimpl, load_plugins
+from .core.attention import CausalSelfAttention
+from .core.backends import (
+    AUTO,
+    BackendUnavailableError,
+    Operator,
+    backend_choices,
+    compute_dtype,
+    module_unavailable_reason,
+    triton_device_reason,
+    triton_unavailable_reason,
+    use_backend,
+)
+from .core.cache import read_state, write_state
+from .core.configuration import SeqConfig, require_choice, require_positive_int
+from .core.conversion import build_with_weights, load_complete, refuse
+from .core.modeling import GatedFeedForward, RMSNorm, SeqForCausalLM, SeqForSequenceClassification, SeqModel, SeqPreTrainedModel
+from .core.sequences import Segments, boundaries, run_by_segments
+from .core.registry import (
+    Architecture,
+    DuplicateModelTypeError,
+    PluginLoadWarning,
+    hookimpl,
+    load_plugins,
+    standard_model_classes,
+)
+from .export import PushError, export, push_to_hub
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTO",
     "Architecture",
     "ArchitectureInfo",
     "BackendUnavailableError",
+    "CausalSelfAttention",
     "DuplicateModelTypeError",
+    "GatedFeedForward",
     "Operator",
     "PluginLoadWarning",
     "PushError",
+    "RMSNorm",
     "SeqConfig",
     "SeqForCausalLM",
     "SeqForSequenceClassification",
     "SeqModel",
+    "Segments",
     "SeqPreTrainedModel",
     "available_architectures",
+    "boundaries",
+    "backend_choices",
+    "compute_dtype",
+    "build_with_weights",
     "export",
     "hookimpl",
+    "load_complete",
     "load_plugins",
+    "module_unavailable_reason",
     "push_to_hub",
     "read_state",
+    "refuse",
+    "require_choice",
+    "require_positive_int",
+    "run_by_segments",
+    "standard_model_classes",
+    "triton_device_reason",
+    "triton_unavailable_reason",
     "use_backend",
     "write_state",
 ]

@@ -1,7 +1,16 @@
 import os
+import sys
+from pathlib import Path
 
-import pytest
-import torch
+# `python -m pytest` puts the repository root on sys.path, where our `kernels/` folder (installed as
+# hf_seqplugins.kernels) would shadow the `kernels` distribution that transformers imports. Take the root off,
+# here and in subprocesses, before anything imports transformers.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Triton kernels run in the interpreter on CPU; this must be set before they are defined.
 if not torch.cuda.is_available():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hf_seqplugins import BackendUnavailableError, use_backend
-from hf_seqplugins.backends import ENV_VAR, OPERATORS, Operator
+from hf_seqplugins.core.backends import ENV_VAR, OPERATORS, Operator
 from hf_seqplugins.kernels.rnn import headwise_rnn
 
 OP = OPERATORS["headwise_rnn"]
@@ -61,7 +61,8 @@ def test_context_manager_choice_reaches_the_kernel(monkeypatch):
 
 def test_an_operator_must_have_reference_and_torch():
     with pytest.raises(ValueError, match="reference"):
-        Operator(name="incomplete", backends={"torch": lambda: None})
+        Operator(name="incomplete", backends={"torch": lambda: None}, validate=lambda x, initial_state, mask: ((), {}),
+                 sequences=("x",))
 
 
 def test_auto_passes_over_a_backend_that_refuses_the_inputs():

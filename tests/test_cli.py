@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
-from hf_seqplugins.cli import main
+from hf_seqplugins.app.cli import main
 from hf_seqplugins.testing import tiny_config
 
 

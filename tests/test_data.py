@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from hf_seqplugins.data import byte_tokenizer, language_modeling_dataset, pydoc_corpus
+from hf_seqplugins.app.data import byte_tokenizer, language_modeling_dataset, pydoc_corpus
 
 
 def test_byte_tokenizer_round_trips_utf8_and_saves_as_one_file(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_seqplugins.export import export
-from hf_seqplugins.registry import load_plugins
+from hf_seqplugins.core.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
 BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")

@@ -6,7 +6,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoModelForCausalLM
 
-from hf_seqplugins.hub import PushError, push_to_hub
+from hf_seqplugins.export.hub import PushError, push_to_hub
 from hf_seqplugins.testing import tiny_config
 
 

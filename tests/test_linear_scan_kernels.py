@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.linear_scan import linear_scan
 
 F64 = {"atol": 1e-12, "rtol": 1e-12}

@@ -31,7 +31,7 @@ pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed
 
 from hf_seqplugins.kernels.linear_scan import OPERATOR, linear_scan, triton_impl
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOAT64 = {"atol": 1e-10, "rtol": 1e-9}

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.lti_ssm import (
     OPERATOR,
     DenseSystem,
@@ -242,9 +242,9 @@ def test_bad_inputs_raise_clear_errors():
 def test_triton_refuses_dense_systems_with_a_reason():
     dense, _ = make_system("dense")
     u = torch.randn(1, 4, 3, dtype=torch.float64)
-    reason = OPERATOR.input_checks["triton"](u, dense, None, True)
+    reason = OPERATOR.input_checks["triton"](u, dense, None, None, True)
     assert "Krylov" in reason and "torch" in reason
-    assert OPERATOR.input_checks["triton"](u, make_system("diagonal")[0], None, True) is None
+    assert OPERATOR.input_checks["triton"](u, make_system("diagonal")[0], None, None, True) is None
 
 
 def test_fft_length_avoids_circular_wrap():

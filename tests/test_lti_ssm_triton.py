@@ -32,7 +32,7 @@ pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed
 
 from hf_seqplugins.kernels.lti_ssm import generators, triton_impl
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOAT64_TOLERANCE = {"atol": 1e-10, "rtol": 1e-9}

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hf_seqplugins import metrics
+from hf_seqplugins.app import metrics
 
 
 def test_available_lists_the_shipped_modules():
@@ -34,7 +34,7 @@ def test_unknown_metric_names_the_shipped_ones():
 def test_trainer_reports_accuracy_through_the_metric_module(tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from hf_seqplugins.tasks import modular_counting
+    from hf_seqplugins.app.tasks import modular_counting
     from hf_seqplugins.testing import tiny_config
 
     model = AutoModelForCausalLM.from_config(tiny_config("seqp_lstm", vocab_size=8))
@@ -47,7 +47,7 @@ def test_trainer_reports_accuracy_through_the_metric_module(tmp_path):
 
 
 def test_dfa_accuracy_scores_valid_continuations():
-    from hf_seqplugins.tasks import regbench
+    from hf_seqplugins.app.tasks import regbench
 
     metric = metrics.load("dfa_accuracy")
     data = regbench(num_examples=4, length=96)
@@ -64,7 +64,7 @@ def test_dfa_accuracy_scores_valid_continuations():
 def test_trainer_reports_dfa_accuracy_on_regbench(tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from hf_seqplugins.tasks import regbench
+    from hf_seqplugins.app.tasks import regbench
     from hf_seqplugins.testing import tiny_config
 
     model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru", vocab_size=20))
@@ -86,7 +86,7 @@ def test_classification_accuracy():
 def test_trainer_reports_classification_accuracy(tmp_path):
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-    from hf_seqplugins.tasks import LISTOPS_PAD, listops
+    from hf_seqplugins.app.tasks import LISTOPS_PAD, listops
     from hf_seqplugins.testing import tiny_config
 
     config = tiny_config("seqp_s4d", vocab_size=16, num_labels=10, pad_token_id=LISTOPS_PAD)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm, mlstm_step, state_shapes
 
 DOUBLE = torch.float64

@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
-from hf_seqplugins.backends import BackendUnavailableError  # noqa: E402
+from hf_seqplugins.core.backends import BackendUnavailableError  # noqa: E402
 from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm  # noqa: E402
 from hf_seqplugins.kernels.mlstm import reference, triton_impl  # noqa: E402
 

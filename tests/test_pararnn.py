@@ -12,9 +12,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
 from hf_seqplugins.kernels.linear_scan import OPERATOR as LINEAR_SCAN
-from hf_seqplugins.newton import NewtonStatsCallback, _jacobian, newton_scan, sequential_scan
+from hf_seqplugins.kernels.linear_scan.newton import NewtonStatsCallback, _jacobian, newton_scan, sequential_scan
 from hf_seqplugins.plugins.pararnn import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, SLSTMDiagCell, register_cell
-from hf_seqplugins.registry import load_plugins
+from hf_seqplugins.core.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
 BACKENDS = [b for b in ("reference", "torch", "chunked", "triton") if b in LINEAR_SCAN.available_backends()]

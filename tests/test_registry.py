@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import hf_seqplugins
-from hf_seqplugins.registry import (
+from hf_seqplugins.core.registry import (
     ALLOW_LIST_ENV_VAR,
     ENTRY_POINT_GROUP,
     DuplicateModelTypeError,

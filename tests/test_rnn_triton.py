@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
-from hf_seqplugins.backends import BackendUnavailableError  # noqa: E402
+from hf_seqplugins.core.backends import BackendUnavailableError  # noqa: E402
 from hf_seqplugins.kernels.rnn import CELLS, NUM_GATES, headwise_rnn, state_shapes  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -194,7 +194,7 @@ def test_projection_is_refused_with_a_pointer_to_torch():
 
 
 def test_head_size_above_limit_is_refused():
-    gates_x = torch.randn(1, 1, 1, 1, 65, device=DEVICE)
+    gates_x = torch.randn(1, 2, 1, 1, 65, device=DEVICE)
     recurrent_weight = torch.randn(1, 1, 65, 65, device=DEVICE)
     with pytest.raises(BackendUnavailableError, match="head size 65 exceeds 64"):
         headwise_rnn("elman_tanh", gates_x, recurrent_weight, backend="triton")

@@ -14,9 +14,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_seqplugins.backends import use_backend
-from hf_seqplugins.optim import optimizer_cls_and_kwargs, parameter_groups
-from hf_seqplugins.registry import load_plugins
+from hf_seqplugins.core.backends import use_backend
+from hf_seqplugins.core.optim import optimizer_cls_and_kwargs, parameter_groups
+from hf_seqplugins.core.registry import load_plugins
 from hf_seqplugins.testing import tiny_config
 
 MODEL_TYPES = ["seqp_s4", "seqp_s4d", "seqp_lssl"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.ssd import OPERATOR, ssd, ssd_step, state_shape
 
 DOUBLE = torch.float64

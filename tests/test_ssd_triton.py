@@ -29,7 +29,7 @@ pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed
 
 from hf_seqplugins.kernels.ssd import OPERATOR, reference, ssd, triton_impl
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins.core.backends import BackendUnavailableError
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}

@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from hf_seqplugins.data import byte_tokenizer
-from hf_seqplugins.dfa import DFA, minimize, unique_dfas
-from hf_seqplugins.tasks import (
+from hf_seqplugins.app.data import byte_tokenizer
+from hf_seqplugins.app.dfa import DFA, minimize, unique_dfas
+from hf_seqplugins.app.tasks import (
     CLASSIFICATION_TASKS,
     IGNORE,
     LISTOPS_PAD,

@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hf_seqplugins import tasks, workflows
+from hf_seqplugins.app import tasks, workflows
 from hf_seqplugins.testing import tiny_config
 
 

@@ -1,4 +1,4 @@
-"""ParaRNN's Newton engine (`hf_seqplugins.newton`) vs the sequential loop over the same cell, forward and
+"""ParaRNN's Newton engine (`hf_seqplugins.kernels.linear_scan.newton`) vs the sequential loop over the same cell, forward and
 forward + backward (the engine's gradients come from the adjoint scan, the loop's from back-propagation through
 time): the crossover length where parallel solving pays on this machine. Batch 1 row of D channels."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from hf_seqplugins.newton import newton_scan, sequential_scan
+from hf_seqplugins.kernels.linear_scan.newton import newton_scan, sequential_scan
 from hf_seqplugins.plugins.pararnn import ParaGRUCell, ParaLSTMCell
 
 from . import Case

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig
 
-from ..registry import load_plugins
+from ..core.registry import load_plugins
 
 
 def tiny_config(model_type: str, **overrides):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
-from ..backends import BackendUnavailableError, use_backend
-from ..registry import load_plugins
+from ..core.backends import BackendUnavailableError, use_backend
+from ..core.registry import load_plugins
 from . import tiny_config
 
 CONFORMANCE_ENV_VAR = "HF_SEQPLUGINS_CONFORMANCE"

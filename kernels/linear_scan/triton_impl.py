@@ -42,7 +42,7 @@ try:  # in a `try` so exported remote code does not list Triton as a hard requir
 except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
-from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
+from hf_seqplugins import BackendUnavailableError, triton_device_reason
 
 __all__ = ["MAX_BLOCK", "linear_scan", "unsupported_reason"]
 

@@ -1,4 +1,4 @@
-"""Linear time-invariant state-space operator (specs/SSM.md sections 1-2): S4, S4D and LSSL layers.
+"""Linear time-invariant state-space operator: S4, S4D and LSSL layers (`docs/architectures/s4.md`).
 
 `lti_ssm(u, system, initial_state=None, mask=None, *, return_final_state=True, backend=None) -> (y, final_state)`
 
@@ -11,30 +11,33 @@ and the compute dtype):
 - `DenseSystem` (LSSL): dense real Ā, state `[Bt, H, N]` real.
 
 Shapes: `u [Bt, T, H]` floating; `initial_state` as above or None (zeros); `mask [Bt, T]` bool or None:
-False marks padding, where the input is zeroed and y = 0. The system is time-invariant, so the state
-still evolves (decays) through padding: exact for left padding (what `generate` sends), whose zero
-state stays zero. Returns `y [Bt, T, M, H]` in u's dtype and the final state (None when
+False marks padding, where the state is held and y = 0; `resets [Bt, T]` bool or None (keyword): True where
+a packed sequence starts (each runs from a zero state). Returns `y [Bt, T, M, H]` in u's dtype and the final state (None when
 `return_final_state=False`, which spares the closed-form state computation in training) in the system's
 state dtype. Compute happens in the system's real dtype: build systems in float32 (complex64) or float64.
 
-Backend contract (what `validate` hands every backend, positionally): ``(u, system, initial_state,
+Backend contract (what `validate` hands every backend, positionally): ``(u, system, initial_state, mask,
 return_final_state)`` with u cast to the system's real dtype and zeroed at padding, the initial state None
 or cast to the state dtype. A backend returns `(y [Bt, T, M, H], final_state | None)`. Backends:
 
-- "reference": the recurrence, step by step;
+- "reference": the recurrence, step by step (the state held at padding, exactly);
 - "torch": convolution mode: the SSM kernel (Vandermonde for S4D, Cauchy + Woodbury for S4, Krylov for
   LSSL) in plain PyTorch, an FFT convolution, the initial state's response and the final state in closed
-  form; the default on CPU;
+  form; the default on CPU. A convolution runs the state through every step, so it takes padding only where
+  the held state is zero: left padding without an initial state (what `generate` and packed rows send);
+  "auto" passes other padded inputs to "reference";
 - "triton": the same with the Vandermonde / Cauchy reductions as fused Triton kernels (LSSL's Krylov
   kernel is dense matmuls: no Triton kernel, "auto" passes over it).
 
-`lti_ssm_step(u, system, state)` is one recurrent step for O(1) decoding.
+Packed rows (`resets`) run one sequence per row (`hf_seqplugins.Segments`), left-padded, so the
+convolution backends take them. A call with T = 1 runs one reference step; `lti_ssm_step(u, system, state)`
+is the same step on `[Bt, H]` for O(1) decoding.
 """
 from __future__ import annotations
 
 import torch
 
-from hf_seqplugins.backends import Operator, triton_unavailable_reason
+from hf_seqplugins import Operator, compute_dtype, triton_unavailable_reason
 
 from .systems import DenseSystem, DiagonalSystem, DPLRSystem, System, select_outputs
 
@@ -82,7 +85,8 @@ def _validate(u, system, initial_state=None, mask=None, return_final_state=True)
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"lti_ssm: mask must be bool (False = padding), got {mask.dtype}")
         u = torch.where(mask.to(device=u.device, dtype=torch.bool)[..., None], u, 0)
-    return (u, system, initial_state, bool(return_final_state)), {}
+        mask = mask.to(device=u.device, dtype=torch.bool)
+    return (u, system, initial_state, mask, bool(return_final_state)), {}
 
 
 def _load_reference():
@@ -112,18 +116,70 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     return reason
 
 
-def _triton_input_check(u, system, initial_state, return_final_state) -> str | None:
+def _convolution_input_check(u, system, initial_state, mask, return_final_state) -> str | None:
+    if mask is None or bool(mask.all()):
+        return None
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        return "a convolution cannot hold the state through padding after a real token; use backend 'reference'"
+    if initial_state is not None:
+        return "a convolution cannot hold an initial state through left padding; use backend 'reference'"
+    return None
+
+
+def _triton_input_check(u, system, initial_state, mask, return_final_state) -> str | None:
     if isinstance(system, DenseSystem):
         return "LSSL's dense Krylov kernel is plain matrix products with no Triton kernel; use backend 'torch'"
-    return None
+    return _convolution_input_check(u, system, initial_state, mask, return_final_state)
+
+
+def _example(kind: str):
+    """A factory of random inputs with a random stable `kind` system (H = 3 channels, N = 4, M = 2 outputs)."""
+
+    def example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator) -> dict:
+        channels, modes, outputs = 3, 4, 2
+        real = compute_dtype(dtype)
+        complex_dtype = torch.complex128 if real == torch.float64 else torch.complex64
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+        def crandn(*shape):
+            return torch.complex(randn(*shape), randn(*shape)).to(complex_dtype)
+
+        lam = torch.complex(-0.1 - 0.5 * torch.rand(channels, modes, generator=generator, dtype=torch.float64),
+                            3 * randn(channels, modes)).to(complex_dtype)
+        dt = (0.05 + 0.4 * torch.rand(channels, generator=generator, dtype=torch.float64)).to(real)
+        if kind == "diagonal":
+            system = DiagonalSystem(dt[:, None] * lam, crandn(channels, modes), crandn(outputs, channels, modes))
+        elif kind == "dplr":
+            system = DPLRSystem(lam, 0.5 * crandn(1, channels, modes), crandn(channels, modes),
+                                crandn(outputs, channels, modes), dt, length)
+        else:
+            system = DenseSystem((0.3 * randn(channels, modes, modes)).to(real), randn(channels, modes).to(real),
+                                 randn(outputs, channels, modes).to(real))
+        state = randn(*system.state_shape(batch)) if not system.state_dtype.is_complex else crandn(*system.state_shape(batch))
+        return {"u": randn(batch, length, channels).to(dtype), "system": system, "initial_state": state.to(system.state_dtype)}
+
+    return example
+
+
+def _result(output: tuple, arguments: dict) -> tuple:
+    y, state = output
+    mask = arguments["mask"]
+    if mask is not None:
+        y = torch.where(mask.to(device=y.device, dtype=torch.bool)[:, :, None, None], y, 0)
+    return y.to(arguments["u"].dtype), state
 
 
 OPERATOR = Operator(
     name="lti_ssm",
     backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton},
-    requirements={"triton": _triton_unavailable_reason},
-    input_checks={"triton": _triton_input_check},
     validate=_validate,
+    sequences=("u",),
+    result=_result,
+    requirements={"triton": _triton_unavailable_reason},
+    input_checks={"torch": _convolution_input_check, "triton": _triton_input_check},
+    examples={kind: _example(kind) for kind in ("diagonal", "dplr", "dense")},
 )
 
 
@@ -133,14 +189,12 @@ def lti_ssm(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     *,
+    resets: torch.Tensor | None = None,
     return_final_state: bool = True,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the system over a sequence; see the module docstring. `backend`: None/"auto" or a name."""
-    y, state = OPERATOR(u, system, initial_state, mask, return_final_state, backend=backend)
-    if mask is not None:
-        y = y * mask.to(device=y.device, dtype=y.dtype)[:, :, None, None]
-    return y.to(u.dtype), state
+    return OPERATOR(u, system, initial_state, mask, return_final_state, backend=backend, resets=resets)
 
 
 def lti_ssm_step(u: torch.Tensor, system: System, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

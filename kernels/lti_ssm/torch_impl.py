@@ -1,8 +1,8 @@
-"""Convolution mode (specs/SSM.md 1.8): the SSM kernel, then one FFT convolution, plus the response to an
+"""Convolution mode : the SSM kernel, then one FFT convolution, plus the response to an
 initial state and the final state in closed form; kernels from the plain-PyTorch generators.
 
-The FFT length is 2T >= 2T - 1, so the circular convolution never wraps (spec 1.10). A single step
-(decoding) runs the recurrence instead: it is O(1) in the history.
+The FFT length is 2T >= 2T - 1, so the circular convolution never wraps. Padding arrives as zero inputs, and
+the operator only sends padding where the held state is zero anyway (left padding, no initial state).
 """
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ from .generators import TORCH_GENERATORS, Generators
 
 def convolve(u, system, initial_state, return_final_state, generators: Generators):
     """u `[Bt, T, H]` -> (y `[Bt, T, M, H]`, final state or None) with `generators` making the kernel."""
-    batch, steps, _ = u.shape
-    if steps == 1:
-        state = initial_state if initial_state is not None else u.new_zeros(system.state_shape(batch), dtype=system.state_dtype)
-        y, state = system.step(state, u[:, 0])
-        return y[:, None], state if return_final_state else None
+    steps = u.shape[1]
     kernel = system.kernel(steps, generators)
     size = 2 * steps
     spectrum = torch.fft.rfft(u.transpose(1, 2)[:, None], n=size) * torch.fft.rfft(kernel, n=size)
@@ -28,6 +24,6 @@ def convolve(u, system, initial_state, return_final_state, generators: Generator
     return y, final
 
 
-def lti_ssm(u, system, initial_state, return_final_state):
+def lti_ssm(u, system, initial_state, mask, return_final_state):
     """See `hf_seqplugins.kernels.lti_ssm` for the contract (inputs arrive validated, mask folded in)."""
     return convolve(u, system, initial_state, return_final_state, TORCH_GENERATORS)

@@ -54,7 +54,7 @@ except ImportError as error:
 
 from torch.autograd.function import once_differentiable
 
-from hf_seqplugins.backends import BackendUnavailableError, triton_device_reason
+from hf_seqplugins import BackendUnavailableError, triton_device_reason
 
 from .generators import Generators
 from .torch_impl import convolve
@@ -385,6 +385,6 @@ def _device_guard(device: torch.device):
 TRITON_GENERATORS = Generators(vandermonde, cauchy)
 
 
-def lti_ssm(u, system, initial_state, return_final_state):
+def lti_ssm(u, system, initial_state, mask, return_final_state):
     """The `triton` backend of `hf_seqplugins.kernels.lti_ssm`: convolution mode with the kernels above."""
     return convolve(u, system, initial_state, return_final_state, TRITON_GENERATORS)

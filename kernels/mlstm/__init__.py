@@ -1,43 +1,46 @@
 """mLSTM sequence operator (specs/RNN.md section 4): matrix memory with exponential or sigmoid input gate.
 
-`mlstm(q, k, v, igate, fgate, initial_state=None, mask=None, *, input_gate="exp", normalize=True,
-eps=1e-6, chunk_size=64, backend=None) -> (h, (C, n, m))`
+`mlstm(q, k, v, igate, fgate, initial_state=None, mask=None, *, resets=None, input_gate="exp",
+normalize=True, eps=1e-6, chunk_size=64, backend=None) -> (h, (C, n, m))`
 
-Shapes (B batch, NH heads, T time, DK query/key head dim, DV value head dim):
+Shapes (B batch, T time, NH heads, DK query/key head dim, DV value head dim), batch first, time second:
 
-- `q`, `k` `[B, NH, T, DK]`, `v` `[B, NH, T, DV]`, one floating dtype for the three;
+- `q`, `k` `[B, T, NH, DK]`, `v` `[B, T, NH, DV]`, one floating dtype for the three;
   q is scaled by 1/sqrt(DK) inside, k is not.
-- `igate`, `fgate` `[B, NH, T]`: gate pre-activations, already soft-capped by the caller.
+- `igate`, `fgate` `[B, T, NH]`: gate pre-activations, already soft-capped by the caller.
 - `initial_state`: None (zeros, m = 0) or `(C [B, NH, DK, DV], n [B, NH, DK], m [B, NH])`.
 - `mask` `[B, T]` bool or None: False marks padding, where the state is carried over unchanged and
-  the output is 0. Left padding (what `generate` sends) is fine.
+  the output is 0 (nothing is read there: NaN in padded inputs stays out).
+- `resets` `[B, T]` bool or None: True where a new sequence starts (the state is zeroed, m = 0, before it).
 - `input_gate`: "exp" (mLSTMexp, spec 4.1-4.3, states stabilised by the max state m) or "sigmoid"
   (mLSTMsig, spec 4.5: no stabiliser, m is ignored and returned unchanged). `normalize` applies to
   "sigmoid" only: False gives h = C^T q / sqrt(DK) without the normalizer. `eps` is added to the
   normalizer. `chunk_size` is the chunk length of the chunkwise backends (results do not depend on it).
 
-Returns `h [B, NH, T, DV]` in q's dtype and the final state `(C, n, m)` in the compute dtype: float32
+Returns `h [B, T, NH, DV]` in q's dtype and the final state `(C, n, m)` in the compute dtype: float32
 for half-precision inputs (gates, log-gates, cumulative sums, max and states always are), else q's
 dtype. With the zero initial state (m = 0) every backend computes exactly the recurrence of spec 4.1,
 so the parallel form equals the step loop even at eps > 0 (spec 4.7's eps-level difference concerns
 parallel forms without the m_0 = 0 term, e.g. mlstm_kernels' `parallel--native_stablef`).
 
-Backend contract (what `validate` hands every backend, positionally):
-``(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size)`` with
+Backend contract (what `validate` hands every backend, positionally, in the heads-first layout the kernels
+use): ``(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size)`` with
 
-- `q`, `k`, `v` in the caller's dtype (possibly half precision: a backend upcasts or accumulates in
-  float32 itself); `q` is 0 at padded positions;
+- `q`, `k` `[B, NH, T, DK]`, `v` `[B, NH, T, DV]` in the caller's dtype (possibly half precision: a backend
+  upcasts or accumulates in float32 itself), 0 at padded positions;
 - `igate`, `fgate` in the compute dtype, the mask folded in: igate = -inf and fgate = +inf at padded
   positions (so logsigmoid(fgate) = 0 and the input weight is 0: an exact identity step);
 - `initial_state` None (meaning zeros with m = 0; not materialised) or the tuple in the compute dtype;
 - `mask` always None (already folded into q and the gates);
 - `input_gate` "exp" | "sigmoid", `normalize` bool, `eps` float >= 0, `chunk_size` int >= 1.
 
-A backend returns `(h [B, NH, T, DV], (C, n, m))`; h in the compute dtype or q's dtype (the public
-function casts it to q's dtype). Backends: "reference" (step loop), "torch" (chunkwise, the default on
-CPU), "parallel" (quadratic form, one chunk), "mlstm_kernels" (peer, exp gate only), "triton".
+A backend returns `(h [B, NH, T, DV], (C, n, m))`; h in the compute dtype or q's dtype (the operator
+transposes it back and casts it to q's dtype). Backends: "reference" (step loop; takes ``resets=`` itself),
+"torch" (chunkwise, the default on CPU), "parallel" (quadratic form, one chunk), "mlstm_kernels" (peer, exp
+gate only), "triton"; all but the reference get packed rows one sequence per row.
 
-`mlstm_step(q, k, v, igate, fgate, state, ...)` is one fused recurrent step for O(1) decoding.
+A call with T = 1 (decoding) runs one reference step; `mlstm_step(q, k, v, igate, fgate, state, ...)` is the
+same step on per-token tensors without the time axis.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ import numbers
 
 import torch
 
-from hf_seqplugins.backends import Operator, module_unavailable_reason, triton_unavailable_reason
+from hf_seqplugins import Operator, compute_dtype, module_unavailable_reason, triton_unavailable_reason
 
 from .reference import step
 
@@ -60,11 +63,6 @@ State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def state_shapes(batch: int, heads: int, dk: int, dv: int) -> list[tuple[int, ...]]:
     """Shapes of `(C, n, m)`."""
     return [(batch, heads, dk, dv), (batch, heads, dk), (batch, heads)]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of gates and states for inputs of `dtype` (float32 for half precision)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _check_options(name: str, input_gate: str, normalize: bool, eps: float) -> None:
@@ -112,24 +110,25 @@ def _validate(
         if t.device != q.device:
             raise ValueError(f"mlstm: {label} is on {t.device}, q on {q.device}")
     if q.dim() != 4:
-        raise ValueError(f"mlstm: q must be [B, NH, T, DK], got shape {list(q.shape)}")
-    batch, heads, steps, dk = q.shape
+        raise ValueError(f"mlstm: q must be [B, T, NH, DK], got shape {list(q.shape)}")
+    batch, steps, heads, dk = q.shape
     if steps == 0:
         raise ValueError("mlstm: q has no time steps (T=0)")
     if tuple(k.shape) != tuple(q.shape):
-        raise ValueError(f"mlstm: k must have q's shape [B, NH, T, DK] = {list(q.shape)}, got {list(k.shape)}")
-    if v.dim() != 4 or tuple(v.shape[:3]) != (batch, heads, steps):
-        raise ValueError(f"mlstm: v must be [B, NH, T, DV] with [B, NH, T] = {[batch, heads, steps]}, got {list(v.shape)}")
+        raise ValueError(f"mlstm: k must have q's shape [B, T, NH, DK] = {list(q.shape)}, got {list(k.shape)}")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (batch, steps, heads):
+        raise ValueError(f"mlstm: v must be [B, T, NH, DV] with [B, T, NH] = {[batch, steps, heads]}, got {list(v.shape)}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"mlstm: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     for label in ("igate", "fgate"):
-        if tuple(named[label].shape) != (batch, heads, steps):
-            raise ValueError(f"mlstm: {label} must be [B, NH, T] = {[batch, heads, steps]}, got {list(named[label].shape)}")
+        if tuple(named[label].shape) != (batch, steps, heads):
+            raise ValueError(f"mlstm: {label} must be [B, T, NH] = {[batch, steps, heads]}, got {list(named[label].shape)}")
     _check_options("mlstm", input_gate, normalize, eps)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
     dtype = compute_dtype(q.dtype)
-    igate, fgate = igate.to(dtype), fgate.to(dtype)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    igate, fgate = (g.to(dtype).transpose(1, 2) for g in (igate, fgate))
     if initial_state is not None:
         initial_state = _check_state("mlstm: initial_state", initial_state, state_shapes(batch, heads, dk, v.shape[-1]), q.device, dtype)
     if mask is not None:
@@ -140,7 +139,7 @@ def _validate(
         keep = mask.to(device=q.device, dtype=torch.bool)[:, None, :]
         igate = torch.where(keep, igate, -math.inf)
         fgate = torch.where(keep, fgate, math.inf)
-        q = torch.where(keep[..., None], q, 0)
+        q, k, v = (torch.where(keep[..., None], t, 0) for t in (q, k, v))
     return (q, k, v, igate, fgate, initial_state, None, input_gate, normalize, float(eps), int(chunk_size)), {}
 
 
@@ -186,6 +185,27 @@ def _triton_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
+def _example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator, input_gate: str = "exp",
+             normalize: bool = True) -> dict:
+    """Random inputs: NH = 2 heads, DK = 4, DV = 3, gate pre-activations ~ N(0, 3), a non-zero initial state."""
+    heads, dk, dv = 2, 4, 3
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+
+    state = (randn(batch, heads, dk, dv), randn(batch, heads, dk).abs(), randn(batch, heads))
+    return {
+        "q": randn(batch, length, heads, dk), "k": randn(batch, length, heads, dk), "v": randn(batch, length, heads, dv),
+        "igate": randn(batch, length, heads, scale=3.0), "fgate": randn(batch, length, heads, scale=3.0) + 2,
+        "initial_state": state, "input_gate": input_gate, "normalize": normalize,
+    }
+
+
+def _result(output: tuple, arguments: dict) -> tuple:
+    h, state = output
+    return h.transpose(1, 2).to(arguments["q"].dtype), state
+
+
 OPERATOR = Operator(
     name="mlstm",
     backends={
@@ -195,9 +215,17 @@ OPERATOR = Operator(
         "mlstm_kernels": _load_mlstm_kernels,
         "triton": _load_triton,
     },
+    validate=_validate,
+    sequences=("q", "k", "v", "igate", "fgate"),
+    native_resets=frozenset({"reference"}),
+    result=_result,
     requirements={"triton": triton_unavailable_reason, "mlstm_kernels": module_unavailable_reason("mlstm_kernels")},
     input_checks={"triton": _triton_input_check, "mlstm_kernels": _mlstm_kernels_input_check},
-    validate=_validate,
+    examples={
+        "exp": _example,
+        "sigmoid": lambda *a: _example(*a, input_gate="sigmoid"),
+        "sigmoid_unnormalized": lambda *a: _example(*a, input_gate="sigmoid", normalize=False),
+    },
 )
 
 
@@ -210,6 +238,7 @@ def mlstm(
     initial_state: State | None = None,
     mask: torch.Tensor | None = None,
     *,
+    resets: torch.Tensor | None = None,
     input_gate: str = "exp",
     normalize: bool = True,
     eps: float = 1e-6,
@@ -217,10 +246,9 @@ def mlstm(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Run the mLSTM over a sequence; see the module docstring. `backend`: None/"auto" or a name."""
-    h, state = OPERATOR(
-        q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size, backend=backend
+    return OPERATOR(
+        q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size, backend=backend, resets=resets
     )
-    return h.to(q.dtype), state
 
 
 def mlstm_step(

@@ -13,7 +13,7 @@ import math
 
 import torch.nn.functional as F
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins import BackendUnavailableError
 
 
 def unsupported_reason(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size):

@@ -32,16 +32,21 @@ def step(q, k, v, igate, fgate, state, input_gate, normalize, eps):
     return h, (c, n, m_new)
 
 
-def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size):
-    """See `hf_seqplugins.kernels.mlstm` for the contract (inputs arrive validated, mask folded in)."""
+def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size, resets=None):
+    """See `hf_seqplugins.kernels.mlstm` for the contract (inputs arrive validated, mask folded in);
+    `resets` `[B, T]`: the state is zeroed (m = 0) before those steps."""
     dtype = igate.dtype
-    batch, heads, _, dk = q.shape
+    batch, heads, steps, dk = q.shape
     dv = v.shape[-1]
-    if initial_state is None:
-        initial_state = (q.new_zeros(batch, heads, dk, dv, dtype=dtype), q.new_zeros(batch, heads, dk, dtype=dtype), q.new_zeros(batch, heads, dtype=dtype))
-    state = initial_state
+    zeros = (q.new_zeros(batch, heads, dk, dv, dtype=dtype), q.new_zeros(batch, heads, dk, dtype=dtype), q.new_zeros(batch, heads, dtype=dtype))
+    state = zeros if initial_state is None else initial_state
+    starts = [None] * steps if resets is None else resets.unbind(1)
     outputs = []
-    for q_t, k_t, v_t, i_t, f_t in zip(q.to(dtype).unbind(2), k.to(dtype).unbind(2), v.to(dtype).unbind(2), igate.unbind(2), fgate.unbind(2)):
+    for q_t, k_t, v_t, i_t, f_t, start in zip(
+        q.to(dtype).unbind(2), k.to(dtype).unbind(2), v.to(dtype).unbind(2), igate.unbind(2), fgate.unbind(2), starts
+    ):
+        if start is not None:
+            state = tuple(torch.where(start.view(-1, *([1] * (s.dim() - 1))), zero, s) for s, zero in zip(state, zeros))
         h, state = step(q_t, k_t, v_t, i_t, f_t, state, input_gate, normalize, eps)
         outputs.append(h)
     return torch.stack(outputs, dim=2), state

@@ -19,7 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .reference import step
 
 
 def _decay_matrix(log_f: torch.Tensor, log_i: torch.Tensor) -> torch.Tensor:
@@ -105,14 +104,6 @@ def _chunkwise(q, k, v, igate, fgate, initial_state, input_gate, normalize, eps,
 
 def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size):
     """Chunkwise form; see `hf_seqplugins.kernels.mlstm` for the contract (inputs arrive validated)."""
-    if q.shape[2] == 1:  # decoding: one recurrent step is cheaper than the chunk machinery
-        dtype = igate.dtype
-        batch, heads, _, dk = q.shape
-        if initial_state is None:
-            initial_state = (q.new_zeros(batch, heads, dk, v.shape[-1], dtype=dtype), q.new_zeros(batch, heads, dk, dtype=dtype),
-                             q.new_zeros(batch, heads, dtype=dtype))
-        h, state = step(*(t[:, :, 0].to(dtype) for t in (q, k, v)), igate[:, :, 0], fgate[:, :, 0], initial_state, input_gate, normalize, eps)
-        return h[:, :, None], state
     return _chunkwise(q, k, v, igate, fgate, initial_state, input_gate, normalize, eps, chunk_size)
 
 

@@ -1,4 +1,4 @@
-"""Head-wise (block-diagonal) nonlinear RNN operator: Elman, LSTM, GRU and sLSTM (specs/RNN.md 1-2).
+"""Head-wise (block-diagonal) nonlinear RNN operator: Elman, LSTM, GRU and sLSTM (`docs/architectures/rnn.md`).
 
 `headwise_rnn(cell, gates_x, recurrent_weight, ...)` is functional in FlashRNN's style: the caller
 supplies the input part of the gate pre-activations; the operator runs the recurrence.
@@ -10,16 +10,19 @@ Shapes (B batch, T time, G gates, NH heads, DH head size, DR = P with a projecti
 - `recurrent_bias` `[G, NH, DH]` or None: added to the recurrent part (inside GRU's reset product).
 - `initial_state`: tuple of the cell's states, h `[B, NH, DR]`, the others `[B, NH, DH]`; None = zeros.
 - `mask` `[B, T]` bool or None: False marks padding, where the state is carried over unchanged.
+- `resets` `[B, T]` bool or None (keyword): True where a packed sequence starts; the state is zeroed there.
 - `projection` `[NH, P, DH]` or None (LSTM only): h = projection @ (o * tanh(c)).
 
 Returns `(outputs [B, T, NH, DR], final_state)` with `final_state` shaped like `initial_state`.
 Half-precision inputs are computed with float32 states and gate math, outputs cast back.
+The "reference" and "torch" loops take `resets` themselves; "triton" and the "flashrnn" peer get one
+sequence per row. A call with T = 1 runs one reference step.
 """
 from __future__ import annotations
 
 import torch
 
-from hf_seqplugins.backends import Operator, module_unavailable_reason, triton_unavailable_reason
+from hf_seqplugins import Operator, compute_dtype, module_unavailable_reason, triton_unavailable_reason
 
 from .cells import CELLS, NUM_GATES, NUM_STATES
 
@@ -67,19 +70,19 @@ def _validate(
         if tuple(mask.shape) != tuple(gates_x.shape[:2]):
             raise ValueError(f"headwise_rnn: mask must be [B, T] = {list(gates_x.shape[:2])}, got {list(mask.shape)}")
         mask = mask.to(device=gates_x.device, dtype=torch.bool)
-    compute_dtype = torch.float32 if gates_x.dtype in (torch.float16, torch.bfloat16) else gates_x.dtype
+    dtype = compute_dtype(gates_x.dtype)
     shapes = state_shapes(cell, batch, heads, head_dim, proj_size)
     if initial_state is None:
-        initial_state = tuple(gates_x.new_zeros(shape, dtype=compute_dtype) for shape in shapes)
+        initial_state = tuple(gates_x.new_zeros(shape, dtype=dtype) for shape in shapes)
     else:
         initial_state = tuple(initial_state)
         got = [tuple(s.shape) for s in initial_state]
         if got != shapes:
             raise ValueError(f"headwise_rnn: initial_state for {cell!r} must be {len(shapes)} tensors of shapes {shapes}, got {got}")
-        initial_state = tuple(s.to(compute_dtype) for s in initial_state)
+        initial_state = tuple(s.to(dtype) for s in initial_state)
 
     def cast(t):
-        return None if t is None else t.to(compute_dtype)
+        return None if t is None else t.to(dtype)
 
     args = (cell, cast(gates_x), cast(recurrent_weight), cast(recurrent_bias), initial_state, mask, cast(projection), normalizer_clamp)
     return args, {}
@@ -115,12 +118,53 @@ def _triton_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
+def _flashrnn_input_check(*validated_args):
+    from .flashrnn_peer import unsupported_reason
+
+    return unsupported_reason(*validated_args)
+
+
+def _example(cell: str, projection: bool = False):
+    """A factory of random inputs for `cell`: NH = 2 heads of DH = 3 (P = 2 with a projection), a non-zero state."""
+
+    def example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator) -> dict:
+        heads, head_dim, gates = 2, 3, NUM_GATES[cell]
+        proj_size = 2 if projection else 0
+
+        def randn(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+
+        return {
+            "cell": cell,
+            "gates_x": randn(batch, length, gates, heads, head_dim),
+            "recurrent_weight": randn(gates, heads, head_dim, proj_size or head_dim, scale=0.5),
+            "recurrent_bias": randn(gates, heads, head_dim, scale=0.1),
+            "initial_state": tuple(randn(*shape, scale=0.5).abs() + (1 if i == 2 and cell == "slstm" else 0)
+                                   for i, shape in enumerate(state_shapes(cell, batch, heads, head_dim, proj_size))),
+            "projection": randn(heads, proj_size, head_dim, scale=0.5) if projection else None,
+        }
+
+    return example
+
+
+def _result(output: tuple, arguments: dict) -> tuple:
+    outputs, final_state = output
+    return outputs.to(arguments["gates_x"].dtype), final_state
+
+
 OPERATOR = Operator(
     name="headwise_rnn",
     backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton, "flashrnn": _load_flashrnn},
-    requirements={"triton": triton_unavailable_reason, "flashrnn": module_unavailable_reason("flashrnn")},
-    input_checks={"triton": _triton_input_check},
     validate=_validate,
+    sequences=("gates_x",),
+    native_resets=frozenset({"reference", "torch"}),
+    result=_result,
+    requirements={"triton": triton_unavailable_reason, "flashrnn": module_unavailable_reason("flashrnn")},
+    input_checks={"triton": _triton_input_check, "flashrnn": _flashrnn_input_check},
+    examples={
+        **{cell: _example(cell) for cell in CELLS},
+        "lstm_projection": _example("lstm", projection=True),
+    },
 )
 
 
@@ -133,10 +177,12 @@ def headwise_rnn(
     mask: torch.Tensor | None = None,
     projection: torch.Tensor | None = None,
     normalizer_clamp: bool = True,
+    *,
+    resets: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run the recurrence; see the module docstring for shapes. `backend`: None/"auto" or a name."""
-    outputs, final_state = OPERATOR(
-        cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp, backend=backend
+    return OPERATOR(
+        cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp,
+        backend=backend, resets=resets,
     )
-    return outputs.to(gates_x.dtype), final_state

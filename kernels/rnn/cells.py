@@ -76,3 +76,9 @@ def pointwise(
         h_new = torch.sigmoid(o_pre) * c_new / n_new
         return h_new, c_new, n_new, m_new
     raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+
+
+def zero_where(starts: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The state with rows where `starts` `[B]` is True set to zeros (a new sequence begins there)."""
+    keep = ~starts.view(-1, 1, 1)
+    return tuple(torch.where(keep, s, torch.zeros((), dtype=s.dtype, device=s.device)) for s in state)

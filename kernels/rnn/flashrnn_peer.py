@@ -7,10 +7,25 @@ from __future__ import annotations
 
 import torch
 
-from hf_seqplugins.backends import BackendUnavailableError
+from hf_seqplugins import BackendUnavailableError
 
 _FUNCTION = {"elman_tanh": "elman", "lstm": "lstm", "gru": "gru", "slstm": "slstm"}
 _DTYPE = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def unsupported_reason(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp):
+    """None when FlashRNN computes these (validated) inputs, else why not."""
+    if cell not in _FUNCTION:
+        return f"flashrnn has no {cell!r} cell (it offers {sorted(_FUNCTION)})"
+    if mask is not None:
+        return "flashrnn cannot skip padding positions; use backend 'torch' for padded batches"
+    if projection is not None:
+        return "flashrnn has no LSTM projection (proj_size); use backend 'torch'"
+    if cell == "slstm" and not normalizer_clamp:
+        return "flashrnn always clamps the sLSTM normalizer; use backend 'torch' for slstm_normalizer_clamp=False"
+    if gates_x.dtype not in _DTYPE:
+        return f"flashrnn's vanilla kernels compute in {sorted(str(d) for d in _DTYPE)}, got {gates_x.dtype}"
+    return None
 
 
 def headwise_rnn(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp):
@@ -20,14 +35,9 @@ def headwise_rnn(cell, gates_x, recurrent_weight, recurrent_bias, initial_state,
     except ImportError as error:
         raise BackendUnavailableError("the peer library `flashrnn` is not installed (pip install 'hf-seqplugins[peers]')") from error
 
-    if cell not in _FUNCTION:
-        raise BackendUnavailableError(f"flashrnn has no {cell!r} cell (it offers {sorted(_FUNCTION)})")
-    if mask is not None:
-        raise BackendUnavailableError("flashrnn cannot skip padding positions; use backend 'torch' for padded batches")
-    if projection is not None:
-        raise BackendUnavailableError("flashrnn has no LSTM projection (proj_size); use backend 'torch'")
-    if cell == "slstm" and not normalizer_clamp:
-        raise BackendUnavailableError("flashrnn always clamps the sLSTM normalizer; use backend 'torch' for slstm_normalizer_clamp=False")
+    reason = unsupported_reason(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend 'flashrnn' for 'headwise_rnn' cannot run these inputs: {reason}")
     gates, heads, head_dim = recurrent_weight.shape[:3]
     bias = recurrent_bias if recurrent_bias is not None else recurrent_weight.new_zeros(gates, heads, head_dim)
     weight = recurrent_weight

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .cells import step
+from .cells import step, zero_where
 
 
 def headwise_rnn(
@@ -15,11 +15,14 @@ def headwise_rnn(
     mask: torch.Tensor | None,
     projection: torch.Tensor | None,
     normalizer_clamp: bool,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """See `hf_seqplugins.kernels.rnn.headwise_rnn` for the contract (inputs arrive validated)."""
     state = initial_state
     outputs = []
     for t, gates_x_t in enumerate(gates_x.unbind(1)):
+        if resets is not None:
+            state = zero_where(resets[:, t], state)
         new_state = step(cell, gates_x_t, state, recurrent_weight, recurrent_bias, projection, normalizer_clamp)
         if mask is not None:
             keep = mask[:, t].view(-1, 1, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .cells import pointwise
+from .cells import pointwise, zero_where
 
 
 def headwise_rnn(
@@ -20,6 +20,7 @@ def headwise_rnn(
     mask: torch.Tensor | None,
     projection: torch.Tensor | None,
     normalizer_clamp: bool,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """See `hf_seqplugins.kernels.rnn.headwise_rnn` for the contract (inputs arrive validated)."""
     batch, steps, gates, heads, head_dim = gates_x.shape
@@ -32,6 +33,8 @@ def headwise_rnn(
     outputs = []
     # unbind, not gates_x[:, t]: each indexing op's backward would add a full-size zero tensor (O(T^2)).
     for t, gates_x_t in enumerate(gates_x.unbind(1)):
+        if resets is not None:
+            state = zero_where(resets[:, t], state)
         h_heads = state[0].transpose(0, 1)
         rec = torch.bmm(h_heads, weight) if bias is None else torch.baddbmm(bias, h_heads, weight)
         rec = rec.view(heads, batch, gates, head_dim).permute(1, 2, 0, 3)

@@ -1,7 +1,8 @@
 """SSD sequence operator (specs/SSM.md section 3): Mamba-2's state space dual, a scalar-decay linear
 recurrence per head with a matrix state.
 
-`ssd(x, dt, log_decay, B, C, initial_state=None, mask=None, *, chunk_size=64, backend=None) -> (y, final_state)`
+`ssd(x, dt, log_decay, B, C, initial_state=None, mask=None, *, resets=None, chunk_size=64, backend=None)
+-> (y, final_state)`
 
 Shapes (Bt batch, T time, H heads, P head dim, G groups, N state size):
 
@@ -12,7 +13,8 @@ Shapes (Bt batch, T time, H heads, P head dim, G groups, N state size):
   state-collapse mitigation of spec 3.11); usually <= 0, but any real value is computed faithfully.
 - `initial_state` `[Bt, H, P, N]` or None (zeros).
 - `mask` `[Bt, T]` bool or None: False marks padding, where the state is carried over unchanged and
-  y = 0. Left padding (what `generate` sends) is fine.
+  y = 0 (nothing is read there: NaN in padded inputs stays out).
+- `resets` `[Bt, T]` bool or None: True where a new sequence starts (the state is zeroed before that step).
 - `chunk_size`: chunk length of the chunked backends (results do not depend on it).
 
 Per head: `h_t = exp(a_t) h_{t-1} + dt_t · x_t ⊗ B_t`, `y_t = h_t C_t` (no D skip: the caller adds D·x).
@@ -30,14 +32,17 @@ Backend contract (what `validate` hands every backend, positionally):
 - the mask folded in: x = B = C = 0, dt = 0 and log_decay = 0 at padded positions (an exact identity
   step with zero output, whatever garbage the caller left there);
 - `initial_state` None (zeros; not materialised) or cast to the compute dtype;
-- `mask` always None; `chunk_size` an int >= 1.
+- `mask` always None; `chunk_size` an int >= 1;
+- for "reference" and "torch", ``resets=`` `[Bt, T]` bool or None: they fold it into log_decay (-inf there,
+  so exp(a) = 0 drops the state exactly); the other backends get packed rows one sequence per row.
 
 A backend returns `(y [Bt, T, H, P], final_state [Bt, H, P, N])`, y in the compute dtype or x's
 dtype (the public function casts it to x's dtype), the state in the compute dtype. Backends:
 "reference" (step loop, spec 3.2), "torch" (chunked SSD, spec 3.3, the default on CPU), "triton",
 and "transformers" (peer: transformers' pure-torch `mamba2_chunk_scan`, float32 only).
 
-`ssd_step(x, dt, log_decay, B, C, state)` is one fused recurrent step for O(1) decoding.
+A call with T = 1 (decoding) runs one reference step. `ssd_step(x, dt, log_decay, B, C, state)` is the same
+step on per-token tensors without the time axis.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import numbers
 
 import torch
 
-from hf_seqplugins.backends import Operator, triton_unavailable_reason
+from hf_seqplugins import Operator, compute_dtype, triton_unavailable_reason
 
 from .reference import step
 
@@ -55,11 +60,6 @@ __all__ = ["OPERATOR", "compute_dtype", "ssd", "ssd_step", "state_shape"]
 def state_shape(batch: int, heads: int, head_dim: int, state_size: int) -> tuple[int, int, int, int]:
     """Shape of the state `[Bt, H, P, N]`."""
     return (batch, heads, head_dim, state_size)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of dt, log-decays and states for inputs of `dtype` (float32 for half precision)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _check_tensors(name: str, named: dict[str, torch.Tensor], device: torch.device) -> None:
@@ -179,6 +179,29 @@ def _triton_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
+def _example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator, groups: int = 2) -> dict:
+    """Random inputs: H = 4 heads of P = 3 in `groups` groups, N = 5, decays in (-2, 0), a non-zero initial state."""
+    heads, head_dim, state_size = 4, 3, 5
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    dt = torch.nn.functional.softplus(randn(batch, length, heads))
+    return {
+        "x": randn(batch, length, heads, head_dim),
+        "dt": dt,
+        "log_decay": -dt * torch.rand(heads, generator=generator, dtype=torch.float64).to(dtype) * 2,
+        "B": randn(batch, length, groups, state_size),
+        "C": randn(batch, length, groups, state_size),
+        "initial_state": randn(batch, heads, head_dim, state_size),
+    }
+
+
+def _result(output: tuple, arguments: dict) -> tuple:
+    y, state = output
+    return y.to(arguments["x"].dtype), state
+
+
 OPERATOR = Operator(
     name="ssd",
     backends={
@@ -187,9 +210,13 @@ OPERATOR = Operator(
         "triton": _load_triton,
         "transformers": _load_transformers,
     },
+    validate=_validate,
+    sequences=("x", "dt", "log_decay", "B", "C"),
+    native_resets=frozenset({"reference", "torch"}),
+    result=_result,
     requirements={"triton": triton_unavailable_reason, "transformers": _transformers_unavailable_reason},
     input_checks={"triton": _triton_input_check, "transformers": _transformers_input_check},
-    validate=_validate,
+    examples={"groups": _example, "one_group": lambda *a: _example(*a, groups=1)},
 )
 
 
@@ -202,12 +229,12 @@ def ssd(
     initial_state: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     *,
+    resets: torch.Tensor | None = None,
     chunk_size: int = 64,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the SSD recurrence over a sequence; see the module docstring. `backend`: None/"auto" or a name."""
-    y, state = OPERATOR(x, dt, log_decay, B, C, initial_state, mask, chunk_size, backend=backend)
-    return y.to(x.dtype), state
+    return OPERATOR(x, dt, log_decay, B, C, initial_state, mask, chunk_size, backend=backend, resets=resets)
 
 
 def ssd_step(

@@ -1,6 +1,8 @@
 """Reference backend: the plain step-by-step recurrence of spec 3.2, without the D skip."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -18,8 +20,9 @@ def step(x, dt, log_decay, B, C, state):
     return y, state
 
 
-def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size):
+def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size, resets=None):
     """See `hf_seqplugins.kernels.ssd` for the contract (inputs arrive validated, mask folded in)."""
+    log_decay = fold_resets(log_decay, resets)
     dtype = dt.dtype
     batch, _, heads, head_dim = x.shape
     state = initial_state if initial_state is not None else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=dtype)
@@ -28,3 +31,8 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size):
         y, state = step(x_t, dt_t, a_t, b_t, c_t, state)
         outputs.append(y)
     return torch.stack(outputs, dim=1), state
+
+
+def fold_resets(log_decay: torch.Tensor, resets: torch.Tensor | None) -> torch.Tensor:
+    """log_decay `[Bt, T, H]` with -inf where `resets` `[Bt, T]` starts a sequence: exp(-inf) = 0 drops the state."""
+    return log_decay if resets is None else torch.where(resets[..., None], -math.inf, log_decay)

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .reference import step
+from .reference import fold_resets
 
 
 def _segsum(a: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ def _segsum(a: torch.Tensor) -> torch.Tensor:
     return torch.where(causal & (sums >= math.log(torch.finfo(a.dtype).tiny)), sums, -math.inf)
 
 
-def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size):
+def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size, resets=None):
     """Chunked SSD; see `hf_seqplugins.kernels.ssd` for the contract (inputs arrive validated).
 
     Internal layout: b batch, c chunk, g group, r head within the group, l/s step within the chunk,
@@ -44,10 +44,9 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size):
     dtype = dt.dtype
     batch, steps, heads, head_dim = x.shape
     groups, state_size = B.shape[-2:]
-    if steps == 1:  # decoding: one recurrent step is cheaper than the chunk machinery
-        state = x.new_zeros(batch, heads, head_dim, state_size, dtype=dtype) if initial_state is None else initial_state
-        y, state = step(x[:, 0].to(dtype), dt[:, 0], log_decay[:, 0], B[:, 0].to(dtype), C[:, 0].to(dtype), state)
-        return y[:, None], state
+    # A reset is a step with decay exp(-inf) = 0: every sum of log-decays across it is -inf, so the segsum and
+    # the chunk carries drop all earlier state, inside a chunk too (no difference of cumsums ever meets -inf).
+    log_decay = fold_resets(log_decay, resets)
     per_group = heads // groups
     length = min(chunk_size, steps)
     pad = -steps % length

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from hf_seqplugins.configuration import SeqConfig, require_positive_int
+from hf_seqplugins import SeqConfig, require_positive_int
 from hf_seqplugins.kernels.ssd import OPERATOR as SSD
 
 

@@ -50,7 +50,7 @@ import torch
 from transformers import Mamba2Config as HFMamba2Config
 from transformers import Mamba2ForCausalLM as HFMamba2ForCausalLM
 
-from hf_seqplugins.conversion import build_with_weights, load_complete, refuse
+from hf_seqplugins import build_with_weights, load_complete, refuse
 
 from .configuration import Mamba2Config
 from .modeling import Mamba2ForCausalLM

@@ -9,11 +9,11 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins.attention import CausalSelfAttention
-from hf_seqplugins.cache import read_state, write_state
+from hf_seqplugins import CausalSelfAttention
+from hf_seqplugins import read_state, write_state
 from hf_seqplugins.kernels.ssd import ssd
 from hf_seqplugins.kernels.ssd.reference import step
-from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import Mamba2Config
 

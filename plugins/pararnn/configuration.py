@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins import SeqConfig, require_choice, require_positive_int
 from hf_seqplugins.kernels.linear_scan import OPERATOR as LINEAR_SCAN
 
 from .cells import CELLS

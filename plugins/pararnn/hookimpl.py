@@ -1,7 +1,8 @@
 """Entry point of the ParaRNN plugin."""
 from __future__ import annotations
 
-from hf_seqplugins.registry import Architecture, hookimpl
+from hf_seqplugins import Architecture, hookimpl
+from hf_seqplugins.kernels.linear_scan.newton import NewtonStatsCallback
 
 from . import modeling as m
 
@@ -21,5 +22,6 @@ def seqplugins_architectures() -> list[Architecture]:
             tiny_config={"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32,
                          "num_heads": 2, "cell": "lstm_cifg", "newton_tolerance": 1e-6, "newton_max_iterations": 12},
             description="ParaRNN: ParaGRU / ParaLSTM trained in parallel over the sequence by Newton iterations and scans",
+            trainer_callbacks=(NewtonStatsCallback,),
         )
     ]

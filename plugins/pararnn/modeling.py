@@ -8,9 +8,9 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins.cache import read_state, write_state
-from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
-from hf_seqplugins.newton import NewtonStats, newton_scan, sequential_scan
+from hf_seqplugins import read_state, write_state
+from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins.kernels.linear_scan.newton import NewtonStats, newton_scan, sequential_scan
 
 from .cells import CELLS
 from .configuration import ParaRNNConfig
@@ -21,7 +21,7 @@ class ParaRNNMixer(nn.Module):
 
     Parameters: the cell's (`A`, ...), the head-block-diagonal input weights `B [NH, D/NH, rows, N/NH]` and bias
     `b [rows, N]` (spec 3.4), `out_proj [N -> D]`. The cache holds the last state `[B, N(, m)]`. After every
-    parallel solve `newton_stats` holds its `NewtonStats` (logged by `hf_seqplugins.newton.NewtonStatsCallback`).
+    parallel solve `newton_stats` holds its `NewtonStats` (logged by `hf_seqplugins.kernels.linear_scan.newton.NewtonStatsCallback`).
     """
 
     def __init__(self, config: ParaRNNConfig, layer_idx: int):

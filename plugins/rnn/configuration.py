@@ -1,7 +1,7 @@
 """Configs of the classic and head-wise RNN language models (specs/RNN.md sections 1 and 2)."""
 from __future__ import annotations
 
-from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins import SeqConfig, require_choice, require_positive_int
 from hf_seqplugins.kernels.rnn import OPERATOR as HEADWISE_RNN
 
 

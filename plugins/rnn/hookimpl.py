@@ -1,7 +1,7 @@
 """Entry point of the RNN family (declared in pyproject.toml like any third-party plugin's)."""
 from __future__ import annotations
 
-from hf_seqplugins.registry import Architecture, hookimpl, standard_model_classes
+from hf_seqplugins import Architecture, hookimpl, standard_model_classes
 
 from . import modeling as m
 

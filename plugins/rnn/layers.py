@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from hf_seqplugins.backends import AUTO
+from hf_seqplugins import AUTO
 from hf_seqplugins.kernels.rnn import OPERATOR, headwise_rnn
 
 _CELL_OF_MODE = {"RNN_TANH": "elman_tanh", "RNN_RELU": "elman_relu", "LSTM": "lstm", "GRU": "gru"}

@@ -8,9 +8,9 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins.cache import read_state, write_state
+from hf_seqplugins import read_state, write_state
 from hf_seqplugins.kernels.rnn import NUM_GATES, headwise_rnn
-from hf_seqplugins.modeling import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import ElmanConfig, GRUConfig, HeadwiseRNNConfig, LSTMConfig, SLSTMConfig
 

@@ -1,7 +1,7 @@
 """Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), specs/SSM.md 1-2."""
 from __future__ import annotations
 
-from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins import SeqConfig, require_choice, require_positive_int
 from hf_seqplugins.kernels.lti_ssm import OPERATOR as LTI_SSM
 
 from .hippo import MEASURES
@@ -27,7 +27,7 @@ class StateSpaceConfig(SeqConfig):
         final_act: "glu" (Linear(M H -> 2 H) then GLU) or "linear" (Linear(M H -> H)).
         ssm_dropout: dropout after the activation, one mask per channel for the whole sequence (tied over time).
         ssm_lr: learning rate of the SSM parameters (A, B, Δ), which never get weight decay; None = the global one.
-            Used by `hf_seqplugins.optim.optimizer_cls_and_kwargs` (the Trainer hook).
+            Used by `hf_seqplugins.core.optim.optimizer_cls_and_kwargs` (the Trainer hook).
     """
 
     model_type = "seqp_ssm_base"

@@ -1,7 +1,7 @@
 """Entry point of the structured state-space plugin: S4, S4D and LSSL."""
 from __future__ import annotations
 
-from hf_seqplugins.registry import Architecture, hookimpl, standard_model_classes
+from hf_seqplugins import Architecture, hookimpl, standard_model_classes
 
 from . import modeling as m
 

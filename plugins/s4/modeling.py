@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins.cache import read_state, write_state
+from hf_seqplugins import read_state, write_state
 from hf_seqplugins.kernels.lti_ssm import (
     DenseSystem,
     DiagonalSystem,
@@ -19,7 +19,7 @@ from hf_seqplugins.kernels.lti_ssm import (
     lti_ssm_step,
     select_outputs,
 )
-from hf_seqplugins.modeling import (
+from hf_seqplugins import (
     SeqForCausalLM,
     SeqForSequenceClassification,
     SeqModel,

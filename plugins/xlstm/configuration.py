@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from hf_seqplugins.configuration import SeqConfig, require_choice, require_positive_int
+from hf_seqplugins import SeqConfig, require_choice, require_positive_int
 from hf_seqplugins.kernels.mlstm import INPUT_GATES
 from hf_seqplugins.kernels.mlstm import OPERATOR as MLSTM
 from hf_seqplugins.kernels.rnn import OPERATOR as HEADWISE_RNN

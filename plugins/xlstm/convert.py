@@ -47,7 +47,7 @@ import torch
 from transformers import xLSTMConfig, xLSTMForCausalLM
 from transformers.models.xlstm.configuration_xlstm import round_up_to_next_multiple_of
 
-from hf_seqplugins.conversion import build_with_weights, load_complete, refuse
+from hf_seqplugins import build_with_weights, load_complete, refuse
 
 from .configuration import XLSTMConfig
 from .modeling import XLSTMForCausalLM

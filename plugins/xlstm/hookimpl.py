@@ -1,7 +1,7 @@
 """Entry point of the xLSTM plugin."""
 from __future__ import annotations
 
-from hf_seqplugins.registry import Architecture, hookimpl
+from hf_seqplugins import Architecture, hookimpl
 
 from . import modeling as m
 

@@ -8,9 +8,9 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins.cache import read_state, write_state
+from hf_seqplugins import compute_dtype, read_state, write_state
 from hf_seqplugins.kernels.mlstm import mlstm, state_shapes
-from hf_seqplugins.modeling import GatedFeedForward, SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins import GatedFeedForward, SeqForCausalLM, SeqForSequenceClassification, SeqModel
 from hf_seqplugins.plugins.rnn.modeling import HeadwiseRNNMixer
 
 from .configuration import XLSTMConfig
@@ -22,7 +22,7 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 
 class MultiHeadLayerNorm(nn.Module):
-    """LayerNorm over each head's DV features separately (weight only, statistics in float32)."""
+    """LayerNorm over each head's DV features separately (weight only, statistics in at least float32)."""
 
     def __init__(self, num_heads: int, head_dim: int, eps: float):
         super().__init__()
@@ -31,7 +31,7 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h `[B, T, NH, DV]` -> `[B, T, NH * DV]`."""
-        h32 = h.float()
+        h32 = h.to(compute_dtype(h.dtype))
         h32 = (h32 - h32.mean(-1, keepdim=True)) * torch.rsqrt(h32.var(-1, unbiased=False, keepdim=True) + self.eps)
         return h32.to(h.dtype).flatten(-2) * self.weight
 
@@ -71,22 +71,29 @@ class MLSTMLayer(nn.Module):
         """Per-row shapes of the cached state `(C, n, m)`."""
         return [shape[1:] for shape in state_shapes(1, self.num_heads, self.qk_head_dim, self.v_head_dim)]
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None -> `[B, T, D]`."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`."""
         batch, steps, _ = hidden.shape
         cap = self.config.gate_soft_cap
 
         def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, steps, self.num_heads, -1).transpose(1, 2)
+            return x.view(batch, steps, self.num_heads, -1)
 
         h, final_state = mlstm(
             heads(self.q_proj(hidden)),
             heads(self.k_proj(hidden)),
             heads(self.v_proj(hidden)),
-            soft_cap(self.igate_proj(hidden), cap).transpose(1, 2),
-            soft_cap(self.fgate_proj(hidden), cap).transpose(1, 2),
+            soft_cap(self.igate_proj(hidden), cap),
+            soft_cap(self.fgate_proj(hidden), cap),
             initial_state=read_state(cache, self.layer_idx, self.state_shapes()),
             mask=attention_mask,
+            resets=resets,
             input_gate=self.config.input_gate,
             normalize=self.config.normalize,
             eps=self.config.mlstm_eps,
@@ -94,7 +101,7 @@ class MLSTMLayer(nn.Module):
             backend=self.config.kernel_backend,
         )
         write_state(cache, self.layer_idx, final_state)
-        h = self.multihead_norm(h.transpose(1, 2))
+        h = self.multihead_norm(h)
         return self.out_proj(torch.sigmoid(self.ogate_proj(hidden)) * h)
 
 

@@ -17,15 +17,15 @@ class MinGRUMixer(nn.Module):
         self.in_proj = nn.Linear(config.hidden_size, 2 * inner)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
 
-    def forward(self, hidden, cache=None, attention_mask=None):
+    def forward(self, hidden, cache=None, attention_mask=None, resets=None):
         gate_pre, candidate = self.in_proj(hidden).chunk(2, dim=-1)
         state = read_state(cache, self.layer_idx)
         outputs, final = MINGRU_SCAN(
             torch.sigmoid(gate_pre), candidate, None if state is None else state[0], attention_mask,
-            backend=self.config.kernel_backend,
+            backend=self.config.kernel_backend, resets=resets,
         )
         write_state(cache, self.layer_idx, (final,))
-        return self.out_proj(outputs.to(hidden.dtype))
+        return self.out_proj(outputs)
 
 
 class MinGRUModel(SeqModel):

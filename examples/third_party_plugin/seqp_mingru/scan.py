@@ -1,14 +1,15 @@
 """The minGRU recurrence `h_t = (1 - z_t) * h_{t-1} + z_t * candidate_t`, an `hf_seqplugins.Operator`.
 
 Shapes: gate and candidate `[B, T, D]`, initial state `[B, D]` or None, mask `[B, T]` bool or None
-(False = padding: the state is carried unchanged). Returns `(h [B, T, D], final state [B, D])`,
-computed in float32 for half-precision inputs.
+(False = padding: the state is carried unchanged); `resets=` `[B, T]` bool (True = a packed sequence starts:
+the state is zeroed there). Returns `(h [B, T, D], final state [B, D])`, computed in float32 for half-precision
+inputs. `hf-seqplugins check seqp_mingru` runs the operator conformance kit on it.
 """
 from __future__ import annotations
 
 import torch
 
-from hf_seqplugins import Operator
+from hf_seqplugins import Operator, compute_dtype
 
 
 def reference(gate, candidate, initial_state, mask):
@@ -52,8 +53,7 @@ def _load_parallel():
 def _validate(gate, candidate, initial_state=None, mask=None):
     if gate.shape != candidate.shape or gate.dim() != 3:
         raise ValueError(f"mingru_scan: gate and candidate must both be [B, T, D], got {tuple(gate.shape)} and {tuple(candidate.shape)}")
-    # Half-precision inputs are scanned in float32 (log-space products lose too much in bf16).
-    compute = torch.float32 if gate.dtype in (torch.float16, torch.bfloat16) else gate.dtype
+    compute = compute_dtype(gate.dtype)  # log-space products lose too much in bf16
     gate, candidate = gate.to(compute), candidate.to(compute)
     initial_state = gate.new_zeros(gate.shape[0], gate.shape[2]) if initial_state is None else initial_state.to(compute)
     if mask is not None:
@@ -61,4 +61,29 @@ def _validate(gate, candidate, initial_state=None, mask=None):
     return (gate, candidate, initial_state, mask), {}
 
 
-MINGRU_SCAN = Operator(name="mingru_scan", backends={"reference": _load_reference, "torch": _load_parallel}, validate=_validate)
+def _example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator) -> dict:
+    """Random inputs for the conformance kit: D = 4, gates in (0, 1), a non-zero initial state."""
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    return {
+        "gate": torch.sigmoid(randn(batch, length, 4)).to(dtype),
+        "candidate": randn(batch, length, 4).to(dtype),
+        "initial_state": randn(batch, 4).to(dtype),
+    }
+
+
+def _result(output, arguments):
+    h, state = output
+    return h.to(arguments["gate"].dtype), state
+
+
+MINGRU_SCAN = Operator(
+    name="mingru_scan",
+    backends={"reference": _load_reference, "torch": _load_parallel},
+    validate=_validate,
+    sequences=("gate", "candidate"),
+    result=_result,
+    examples={"random": _example},
+)

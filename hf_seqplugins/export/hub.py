@@ -9,7 +9,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from transformers import PreTrainedModel
 
-from .export import export
+from .remote_code import export
 
 
 class PushError(RuntimeError):

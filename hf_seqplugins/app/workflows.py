@@ -16,8 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from . import metrics, tasks
 from .data import byte_tokenizer, language_modeling_dataset
-from .newton import NewtonStatsCallback
-from .optim import optimizer_cls_and_kwargs
+from ..core.optim import optimizer_cls_and_kwargs
+from ..core.registry import load_plugins
 
 TEXT_TASK = "pydoc"
 TASK_CHOICES = (TEXT_TASK, *sorted(tasks.TASKS))
@@ -108,8 +108,8 @@ def train(
     when the data is a classification task (`tasks.num_labels`: a `ClassLabel` per row, e.g. ListOps).
 
     `overrides` set config fields (default: a small model); parameters that declare optimizer settings (e.g. the
-    SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.optim`); models solved by
-    parallel Newton iterations (ParaRNN) log their iterations and residual; `lora` trains LoRA adapters on every
+    SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.core.optim`); the callbacks the
+    architecture offers (`Architecture.trainer_callbacks`, e.g. ParaRNN's Newton statistics) are added; `lora` trains LoRA adapters on every
     linear layer (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
     """
     torch.manual_seed(seed)
@@ -149,8 +149,8 @@ def train(
         model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"],
         optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(trained, args), **metrics.trainer_metrics(data["test"]),
     )
-    if any(hasattr(module, "newton_stats") for module in model.modules()):
-        trainer.callback_handler.callbacks.insert(0, NewtonStatsCallback())  # first, so printed logs include it
+    for callback in reversed(load_plugins()[model_type].trainer_callbacks):
+        trainer.callback_handler.callbacks.insert(0, callback())  # first, so printed logs include what they add
     trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
     if lora:
         model = trained.merge_and_unload()

@@ -12,7 +12,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
-from .registry import load_plugins
+from ..core.registry import load_plugins
 
 LIMITATIONS = (
     "A recurrent model compresses its whole context into a fixed-size state: recall of exact details "

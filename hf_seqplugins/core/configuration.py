@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .backends import AUTO
+from .backends import AUTO, DEFAULT, backend_choices
 
 
 class SeqConfig(PreTrainedConfig):
@@ -17,8 +17,9 @@ class SeqConfig(PreTrainedConfig):
         norm_eps: epsilon of the RMSNorms.
         hidden_dropout: dropout on each residual branch while training.
         initializer_range: std of the normal init of embeddings and linear layers.
-        kernel_backend: "auto" or a backend of every operator the architecture uses
-            (see `hf_seqplugins.available_architectures()`).
+        kernel_backend: "auto", a backend every operator of the architecture has, or per operator
+            ``"mlstm:parallel,headwise_rnn:torch"`` (or a dict operator -> backend); see
+            `hf_seqplugins.available_architectures()` for each operator's backends.
     """
 
     model_type = "seqp_base"
@@ -81,14 +82,22 @@ class SeqConfig(PreTrainedConfig):
             raise ValueError(f"{type(self).__name__}.hidden_dropout must be in [0, 1), got {self.hidden_dropout!r}")
         if not float(self.norm_eps) > 0:
             raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
-        allowed = {AUTO}
-        for operator in self.operators:
-            allowed.update(operator.backends)
-        if self.kernel_backend not in allowed:
-            raise ValueError(
-                f"{type(self).__name__}.kernel_backend must be one of {sorted(allowed)}, got {self.kernel_backend!r}"
-            )
-
+        choices = backend_choices(self.kernel_backend) if isinstance(self.kernel_backend, (str, dict)) else None
+        if choices is None:
+            raise ValueError(f"{type(self).__name__}.kernel_backend must be a string or a dict, got {self.kernel_backend!r}")
+        by_name = {operator.name: operator for operator in self.operators}
+        for key, backend in choices.items():
+            if key != DEFAULT and key not in by_name:
+                raise ValueError(
+                    f"{type(self).__name__}.kernel_backend names operator {key!r}, which this architecture does not run; "
+                    f"its operators: {sorted(by_name)}"
+                )
+            for operator in by_name.values() if key == DEFAULT else [by_name[key]]:
+                if backend != AUTO and backend not in operator.backends:
+                    raise ValueError(
+                        f"{type(self).__name__}.kernel_backend {backend!r} is not a backend of operator {operator.name!r}; "
+                        f"it has {sorted(operator.backends)} (or 'auto'); per operator: '{operator.name}:<backend>,...'"
+                    )
 
 def require_positive_int(config: PreTrainedConfig, name: str, allow_zero: bool = False) -> None:
     value = getattr(config, name)

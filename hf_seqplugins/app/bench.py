@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from .backends import use_backend
+from ..core.backends import use_backend
 from .plots import against_length
 from .results import write_results
 
@@ -171,7 +171,7 @@ def write_report(rows: list[dict], output_dir: str | Path, device: str | torch.d
     """`bench.json` / `bench.md` (with the machine and its matmul ceiling) and three PNGs against length."""
     output_dir = Path(output_dir)
     preamble = (
-        f"Measured with `hf_seqplugins.bench` on {time.strftime('%Y-%m-%d')}; ratios are to `{BASELINE}` at the same length "
+        f"Measured with `hf_seqplugins.app.bench` on {time.strftime('%Y-%m-%d')}; ratios are to `{BASELINE}` at the same length "
         f"(train speed > 1 is faster, times < 1 are faster). Matmul ceiling: {matmul_gflops(device):.1f} GFLOP/s (float32).\n\n"
         + describe_machine(device)
     )

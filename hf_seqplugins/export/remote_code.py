@@ -17,13 +17,14 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import sys
 import types
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
 from .model_card import render_model_card
-from .registry import load_plugins
+from ..core.registry import load_plugins
 
 PACKAGE = "hf_seqplugins"
 FLAT_PREFIX = "seqp_"
@@ -66,7 +67,10 @@ def _defining_module(package: str, name: str) -> str:
         return value.__name__
     if isinstance(value, (type, types.FunctionType)):  # an instance's __module__ would name its class's module
         return value.__module__
-    if package == PACKAGE:
+    if package == PACKAGE:  # a plain value of the public API (e.g. AUTO): the framework module holding that object
+        for module_name, module in sorted(sys.modules.items()):
+            if module_name.startswith(PACKAGE + ".core.") and getattr(module, name, None) is value:
+                return module_name
         raise ValueError(f"cannot tell which module defines {package}.{name}; import it from its module")
     return package
 

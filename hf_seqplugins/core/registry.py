@@ -57,6 +57,8 @@ class Architecture:
         description: one line for listings and model cards.
         model_card_template: path of a Jinja template for the model card's architecture section
             (rendered with `config`); default: `model_cards/<model_type>.md`, else `description`.
+        trainer_callbacks: `transformers.TrainerCallback` classes the application adds to every `Trainer` it
+            builds for this architecture (e.g. ParaRNN's Newton statistics in the training logs).
     """
 
     model_type: str
@@ -66,6 +68,7 @@ class Architecture:
     tiny_config: dict = field(default_factory=dict)
     description: str = ""
     model_card_template: str | None = None
+    trainer_callbacks: tuple[type, ...] = ()
     distribution: str = "unknown"
 
 

@@ -4,8 +4,8 @@ A backbone is embeddings -> `num_hidden_layers` pre-norm residual blocks -> RMSN
 ``x + mixer(norm(x))`` then, when `config.intermediate_size > 0`, ``x + ffn(norm(x))`` with a gated
 SiLU feed-forward. The mixer is the plugin's class, built as ``mixer_class(config, layer_idx)`` and
 called as ``mixer(hidden [B, T, D], cache=..., attention_mask=[B, T] | None) -> [B, T, D]``; it
-reads and writes its recurrent state with `hf_seqplugins.cache.read_state` / `write_state`. A mixer
-with ``needs_history_mask = True`` (e.g. `hf_seqplugins.attention.CausalSelfAttention`) gets the padding
+reads and writes its recurrent state with `hf_seqplugins.core.cache.read_state` / `write_state`. A mixer
+with ``needs_history_mask = True`` (e.g. `hf_seqplugins.core.attention.CausalSelfAttention`) gets the padding
 mask of the whole history `[B, T_past + T]` instead.
 
 A plugin declares its classes by subclassing, e.g.::
@@ -20,6 +20,10 @@ A plugin declares its classes by subclassing, e.g.::
 """
 from __future__ import annotations
 
+import inspect
+import os
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
@@ -31,10 +35,17 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration import SeqConfig
+from .sequences import boundaries, compute_dtype
+
+# What the backbone reads from a head's keyword arguments to find packed sequences' boundaries.
+BOUNDARY_KWARGS = ("position_ids", "seq_idx", "cu_seq_lens_q")
+# Called as hook(model, save_directory) after every save_pretrained of a SeqPreTrainedModel on the main process.
+# Empty in exported remote code, where transformers copies the code files itself.
+SAVE_HOOKS: list[Callable[[PreTrainedModel, str | os.PathLike], None]] = []
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale, computed in float32."""
+    """Root-mean-square norm with a learned scale, computed in at least float32 (`compute_dtype`)."""
 
     def __init__(self, size: int, eps: float = 1e-5):
         super().__init__()
@@ -42,7 +53,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x.to(compute_dtype(x.dtype))
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
@@ -72,6 +83,7 @@ class SeqBlock(GradientCheckpointingLayer):
             self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
             self.ffn = GatedFeedForward(config.hidden_size, config.intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
+        self.mixer_takes_resets = "resets" in inspect.signature(self.mixer.forward).parameters
 
     def forward(
         self,
@@ -79,11 +91,22 @@ class SeqBlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         history_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
     ):
         """`attention_mask` `[B, T]`: padding of the current tokens; `history_mask` `[B, T_past + T]`: of all tokens,
-        for mixers that set `needs_history_mask` (attention). Either is None when nothing is padded."""
+        for mixers that set `needs_history_mask` (attention); `resets` `[B, T]`: packed sequence starts. Each is
+        None when there is nothing to mark."""
         mask = history_mask if getattr(self.mixer, "needs_history_mask", False) else attention_mask
-        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), cache=cache, attention_mask=mask))
+        extra = {}
+        if resets is not None:
+            if not self.mixer_takes_resets:
+                raise ValueError(
+                    f"{type(self.mixer).__name__}.forward takes no `resets`, so it cannot run packed sequences "
+                    "(position_ids restarting at 0, seq_idx or cu_seq_lens_q): add a `resets` argument (see "
+                    "hf_seqplugins.core.sequences) or pass the sequences as a padded batch"
+                )
+            extra["resets"] = resets
+        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), cache=cache, attention_mask=mask, **extra))
         if self.ffn is not None:
             hidden = hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
         return hidden
@@ -99,16 +122,13 @@ class SeqPreTrainedModel(PreTrainedModel):
     _is_stateful = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the self-contained remote code (see `hf_seqplugins.export`),
-        so every saved folder (and `push_to_hub`) loads with `trust_remote_code=True` without this package."""
+        """`PreTrainedModel.save_pretrained`, then every function in `SAVE_HOOKS` (publishing registers the
+        writer of the self-contained remote code there, so every saved folder, and `push_to_hub`, loads with
+        `trust_remote_code=True` without this package)."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        try:
-            from hf_seqplugins.export import write_remote_code
-        except ImportError:  # running from exported remote code: transformers copies those files itself
-            return
-        write_remote_code(self, save_directory)
+        if kwargs.get("is_main_process", True):
+            for hook in SAVE_HOOKS:
+                hook(self, save_directory)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -120,16 +140,6 @@ class SeqPreTrainedModel(PreTrainedModel):
         # wrapper), so their `_init_weights` / `init_mixer_weights` would never run. Ours use the
         # `transformers.initialization` functions, which leave loaded weights alone: always initialise.
         super()._initialize_weights(module, is_custom_code=False)
-
-
-def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The `[B, length]` bool mask of the current chunk (generate passes the whole history), or None if all real."""
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be [batch, sequence] (a 2D padding mask), got shape {tuple(attention_mask.shape)}")
-    mask = attention_mask[:, -length:].bool()
-    return None if bool(mask.all()) else mask
 
 
 class SeqModel(SeqPreTrainedModel):
@@ -155,12 +165,15 @@ class SeqModel(SeqPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         """input_ids `[B, T]` (or inputs_embeds `[B, T, D]`), attention_mask `[B, T_total]` with 0 at padding.
 
         Padding positions leave every recurrent state untouched, so a left-padded row gives the same
-        outputs at its real positions as the row alone. `cache` carries the recurrent state between calls.
+        outputs at its real positions as the row alone. Packed rows (`DataCollatorWithFlattening`: position_ids
+        restarting at 0, or `seq_idx` / `cu_seq_lens_q` in `kwargs`) give every sequence the outputs it gives
+        alone. `cache` carries the recurrent state between calls.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -174,7 +187,10 @@ class SeqModel(SeqPreTrainedModel):
         if not use_cache:
             cache = None
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        mask = padding_mask(attention_mask, inputs_embeds.shape[1])
+        batch, length = inputs_embeds.shape[:2]
+        mask, resets = boundaries(
+            length, attention_mask, position_ids, kwargs.get("seq_idx"), kwargs.get("cu_seq_lens_q"), batch=batch
+        )
         history_mask = None
         if self.uses_history_mask and attention_mask is not None and not bool(attention_mask.all()):
             history_mask = attention_mask.bool()
@@ -184,7 +200,7 @@ class SeqModel(SeqPreTrainedModel):
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, cache=cache, attention_mask=mask, history_mask=history_mask)
+            hidden = layer(hidden, cache=cache, attention_mask=mask, history_mask=history_mask, resets=resets)
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
@@ -229,7 +245,8 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
-        """Logits `[B, T, vocab]`; with `labels` `[B, T]` (shifted inside, -100 ignored) also the loss."""
+        """Logits `[B, T, vocab]`; with `labels` `[B, T]` (shifted inside, -100 ignored) also the loss. `kwargs` may
+        hold `position_ids`, `seq_idx`, `cu_seq_lens_q` (packed sequences, see `SeqModel.forward`)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -237,6 +254,7 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
             cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            **{key: kwargs[key] for key in BOUNDARY_KWARGS if key in kwargs},
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
-from .kernels.linear_scan import linear_scan
+from hf_seqplugins.kernels.linear_scan import linear_scan
 
 __all__ = ["NewtonStats", "NewtonStatsCallback", "newton_scan", "sequential_scan"]
 

@@ -10,7 +10,8 @@ A config using it defines `hidden_size`, `num_attention_heads`, `num_key_value_h
 `attention_head_dim`, `rope_theta` and `attention_bias`.
 
 Positions count real tokens only (left padding shifts nothing: position = number of earlier real
-tokens), as transformers does for Llama in `generate`.
+tokens), as transformers does for Llama in `generate`. With `resets` (packed sequences) a query sees only
+keys of its own sequence, and positions restart at 0 at every sequence start.
 """
 from __future__ import annotations
 
@@ -54,15 +55,25 @@ class CausalSelfAttention(nn.Module):
         past = 0 if cache is None else cache.get_seq_length(self.layer_idx)
         return (past + torch.arange(steps, device=device)).expand(batch, steps)
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, D]`; attention_mask: the history's padding mask `[B, T_past + T]` (bool) or None."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, D]`; attention_mask: the history's padding mask `[B, T_past + T]` (bool) or None;
+        resets `[B, T]` bool or None: True where a packed sequence starts."""
         batch, steps, _ = hidden.shape
         q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
         inverse_frequency = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=torch.float32) / self.head_dim)
-        angles = self.positions(attention_mask, batch, steps, cache, hidden.device)[..., None].float() * inverse_frequency
+        positions = self.positions(attention_mask, batch, steps, cache, hidden.device)
+        if resets is not None:
+            positions = positions - torch.where(resets, positions, 0).cummax(1).values
+        angles = positions[..., None].float() * inverse_frequency
         angles = torch.cat((angles, angles), dim=-1)[:, None]
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
@@ -75,5 +86,9 @@ class CausalSelfAttention(nn.Module):
         if attention_mask is not None:
             # a padded query may see no real key at all: let every query see itself so no row is empty (no NaN)
             allowed = (allowed & attention_mask[:, None, None, -total:].bool()) | (key_index == query_index)
+        if resets is not None:  # keys of earlier sequences (and of the cache, which precedes them) are out of reach
+            query_sequence = resets.long().cumsum(1)
+            key_sequence = torch.cat([query_sequence.new_zeros(batch, total - steps), query_sequence], dim=1)
+            allowed = allowed & (key_sequence[:, None, None, :] == query_sequence[:, None, :, None])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=self.num_kv_heads != self.num_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
