@@ -1,4 +1,5 @@
 """Exported folders load with trust_remote_code in an interpreter that cannot import hf_seqplugins."""
+import importlib
 import importlib.resources
 import json
 import os
@@ -142,3 +143,44 @@ def test_repository_id_loads_from_the_offline_hub_cache(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "logits.pt"), model(torch.arange(6)[None] % 32).logits)
+
+
+def test_remote_code_is_flattened_once_per_process(tmp_path, monkeypatch):
+    """Every save writes the same flat files, but only the first (or one after a source file changed) flattens."""
+    from hf_seqplugins.export import remote_code
+
+    monkeypatch.setattr(remote_code, "_FLAT_CACHE", {})
+    calls = []
+    flatten = remote_code.flatten_source
+    monkeypatch.setattr(remote_code, "flatten_source", lambda module, packages: calls.append(module) or flatten(module, packages))
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru"))
+    model.save_pretrained(tmp_path / "first")
+    flattened = len(calls)
+    assert flattened > 0
+    model.save_pretrained(tmp_path / "second")
+    assert len(calls) == flattened, "the second save reuses the flat texts"
+    written = sorted(path.name for path in (tmp_path / "first").glob("*.py"))
+    assert len(written) == flattened and written == sorted(path.name for path in (tmp_path / "second").glob("*.py"))
+    for name in written:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+    # Editing a source file (its mtime and size) recomputes: a throwaway package, so no real file is touched.
+    source = tmp_path / "probe_pkg" / "probe.py"
+    source.parent.mkdir()
+    (source.parent / "__init__.py").write_text("")
+    source.write_text("from hf_seqplugins.core.cache import read_state\n\n\nclass Probe:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "probe_pkg", raising=False)
+    monkeypatch.delitem(sys.modules, "probe_pkg.probe", raising=False)
+    probe = importlib.import_module("probe_pkg.probe").Probe
+    files = remote_code.flat_sources([probe])
+    assert files["probe_pkg_probe.py"].startswith("from .seqp_core_cache import read_state\n")
+    calls.clear()
+    assert remote_code.flat_sources([probe]) == files and calls == []
+    source.write_text(source.read_text() + "# edited\n")
+    edited = remote_code.flat_sources([probe])
+    assert calls and edited["probe_pkg_probe.py"] == files["probe_pkg_probe.py"] + "# edited\n"
+    stat = source.stat()
+    calls.clear()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # only the mtime changes
+    assert remote_code.flat_sources([probe]) == edited and calls

@@ -1,6 +1,9 @@
 """The mLSTM operator: chunkwise and parallel forms against the step loop, padding, long sequences,
 half precision, validation, and parity with mlstm_kernels' native torch functions.
 
+Public layout (batch first, time second): q, k `[B, T, NH, DK]`, v `[B, T, NH, DV]`, gates `[B, T, NH]`,
+h `[B, T, NH, DV]`; mlstm_kernels' functions take heads first `[B, NH, T, ...]` (`heads_first`).
+
 Tolerances: float64 comparisons of our backends use atol 1e-10 / rtol 1e-8 (measured differences
 are about 1e-13); the float32 long-sequence check and the half-precision checks state their own.
 """
@@ -15,6 +18,7 @@ from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm, mlstm_step, state_shape
 DOUBLE = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-8}
 GATES = [("exp", True), ("sigmoid", True), ("sigmoid", False)]
+SEQUENCES = ("q", "k", "v", "igate", "fgate")
 
 
 def make_inputs(batch=2, heads=2, steps=11, dk=4, dv=3, seed=0, with_state=True, dtype=DOUBLE, i_scale=2.0, f_scale=2.0, grad=True):
@@ -24,11 +28,11 @@ def make_inputs(batch=2, heads=2, steps=11, dk=4, dv=3, seed=0, with_state=True,
         return (torch.randn(*shape, generator=g, dtype=dtype) * scale + shift).requires_grad_(grad)
 
     inputs = {
-        "q": rand(batch, heads, steps, dk),
-        "k": rand(batch, heads, steps, dk),
-        "v": rand(batch, heads, steps, dv),
-        "igate": rand(batch, heads, steps, scale=i_scale),
-        "fgate": rand(batch, heads, steps, scale=f_scale, shift=1.0),
+        "q": rand(batch, steps, heads, dk),
+        "k": rand(batch, steps, heads, dk),
+        "v": rand(batch, steps, heads, dv),
+        "igate": rand(batch, steps, heads, scale=i_scale),
+        "fgate": rand(batch, steps, heads, scale=f_scale, shift=1.0),
         "initial_state": None,
     }
     if with_state:
@@ -37,12 +41,20 @@ def make_inputs(batch=2, heads=2, steps=11, dk=4, dv=3, seed=0, with_state=True,
     return inputs
 
 
+def heads_first(t):
+    """A public `[B, T, NH, ...]` tensor in mlstm_kernels' (and our backends') `[B, NH, T, ...]` layout."""
+    return t.transpose(1, 2)
+
+
 def leaves(inputs):
-    return [inputs[name] for name in ("q", "k", "v", "igate", "fgate")] + list(inputs["initial_state"] or ())
+    return [inputs[name] for name in SEQUENCES] + list(inputs["initial_state"] or ())
 
 
 def run_with_grads(inputs, backend, mask=None, **options):
-    h, state = mlstm(**inputs, mask=mask, backend=backend, **options)
+    return with_grads(*mlstm(**inputs, mask=mask, backend=backend, **options), inputs)
+
+
+def with_grads(h, state, inputs):
     weights = torch.linspace(-1, 1, h.shape[-1], dtype=h.dtype)
     loss = (h * weights).sum() + (state[0] * 0.3).sum() + (state[1] * 0.2).sum() + (state[2] * 0.1).sum()
     grads = torch.autograd.grad(loss, leaves(inputs), allow_unused=True)
@@ -91,26 +103,26 @@ def test_state_passing_equals_one_pass(input_gate, normalize, split):
     inputs = make_inputs(steps=13, grad=False)
     options = {"input_gate": input_gate, "normalize": normalize, "chunk_size": 4}
     full_h, full_state = mlstm(**inputs, **options, backend="torch")
-    first = {name: t[:, :, :split] for name, t in inputs.items() if name != "initial_state"}
-    second = {name: t[:, :, split:] for name, t in inputs.items() if name != "initial_state"}
+    first = {name: t[:, :split] for name, t in inputs.items() if name != "initial_state"}
+    second = {name: t[:, split:] for name, t in inputs.items() if name != "initial_state"}
     h1, state = mlstm(**first, initial_state=inputs["initial_state"], **options, backend="torch")
     h2, state = mlstm(**second, initial_state=state, **options, backend="torch")
-    torch.testing.assert_close(torch.cat([h1, h2], dim=2), full_h, **TOL)
+    torch.testing.assert_close(torch.cat([h1, h2], dim=1), full_h, **TOL)
     for a, e in zip(state, full_state):
         torch.testing.assert_close(a, e, **TOL)
 
 
 def padded_batch(row, pad):
-    """Three rows holding `row` (tensors [1, ...] over T at dim 2 or gates): left padded, right padded,
-    and a row of padding only; the padded slots carry garbage."""
+    """Three rows holding `row` (tensors [1, T, ...]): left padded, right padded, and a row of padding
+    only; the padded slots carry garbage."""
     g = torch.Generator().manual_seed(7)
-    steps = row["q"].shape[2]
+    steps = row["q"].shape[1]
     out = {}
-    for name in ("q", "k", "v", "igate", "fgate"):
+    for name in SEQUENCES:
         x = row[name].detach()
-        junk = torch.randn((3, *x.shape[1:2], steps + pad, *x.shape[3:]), generator=g, dtype=x.dtype) * 50
-        junk[0:1, :, pad:] = x
-        junk[1:2, :, :steps] = x
+        junk = torch.randn((3, steps + pad, *x.shape[2:]), generator=g, dtype=x.dtype) * 50
+        junk[0:1, pad:] = x
+        junk[1:2, :steps] = x
         out[name] = junk.requires_grad_()
     mask = torch.zeros(3, steps + pad, dtype=torch.bool)
     mask[0, pad:] = True
@@ -129,9 +141,9 @@ def test_padded_rows_equal_the_row_alone(input_gate, normalize, with_state, back
     alone_h, alone_state = mlstm(**row, **options, backend="reference")
     batch, mask = padded_batch(row, pad=3)
     h, state, grads = run_with_grads(batch, backend, mask=mask, **options)
-    torch.testing.assert_close(h[0:1, :, 3:], alone_h, **TOL)
-    torch.testing.assert_close(h[1:2, :, :6], alone_h, **TOL)
-    assert torch.count_nonzero(h[0, :, :3]) == torch.count_nonzero(h[1, :, 6:]) == torch.count_nonzero(h[2]) == 0
+    torch.testing.assert_close(h[0:1, 3:], alone_h, **TOL)
+    torch.testing.assert_close(h[1:2, :6], alone_h, **TOL)
+    assert torch.count_nonzero(h[0, :3]) == torch.count_nonzero(h[1, 6:]) == torch.count_nonzero(h[2]) == 0
     for s, alone in zip(state, alone_state):
         torch.testing.assert_close(s[0:1], alone, **TOL)
         torch.testing.assert_close(s[1:2], alone, **TOL)
@@ -139,8 +151,8 @@ def test_padded_rows_equal_the_row_alone(input_gate, normalize, with_state, back
     for s, s0 in zip(state, initial):
         torch.testing.assert_close(s[2], s0[2].detach(), atol=0, rtol=0)
     assert all(g is None or torch.isfinite(g).all() for g in grads)
-    for name, g in zip(("q", "k", "v", "igate", "fgate"), grads):
-        assert torch.count_nonzero(g[0, :, :3]) == torch.count_nonzero(g[2]) == 0, name
+    for name, g in zip(SEQUENCES, grads):
+        assert torch.count_nonzero(g[0, :3]) == torch.count_nonzero(g[2]) == 0, name
 
 
 @pytest.mark.parametrize(("input_gate", "normalize"), GATES)
@@ -151,19 +163,19 @@ def test_step_loop_equals_reference(input_gate, normalize):
     state = inputs["initial_state"]
     outputs = []
     for t in range(7):
-        h, state = mlstm_step(*(inputs[name][:, :, t] for name in ("q", "k", "v", "igate", "fgate")), state, **options)
+        h, state = mlstm_step(*(inputs[name][:, t] for name in SEQUENCES), state, **options)
         outputs.append(h)
-    torch.testing.assert_close(torch.stack(outputs, dim=2), expected_h, **TOL)
+    torch.testing.assert_close(torch.stack(outputs, dim=1), expected_h, **TOL)
     for a, e in zip(state, expected_state):
         torch.testing.assert_close(a, e, **TOL)
 
 
 def test_step_from_no_state_and_half_precision():
     inputs = make_inputs(batch=1, heads=2, steps=1, grad=False, with_state=False)
-    step_args = [inputs[name][:, :, 0] for name in ("q", "k", "v", "igate", "fgate")]
+    step_args = [inputs[name][:, 0] for name in SEQUENCES]
     h, _ = mlstm_step(*step_args, None)
     expected_h, _ = mlstm(**inputs, backend="reference")
-    torch.testing.assert_close(h, expected_h[:, :, 0], **TOL)
+    torch.testing.assert_close(h, expected_h[:, 0], **TOL)
     h16, state16 = mlstm_step(*(t.to(torch.bfloat16) for t in step_args), None)
     assert h16.dtype == torch.bfloat16 and all(s.dtype == torch.float32 for s in state16)
     torch.testing.assert_close(h16.double(), h, atol=3e-2, rtol=3e-2)
@@ -230,15 +242,15 @@ def _bad(**changes):
 @pytest.mark.parametrize(
     ("changes", "error", "match"),
     [
-        ({"q": torch.randn(2, 2, 5)}, ValueError, r"q must be \[B, NH, T, DK\]"),
-        ({"k": torch.randn(2, 2, 5, 3, dtype=DOUBLE)}, ValueError, "k must have q's shape"),
-        ({"v": torch.randn(2, 2, 4, 3, dtype=DOUBLE)}, ValueError, r"v must be \[B, NH, T, DV\]"),
-        ({"v": torch.randn(2, 2, 5, 3)}, TypeError, "q, k and v must share one dtype"),
-        ({"igate": torch.randn(2, 2, 4, dtype=DOUBLE)}, ValueError, r"igate must be \[B, NH, T\]"),
-        ({"fgate": torch.randn(2, 5, dtype=DOUBLE)}, ValueError, r"fgate must be \[B, NH, T\]"),
-        ({"q": torch.ones(2, 2, 5, 4, dtype=torch.long)}, TypeError, "q must be floating point"),
-        ({"igate": torch.ones(2, 2, 5, dtype=torch.int32)}, TypeError, "igate must be floating point"),
-        ({"q": torch.randn(2, 2, 0, 4, dtype=DOUBLE)}, ValueError, r"T=0"),
+        ({"q": torch.randn(2, 5, 2)}, ValueError, r"q must be \[B, T, NH, DK\]"),
+        ({"k": torch.randn(2, 5, 2, 3, dtype=DOUBLE)}, ValueError, r"k must have q's shape \[B, T, NH, DK\]"),
+        ({"v": torch.randn(2, 4, 2, 3, dtype=DOUBLE)}, ValueError, r"v must be \[B, T, NH, DV\]"),
+        ({"v": torch.randn(2, 5, 2, 3)}, TypeError, "q, k and v must share one dtype"),
+        ({"igate": torch.randn(2, 4, 2, dtype=DOUBLE)}, ValueError, r"igate must be \[B, T, NH\]"),
+        ({"fgate": torch.randn(2, 5, dtype=DOUBLE)}, ValueError, r"fgate must be \[B, T, NH\]"),
+        ({"q": torch.ones(2, 5, 2, 4, dtype=torch.long)}, TypeError, "q must be floating point"),
+        ({"igate": torch.ones(2, 5, 2, dtype=torch.int32)}, TypeError, "igate must be floating point"),
+        ({"q": torch.randn(2, 0, 2, 4, dtype=DOUBLE)}, ValueError, r"T=0"),
         ({"input_gate": "relu"}, ValueError, "unknown input_gate 'relu'"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
         ({"chunk_size": 4.0}, ValueError, "chunk_size must be a positive int"),
@@ -282,7 +294,7 @@ def test_peer_recurrent_step_equals_ours(with_state):
     c, n, m = inputs["initial_state"] or tuple(torch.zeros(s, dtype=DOUBLE) for s in state_shapes(2, 2, 4, 3))
     ours = inputs["initial_state"]
     for t in range(6):
-        q, k, v, i, f = (inputs[name][:, :, t] for name in ("q", "k", "v", "igate", "fgate"))
+        q, k, v, i, f = (inputs[name][:, t] for name in SEQUENCES)
         h_peer, (c, n, m) = mlstm_recurrent_step__native(q, k, v, i[..., None], f[..., None], c, n, m[..., None], eps=1e-6, dtype_state=DOUBLE)
         m = m[..., 0]
         h, ours = mlstm_step(q, k, v, i, f, ours)
@@ -306,10 +318,10 @@ def test_peer_chunkwise_native_equals_ours(with_state):
     state = inputs["initial_state"]
     c, n, m = (None, None, None) if state is None else (state[0], state[1], state[2][..., None])
     h_peer, last = mlstm_chunkwise__native_autograd(
-        *(inputs[name] for name in ("q", "k", "v", "igate", "fgate")), c, n, m, return_last_states=True, eps=1e-6, chunk_size=4
+        *(heads_first(inputs[name]) for name in SEQUENCES), c, n, m, return_last_states=True, eps=1e-6, chunk_size=4
     )
     h, ours = mlstm(**inputs, chunk_size=3)
-    torch.testing.assert_close(h, h_peer, **TOL)
+    torch.testing.assert_close(heads_first(h), h_peer, **TOL)
     for a, e in zip(ours, (last[0], last[1], last[2][..., 0])):
         torch.testing.assert_close(a, e, **TOL)
 
@@ -336,9 +348,9 @@ def test_peer_parallel_stablef_equals_ours(eps):
     from mlstm_kernels.torch.parallel.native_stablef import mlstm_parallel__native_stablef_autograd
 
     inputs = make_inputs(steps=16, with_state=False, grad=False, i_scale=1.0)
-    args = [inputs[name] for name in ("q", "k", "v", "igate", "fgate")]
+    args = [inputs[name] for name in SEQUENCES]
     args[3] = args[3] - 4.0
-    h_peer = mlstm_parallel__native_stablef_autograd(*args, eps=eps)
+    h_peer = heads_first(mlstm_parallel__native_stablef_autograd(*map(heads_first, args), eps=eps))
     for backend in ("parallel", "torch"):
         h, _ = mlstm(*args, eps=eps, chunk_size=4, backend=backend)
         tol = TOL if eps == 0 else {"atol": 1e-5 * h_peer.abs().max().item(), "rtol": 0}
@@ -354,8 +366,8 @@ def test_peer_sigmoid_parallel_equals_ours(normalize):
     from mlstm_kernels.torch.parallel.native_siging import mlstm_siging_parallel__native_autograd
 
     inputs = make_inputs(steps=9, with_state=False, grad=False)
-    args = [inputs[name] for name in ("q", "k", "v", "igate", "fgate")]
-    h_peer = mlstm_siging_parallel__native_autograd(*args, eps=1e-6, normalize=normalize)
+    args = [inputs[name] for name in SEQUENCES]
+    h_peer = heads_first(mlstm_siging_parallel__native_autograd(*map(heads_first, args), eps=1e-6, normalize=normalize))
     h, _ = mlstm(*args, input_gate="sigmoid", normalize=normalize, chunk_size=4)
     torch.testing.assert_close(h, h_peer, **TOL)
 
@@ -364,8 +376,8 @@ def test_16k_tokens_in_bfloat16_with_large_gates_stay_finite_forward_and_backwar
     """The model's training path (chunkwise torch, bf16 q/k/v, float32 gates) over 16384 tokens with gate
     pre-activations ~ N(0, 30): no inf or NaN in outputs, final state or any gradient."""
     g = torch.Generator().manual_seed(16)
-    q, k, v = (torch.randn(1, 2, 16384, 8, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
-    igate, fgate = (torch.randn(1, 2, 16384, generator=g).mul(30).requires_grad_() for _ in range(2))
+    q, k, v = (torch.randn(1, 16384, 2, 8, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    igate, fgate = (torch.randn(1, 16384, 2, generator=g).mul(30).requires_grad_() for _ in range(2))
     h, state = mlstm(q, k, v, igate, fgate, backend="torch")
     assert h.dtype == torch.bfloat16 and torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in state)
     (h.float().square().mean() + state[0].square().mean()).backward()
@@ -374,8 +386,12 @@ def test_16k_tokens_in_bfloat16_with_large_gates_stay_finite_forward_and_backwar
 
 @pytest.mark.parametrize(("input_gate", "normalize"), GATES)
 @pytest.mark.parametrize("with_state", [False, True])
-def test_single_step_fast_path_equals_reference_float64(input_gate, normalize, with_state):
-    """T=1 (decoding) takes the torch backend's one-step path: values and gradients as the loop."""
+@pytest.mark.parametrize("backend", [None, *OPERATOR.backends])
+def test_single_step_equals_the_reference_step_for_every_backend_float64(input_gate, normalize, with_state, backend):
+    """T=1 (decoding) runs the reference backend's single step whatever backend is named: values and
+    gradients equal `mlstm_step` on the one token (the same step, so exactly)."""
     inputs = make_inputs(steps=1, with_state=with_state, seed=13)
     options = {"input_gate": input_gate, "normalize": normalize}
-    assert_same(run_with_grads(inputs, "torch", **options), run_with_grads(inputs, "reference", **options))
+    h, state = mlstm_step(*(inputs[name][:, 0] for name in SEQUENCES), inputs["initial_state"], **options)
+    expected = with_grads(h[:, None], state, inputs)
+    assert_same(run_with_grads(inputs, backend, **options), expected, atol=0, rtol=0)

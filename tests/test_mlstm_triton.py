@@ -7,6 +7,9 @@ Tolerances: float64 atol 1e-10 / rtol 1e-9 against the float64 reference (observ
 about 1e-14). float32 against the float64 reference, relative to each tensor's scale (see
 `assert_matches_reference`): 2e-5 (observed 4e-6 at unit gate scale), 1e-3 for pre-activations up
 to +-90 (observed 1.4e-4 for dq; the float32 reference loop is off by 8e-4 there).
+Inputs are built in the operator's public layout (q, k `[B, T, NH, DK]`, v `[B, T, NH, DV]`, gates
+`[B, T, NH]`, h `[B, T, NH, DV]`); direct calls of the kernels take the heads-first `[B, NH, T, ...]`
+layout the operator's validation hands them (`heads_first`).
 A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed):
 the interpreter does not run the GPU compiler.
 """
@@ -38,25 +41,31 @@ GRAD_NAMES = ("q", "k", "v", "igate", "fgate", "C0", "n0", "m0")
 
 
 def make_inputs(batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.float64, with_state=True, gate_scale=1.0):
-    """Random (q, k, v, igate, fgate, initial_state); forget gates lean open, as trained models' do."""
+    """Random (q, k, v, igate, fgate, initial_state) in the public layout; forget gates lean open, as trained models' do."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=dtype)
 
     state = (randn(batch, heads, dk, dv), randn(batch, heads, dk), randn(batch, heads)) if with_state else None
-    return (randn(batch, heads, steps, dk), randn(batch, heads, steps, dk), randn(batch, heads, steps, dv),
-            randn(batch, heads, steps) * gate_scale, randn(batch, heads, steps) * gate_scale + 2.0, state)
+    return (randn(batch, steps, heads, dk), randn(batch, steps, heads, dk), randn(batch, steps, heads, dv),
+            randn(batch, steps, heads) * gate_scale, randn(batch, steps, heads) * gate_scale + 2.0, state)
+
+
+def heads_first(tensors):
+    """Public `[B, T, NH, ...]` sequences in the kernels' `[B, NH, T, ...]` layout."""
+    return [t.transpose(1, 2) for t in tensors]
 
 
 def run(kernel, inputs, mask=None, input_gate="exp", normalize=True, eps=1e-6, chunk_size=32, seed=99, **kwargs):
-    """h, final state and the gradients (by name) of a fixed random weighted sum of both, through the
-    operator's validation (so `kernel` gets exactly what a backend gets)."""
+    """h (public layout), final state and the gradients (by name) of a fixed random weighted sum of both,
+    through the operator's validation (so `kernel` gets exactly what a backend gets)."""
     q, k, v, igate, fgate, state = inputs
     leaves = [t.to(DEVICE).requires_grad_() for t in (q, k, v, igate, fgate, *(state or ()))]
     initial = None if state is None else tuple(leaves[5:])
     args, _ = OPERATOR.validate(*leaves[:5], initial, None if mask is None else mask.to(DEVICE), input_gate, normalize, eps, chunk_size)
     h, final_state = kernel(*args, **kwargs)
+    h = h.transpose(1, 2)
     generator = torch.Generator().manual_seed(seed)
     loss = sum((t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum() for t in (h, *final_state))
     grads = torch.autograd.grad(loss, leaves)
@@ -84,7 +93,7 @@ def assert_matches_reference(inputs, mask=None, **options):
     expected_result = run(reference.mlstm, as_float64, mask, **options)
     expected = named_results(expected_result)
     q, k = (t.to(DEVICE) for t in as_float64[:2])
-    gate_scale = ((q * expected_result[2]["q"]).sum(-1).abs() + (k * expected_result[2]["k"]).sum(-1).abs()).sum(-1).max()
+    gate_scale = ((q * expected_result[2]["q"]).sum(-1).abs() + (k * expected_result[2]["k"]).sum(-1).abs()).sum(1).max()
     for name, tensor in named_results(got).items():
         if dtype == torch.float64:
             torch.testing.assert_close(tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
@@ -139,7 +148,7 @@ def test_several_head_dim_tiles(monkeypatch):
 def test_eps_zero_and_a_gradient_only_through_the_final_state():
     inputs = make_inputs(heads=1, steps=20, seed=4)
     assert_matches_reference(inputs, eps=0.0)
-    q, k, v, igate, fgate = (t.to(DEVICE) for t in inputs[:5])
+    q, k, v, igate, fgate = (t.to(DEVICE) for t in heads_first(inputs[:5]))
     leaves = [t.to(DEVICE).requires_grad_() for t in (igate, fgate, *inputs[5])]
     grads = []
     for kernel in (reference.mlstm, triton_kernel):
@@ -172,7 +181,7 @@ def test_padding_equals_the_unpadded_row(input_gate):
     mask[0, 23] = False
     h, state, grads = assert_matches_reference(inputs, mask, input_gate=input_gate, chunk_size=16)
     assert all(torch.isfinite(g).all() for g in grads.values())
-    assert (h[0, :, ~mask[0]] == 0).all()
+    assert (h[0, ~mask[0]] == 0).all()
     # The operator's folding hides whatever the kernel returns for the padded gates: ask for them directly.
     args, _ = OPERATOR.validate(*(t.to(DEVICE) for t in inputs[:5]), None, mask.to(DEVICE), input_gate, True, 1e-6, 16)
     folded_gates = [gate.detach().requires_grad_() for gate in args[3:5]]
@@ -182,11 +191,11 @@ def test_padding_equals_the_unpadded_row(input_gate):
     assert (gate_grads[0][0, :, ~mask[0]] == 0).all() and (gate_grads[1][0, :, ~mask[0]] == 0).all()
 
     keep = mask[0]
-    alone = tuple(t[:1, ..., keep, :] if t.dim() == 4 else t[:1, ..., keep] for t in inputs[:5])
+    alone = tuple(t[:1, keep] for t in inputs[:5])
     with torch.no_grad():
         args, _ = OPERATOR.validate(*(t.to(DEVICE) for t in alone), None, None, input_gate, True, 1e-6, 16)
         h_alone, state_alone = triton_kernel(*args)
-    torch.testing.assert_close(h[0, :, keep], h_alone[0], **TOLERANCES[torch.float64])
+    torch.testing.assert_close(h[0, keep], h_alone[0].transpose(0, 1), **TOLERANCES[torch.float64])
     for got, expected in zip(state, state_alone):
         torch.testing.assert_close(got[0], expected[0], **TOLERANCES[torch.float64])
 
@@ -196,9 +205,9 @@ def test_mask_given_directly_is_folded_like_the_operator_does():
     mask = torch.ones(2, 20, dtype=torch.bool, device=DEVICE)
     mask[1, :7] = False
     with torch.no_grad():
-        direct = triton_kernel(*tensors, None, mask, "exp", True, 1e-6, 16)
+        direct = triton_kernel(*heads_first(tensors), None, mask, "exp", True, 1e-6, 16)
         folded = mlstm(*tensors, mask=mask, chunk_size=16, backend="triton")
-    torch.testing.assert_close(direct[0], folded[0], rtol=0, atol=0)
+    torch.testing.assert_close(direct[0].transpose(1, 2), folded[0], rtol=0, atol=0)
     for got, expected in zip(direct[1], folded[1]):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -211,9 +220,9 @@ def test_state_passing_equals_one_pass(input_gate):
     options = {"input_gate": input_gate, "chunk_size": 16, "backend": "triton"}
     with torch.no_grad():
         h, final = mlstm(*tensors, state, **options)
-        h1, middle = mlstm(*(t[:, :, :split] for t in tensors), state, **options)
-        h2, final2 = mlstm(*(t[:, :, split:] for t in tensors), middle, **options)
-    torch.testing.assert_close(torch.cat([h1, h2], dim=2), h, **TOLERANCES[torch.float64])
+        h1, middle = mlstm(*(t[:, :split] for t in tensors), state, **options)
+        h2, final2 = mlstm(*(t[:, split:] for t in tensors), middle, **options)
+    torch.testing.assert_close(torch.cat([h1, h2], dim=1), h, **TOLERANCES[torch.float64])
     for got, expected in zip(final2, final):
         torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64])
 
@@ -231,7 +240,7 @@ def test_half_precision_inputs_compute_in_float32():
 
 
 def test_refusals():
-    tensors = [t.to(DEVICE) for t in make_inputs(heads=1, steps=4, seed=10, dtype=torch.float32, with_state=False)[:5]]
+    tensors = heads_first(t.to(DEVICE) for t in make_inputs(heads=1, steps=4, seed=10, dtype=torch.float32, with_state=False)[:5])
     options = [None, None, "exp", True, 1e-6, 64]
     assert triton_impl.unsupported_reason(*tensors, *options) is None
 
@@ -240,7 +249,7 @@ def test_refusals():
     closed_gate[0, 0, 2] = -math.inf
     assert "-inf" in triton_impl.unsupported_reason(q, k, v, igate, closed_gate, *options)
     with pytest.raises(BackendUnavailableError, match="fgate contains -inf"):
-        mlstm(q, k, v, igate, closed_gate, backend="triton")
+        mlstm(*(t.transpose(1, 2) for t in (q, k, v, igate, closed_gate)), backend="triton")  # public layout again
 
     assert "'meta'" in triton_impl.unsupported_reason(*(t.to("meta") for t in tensors), *options)
     assert "float32" in triton_impl.unsupported_reason(q.to(torch.complex64), k, v, igate, fgate, *options)
@@ -252,7 +261,7 @@ def test_refusals():
 
 def test_cpu_inputs_need_the_interpreter_from_the_first_import(monkeypatch):
     monkeypatch.setattr(triton_impl, "INTERPRETED", False)
-    tensors = make_inputs(heads=1, steps=4, seed=11, dtype=torch.float32, with_state=False)[:5]
+    tensors = heads_first(make_inputs(heads=1, steps=4, seed=11, dtype=torch.float32, with_state=False)[:5])
     reason = triton_impl.unsupported_reason(*tensors, None, None, "exp", True, 1e-6, 64)
     assert "TRITON_INTERPRET was not 1" in reason
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET was not 1"):

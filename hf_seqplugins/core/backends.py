@@ -156,6 +156,11 @@ class Operator:
             raise ValueError(f"operator {self.name!r}: step / native_resets name unknown backends {unknown}")
         OPERATORS[self.name] = self
 
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The names of the operator's public arguments (those of `validate`)."""
+        return tuple(self._signature.parameters)
+
     def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
         if backend not in self.backends:
             return f"unknown backend {backend!r} for operator {self.name!r}; choose from {sorted(self.backends)} or 'auto'"
@@ -236,6 +241,9 @@ class Operator:
     def backend_for(self, requested, first: torch.Tensor, args: tuple, kwargs: dict) -> str:
         """The backend that runs validated inputs whose first sequence is `first`: `step` for one token, else `resolve`."""
         if first.shape[1] == 1:
+            choice = self.choice(requested)
+            if choice != AUTO and choice not in self.backends:
+                raise BackendUnavailableError(self.unavailable_reason(choice, first.device))
             return self.step
         return self.resolve(requested, first.device, args, kwargs)
 

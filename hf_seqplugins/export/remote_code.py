@@ -11,12 +11,17 @@ class the architecture supports, so the same folder also loads natively when the
 Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries,
 this package itself) sit in `try` blocks, which transformers' dependency check skips and the exporter
 leaves untouched.
+
+The flat texts are computed once per process and reused by every later save (each Trainer checkpoint
+calls `write_remote_code`): the cache is keyed on the classes' modules and checked against the path,
+mtime and size of every source file it read, so editing one of them recomputes it.
 """
 from __future__ import annotations
 
 import ast
 import importlib
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -121,6 +126,36 @@ def flatten_source(module: str, packages: set[str]) -> str:
     return "".join(lines)
 
 
+# (modules of the classes) -> (path, mtime_ns, size) of every flattened source file, {file name: flat text}
+_FLAT_CACHE: dict[tuple[str, ...], tuple[tuple[tuple[str, int, int], ...], dict[str, str]]] = {}
+
+
+def _fingerprint(paths) -> tuple[tuple[str, int, int], ...]:
+    return tuple((path, stat.st_mtime_ns, stat.st_size) for path in paths for stat in [os.stat(path)])
+
+
+def flat_sources(classes: list[type]) -> dict[str, str]:
+    """`{file name: text}` of the flat modules for `classes` (`collect_modules`, each through `flatten_source`).
+
+    Computed once per process and reused while every source file it read keeps its path, mtime and size."""
+    key = tuple(sorted({cls.__module__ for cls in classes}))
+    cached = _FLAT_CACHE.get(key)
+    if cached is not None:
+        fingerprint, files = cached
+        try:
+            if _fingerprint(path for path, _, _ in fingerprint) == fingerprint:
+                return dict(files)
+        except OSError:  # a source file went away: recompute, which reports it as before
+            pass
+    packages = {PACKAGE} | {cls.__module__.split(".")[0] for cls in classes}
+    modules = collect_modules(classes)
+    # Taken before the texts are read, so an edit landing while they are read invalidates the entry.
+    fingerprint = _fingerprint(importlib.import_module(module).__file__ for module in modules)
+    files = {f"{flat_name(module)}.py": flatten_source(module, packages) for module in modules}
+    _FLAT_CACHE[key] = (fingerprint, files)
+    return dict(files)
+
+
 def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, str]:
     """Write the flat modules next to the saved config and return the `auto_map` written into config.json."""
     out_dir = Path(out_dir)
@@ -128,9 +163,8 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
     if architecture is None:
         raise ValueError(f"model_type {model.config.model_type!r} is not a registered hf_seqplugins architecture")
     classes = [architecture.config_class, *architecture.model_classes.values()]
-    packages = {PACKAGE} | {cls.__module__.split(".")[0] for cls in classes}
-    for module in collect_modules(classes):
-        (out_dir / f"{flat_name(module)}.py").write_text(flatten_source(module, packages))
+    for name, text in flat_sources(classes).items():
+        (out_dir / name).write_text(text)
     auto_map = {"AutoConfig": f"{flat_name(architecture.config_class.__module__)}.{architecture.config_class.__name__}"}
     for auto_name, cls in architecture.model_classes.items():
         auto_map[auto_name] = f"{flat_name(cls.__module__)}.{cls.__name__}"

@@ -1,9 +1,9 @@
 """The conformance suite, parametrized over every registered architecture (`model_type` fixture).
 
-Each test builds a tiny model (`tiny_config`) and checks one contract of DESIGN.md: forward and
-backward, backend parity with `reference`, prefill + O(1) decoding equal to a full forward, greedy
-`generate()`, constant cache size, beam search, left padding, save/load, PEFT LoRA, `Trainer`,
-gradient checkpointing and config validation.
+Each test builds a tiny model (`tiny_config`) and checks one contract of the framework (`docs/operators.md`,
+`docs/writing-a-plugin.md`): forward and backward, backend parity with `reference`, prefill + O(1) decoding
+equal to a full forward, greedy `generate()`, constant cache size, beam search, left padding, packed
+(padding-free) batches, save/load, PEFT LoRA, `Trainer`, gradient checkpointing and config validation.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DataCollatorWithFlattening, DynamicCache
 
 from ..core.backends import BackendUnavailableError, use_backend
 from ..core.registry import load_plugins
@@ -180,6 +180,57 @@ def test_left_padding_matches_each_sequence_alone(model_type):
     generated = model.generate(batch, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     alone = model.generate(short, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert torch.equal(generated[1, -5:], alone[0, -5:])
+
+
+PACKED_LENGTHS = (5, 1, 7)
+
+
+def _packed_sequences(config) -> list[list[int]]:
+    return [_tokens(config, batch=1, length=n, seed=10 + i)[0].tolist() for i, n in enumerate(PACKED_LENGTHS)]
+
+
+@torch.no_grad()
+def test_packed_sequences_equal_each_alone(model_type):
+    """A padding-free batch as `DataCollatorWithFlattening` builds it (one row; position_ids restarting at 0, or
+    seq_idx, or cu_seq_lens_q) gives every sequence the logits it gets alone."""
+    model = _causal_lm(model_type)
+    sequences = _packed_sequences(model.config)
+    alone = torch.cat([model(torch.tensor([s])).logits for s in sequences], dim=1)
+    batch = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True)([{"input_ids": s} for s in sequences])
+    for boundary in ("position_ids", "seq_idx", "cu_seq_lens_q"):
+        logits = model(batch["input_ids"], **{boundary: batch[boundary]}).logits
+        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4, msg=lambda m: f"packed by {boundary}: {m}")
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4, msg=lambda m: f"the collator's whole batch: {m}")
+
+
+def _left_padded(features: list[dict]) -> dict:
+    """The padded batch of the same sequences: left padding, and no loss on each sequence's first token (as the
+    flattening collator marks it), so both batches score the same tokens."""
+    longest = max(len(f["input_ids"]) for f in features)
+    ids, mask, labels = [], [], []
+    for f in features:
+        pad = longest - len(f["input_ids"])
+        ids.append([0] * pad + f["input_ids"])
+        mask.append([0] * pad + [1] * len(f["input_ids"]))
+        labels.append([-100] * (pad + 1) + f["input_ids"][1:])
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+def test_trainer_on_flattened_batches_gives_the_padded_loss(model_type, tmp_path):
+    """`Trainer` with `DataCollatorWithFlattening` (padding-free training) evaluates the same loss as the padded
+    batch of the same sequences."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = _causal_lm(model_type)
+    dataset = Dataset.from_dict({"input_ids": _packed_sequences(model.config)})
+    losses = {}
+    for name, collator in (("flattened", DataCollatorWithFlattening()), ("padded", _left_padded)):
+        args = TrainingArguments(output_dir=str(tmp_path / name), per_device_eval_batch_size=len(PACKED_LENGTHS),
+                                 report_to=[], use_cpu=True, disable_tqdm=True)
+        losses[name] = Trainer(model=model, args=args, data_collator=collator, eval_dataset=dataset).evaluate()["eval_loss"]
+    assert abs(losses["flattened"] - losses["padded"]) <= 1e-5 * max(1.0, abs(losses["padded"])), losses
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
+from hf_seqplugins import compute_dtype
 from hf_seqplugins.kernels.linear_scan import linear_scan
 
 __all__ = ["NewtonStats", "NewtonStatsCallback", "newton_scan", "sequential_scan"]
@@ -119,7 +120,7 @@ def newton_scan(
 
     Returns `(states [B, T, D(, m)], NewtonStats)`; states in the compute dtype (float32 for half precision).
     """
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    dtype = compute_dtype(x.dtype)
     x, initial_state = x.to(dtype), initial_state.to(dtype)
     masked = _masked(step, mask, block)
 

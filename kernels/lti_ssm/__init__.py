@@ -24,8 +24,9 @@ or cast to the state dtype. A backend returns `(y [Bt, T, M, H], final_state | N
 - "torch": convolution mode: the SSM kernel (Vandermonde for S4D, Cauchy + Woodbury for S4, Krylov for
   LSSL) in plain PyTorch, an FFT convolution, the initial state's response and the final state in closed
   form; the default on CPU. A convolution runs the state through every step, so it takes padding only where
-  the held state is zero: left padding without an initial state (what `generate` and packed rows send);
-  "auto" passes other padded inputs to "reference";
+  the held state is zero or never read again: left padding without an initial state (what `generate` and
+  packed rows send), trailing padding without the final state; "auto" passes other padded inputs to
+  "reference";
 - "triton": the same with the Vandermonde / Cauchy reductions as fused Triton kernels (LSSL's Krylov
   kernel is dense matmuls: no Triton kernel, "auto" passes over it).
 
@@ -117,11 +118,19 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
 
 
 def _convolution_input_check(u, system, initial_state, mask, return_final_state) -> str | None:
+    """A convolution runs the state through padding as zero inputs: exact where the held state is zero (padding
+    before a row's first real token, without an initial state) or never read again (trailing padding, unless the
+    final state is returned)."""
     if mask is None or bool(mask.all()):
         return None
-    if bool((mask[:, 1:] < mask[:, :-1]).any()):
-        return "a convolution cannot hold the state through padding after a real token; use backend 'reference'"
-    if initial_state is not None:
+    padding = ~mask
+    real_before = (mask.cumsum(1) - mask.long()) > 0
+    real_after = (mask.flip(1).cumsum(1) - mask.flip(1).long()).flip(1) > 0
+    if bool((padding & real_before & real_after).any()):
+        return "a convolution cannot hold the state through padding between real tokens; use backend 'reference'"
+    if return_final_state and bool((padding & ~real_after & real_before).any()):
+        return "a convolution cannot hold the final state through trailing padding; use backend 'reference'"
+    if initial_state is not None and bool((padding & ~real_before).any()):
         return "a convolution cannot hold an initial state through left padding; use backend 'reference'"
     return None
 

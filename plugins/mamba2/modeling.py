@@ -9,11 +9,17 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import CausalSelfAttention
-from hf_seqplugins import read_state, write_state
+from hf_seqplugins import (
+    CausalSelfAttention,
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+    read_state,
+    run_by_segments,
+    write_state,
+)
 from hf_seqplugins.kernels.ssd import ssd
 from hf_seqplugins.kernels.ssd.reference import step
-from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import Mamba2Config
 
@@ -93,26 +99,51 @@ class Mamba2Mixer(nn.Module):
         if self.conv1d.bias is not None:
             init.uniform_(self.conv1d.bias, -1 / math.sqrt(self.conv_kernel), 1 / math.sqrt(self.conv_kernel))
 
-    def causal_conv(self, xbc: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        """xBC `[B, T, conv_dim]` -> SiLU(causal depthwise conv) `[B, T, conv_dim]`, continuing the cached inputs."""
-        steps = xbc.shape[1]
+    def causal_conv(self, xbc: torch.Tensor, cache: Cache | None, resets: torch.Tensor | None = None) -> torch.Tensor:
+        """xBC `[B, T, conv_dim]` -> SiLU(causal depthwise conv) `[B, T, conv_dim]`, continuing the cached inputs.
+
+        With `resets` `[B, T]` (packed sequences) a token's window stops at the start of its sequence, and the
+        inputs cached for the next call are those of each row's last sequence only."""
+        steps, kernel = xbc.shape[1], self.conv_kernel
         inputs = xbc.transpose(1, 2)
         if cache is not None:
-            inputs = cache.update_conv_state(inputs, self.layer_idx, conv_kernel_size=self.conv_kernel)
-        inputs = inputs[..., -(steps + self.conv_kernel - 1) :]
-        inputs = F.pad(inputs, (steps + self.conv_kernel - 1 - inputs.shape[-1], 0))
-        return F.silu(F.conv1d(inputs, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+            inputs = cache.update_conv_state(inputs, self.layer_idx, conv_kernel_size=kernel)
+        inputs = inputs[..., -(steps + kernel - 1) :]
+        inputs = F.pad(inputs, (steps + kernel - 1 - inputs.shape[-1], 0))
+        if resets is None:
+            return F.silu(F.conv1d(inputs, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
+        position = torch.arange(steps, device=xbc.device)
+        # where each token's sequence starts; -kernel for a row's first sequence, which continues the cached inputs
+        start = torch.where(resets, position, -kernel).cummax(dim=1).values
+        lag = torch.arange(kernel - 1, -1, -1, device=xbc.device)
+        inside = (position[:, None] - lag >= start[..., None])[:, None]  # [B, 1, T, K]
+        windows = torch.where(inside, inputs.unfold(-1, kernel, 1), 0)  # [B, conv_dim, T, K]
+        out = (windows * self.conv1d.weight[:, 0, None, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            out = out + self.conv1d.bias[:, None]
+        if cache is not None:
+            stored = cache.layers[self.layer_idx].conv_states[0]
+            times = torch.arange(steps - stored.shape[-1], steps, device=xbc.device)
+            stored.copy_(torch.where((times >= start[:, -1:])[:, None], stored, 0))
+        return F.silu(out).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None -> `[B, T, D]`.
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`.
 
-        Padding leaves the SSM state untouched; the convolution sees zeros there, which equals its zero
-        initial state for left padding (what generation sends)."""
+        Padding leaves the SSM state untouched and is never read (the convolution sees zeros there, which equals
+        its zero initial state for left padding, what generation sends); `resets` start a new sequence in both
+        the convolution and the SSM state."""
         config = self.config
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         if attention_mask is not None:
-            xbc = xbc * attention_mask[..., None]
-        xbc = self.causal_conv(xbc, cache)
+            xbc = torch.where(attention_mask[..., None], xbc, 0)
+        xbc = self.causal_conv(xbc, cache, resets)
         x, B, C = xbc.split([*config.xb_dims, self.n_groups * self.state_size], dim=-1)
         x, B = x.unflatten(-1, (-1, self.head_dim)), B.unflatten(-1, (-1, self.state_size))
         if config.xb_heads is not None:  # MaTVLM: x and B per key/value head, shared by its query heads
@@ -122,24 +153,31 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
         state = read_state(cache, self.layer_idx, self.state_shapes())
-        if config.sc_sliding_window is not None:
-            y, state = sliding_window_scan(x, dt, log_decay, B, C, state, attention_mask, config.sc_sliding_window)
-        elif self.state_norm_threshold is not None:
-            y, state = self.scan_with_state_norm(x, dt, log_decay, B, C, state, attention_mask)
+        if config.sc_sliding_window is not None or self.state_norm_threshold is not None:
+            scan = self.sliding_window_scan if config.sc_sliding_window is not None else self.scan_with_state_norm
+            inputs = (x, dt, log_decay, B, C)
+            if resets is None:
+                y, state = scan(*inputs, initial_state=state, mask=attention_mask)
+            else:
+                y, state = run_by_segments(scan, inputs, resets, attention_mask, state)
         else:
             y, final = ssd(x, dt, log_decay, B, C, None if state is None else state[0], attention_mask,
-                           chunk_size=config.chunk_size, backend=config.kernel_backend)
+                           resets=resets, chunk_size=config.chunk_size, backend=config.kernel_backend)
             state = (final,)
         write_state(cache, self.layer_idx, state)
         y = y + x * self.D[:, None].to(x.dtype)
         return self.out_proj(self.norm(y.flatten(-2), z))
 
-    def scan_with_state_norm(self, x, dt, log_decay, B, C, state, mask):
+    def sliding_window_scan(self, x, dt, log_decay, B, C, initial_state=None, mask=None):
+        """`sliding_window_scan` with this layer's window."""
+        return sliding_window_scan(x, dt, log_decay, B, C, initial_state, mask, self.config.sc_sliding_window)
+
+    def scan_with_state_norm(self, x, dt, log_decay, B, C, initial_state=None, mask=None):
         """The SSD operator over pieces of `sc_state_norm_chunk` real tokens (counted per row, so padding shifts
         nothing), each head's state clamped to norm <= τ after every piece and at the end of the call (hence after
-        every decoded token). state `(h [B, H, P, N], real tokens so far [B])` or None; returns `(y, state)`."""
+        every decoded token). initial_state `(h [B, H, P, N], real tokens so far [B])` or None; returns `(y, state)`."""
         batch, steps = x.shape[:2]
-        h, count = (None, dt.new_zeros(batch)) if state is None else state
+        h, count = (None, dt.new_zeros(batch)) if initial_state is None else initial_state
         real = torch.ones(batch, steps, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         piece = torch.div(count[:, None] + real.cumsum(1) - 1, self.config.sc_state_norm_chunk, rounding_mode="floor")
         y = torch.zeros_like(x)

@@ -8,8 +8,15 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import read_state, write_state
-from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
+from hf_seqplugins import (
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+    compute_dtype,
+    read_state,
+    run_by_segments,
+    write_state,
+)
 from hf_seqplugins.kernels.linear_scan.newton import NewtonStats, newton_scan, sequential_scan
 
 from .cells import CELLS
@@ -49,23 +56,40 @@ class ParaRNNMixer(nn.Module):
         x = torch.einsum("bthi,hivj->btvhj", hidden.unflatten(-1, (heads, -1)), self.B.to(hidden.dtype))
         return x.flatten(-2) + self.b.to(hidden.dtype)
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None -> `[B, T, D]`."""
-        config, cell = self.config, self.cell
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`. Packed sequences
+        (`resets`) are solved one per row, each from the cell's zero state."""
         x = self.preactivations(hidden)
-        compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         state = read_state(cache, self.layer_idx)
-        state = cell.initial_state(x.shape[0], x.device, compute) if state is None else state[0].to(compute)
+        state = None if state is None else state[0]
+        if resets is None:
+            states, final = self.scan(x, initial_state=state, mask=attention_mask)
+        else:
+            states, final = run_by_segments(self.scan, [x], resets, attention_mask, state)
+        write_state(cache, self.layer_idx, (final,))
+        return self.out_proj(self.cell.output(states).to(hidden.dtype))
+
+    def scan(self, x: torch.Tensor, initial_state: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Pre-activations `[B, T, rows, N]` -> (states `[B, T, N(, m)]`, final state): a loop for one token or
+        `mode="sequential"`, else the parallel Newton solve."""
+        config, cell = self.config, self.cell
+        compute = compute_dtype(x.dtype)
+        state = cell.initial_state(x.shape[0], x.device, compute) if initial_state is None else initial_state.to(compute)
         if x.shape[1] == 1 or config.mode == "sequential":
-            states = sequential_scan(cell.step, x.to(compute), state, attention_mask, cell.block)
+            states = sequential_scan(cell.step, x.to(compute), state, mask, cell.block)
         else:
             states, self.newton_stats = newton_scan(
-                cell.step, x, state, block=cell.block, jacobian=getattr(cell, "jacobian", None), mask=attention_mask,
+                cell.step, x, state, block=cell.block, jacobian=getattr(cell, "jacobian", None), mask=mask,
                 max_iterations=config.newton_max_iterations, tolerance=config.newton_tolerance,
                 fallback=config.newton_fallback, backend=config.kernel_backend,
             )
-        write_state(cache, self.layer_idx, (states[:, -1],))
-        return self.out_proj(cell.output(states).to(hidden.dtype))
+        return states, states[:, -1]
 
 
 class ParaRNNModel(SeqModel):

@@ -51,8 +51,14 @@ class HeadwiseRNNMixer(nn.Module):
         bias[1] = -(-5 + 12 * ramp)
         init.copy_(self.in_proj.bias, bias.flatten())
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None -> `[B, T, D]`."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, D]`, attention_mask `[B, T]` bool or None, resets `[B, T]` bool or None -> `[B, T, D]`."""
         batch, steps, _ = hidden.shape
         gates_x = self.in_proj(hidden).view(batch, steps, self.num_gates, self.num_heads, self.head_dim)
         outputs, final_state = headwise_rnn(
@@ -63,6 +69,7 @@ class HeadwiseRNNMixer(nn.Module):
             initial_state=read_state(cache, self.layer_idx),
             mask=attention_mask,
             normalizer_clamp=getattr(self.config, "slstm_normalizer_clamp", True),
+            resets=resets,
             backend=self.config.kernel_backend,
         )
         write_state(cache, self.layer_idx, final_state)

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import read_state, write_state
+from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel, compute_dtype, read_state, write_state
 from hf_seqplugins.kernels.lti_ssm import (
     DenseSystem,
     DiagonalSystem,
@@ -19,21 +19,11 @@ from hf_seqplugins.kernels.lti_ssm import (
     lti_ssm_step,
     select_outputs,
 )
-from hf_seqplugins import (
-    SeqForCausalLM,
-    SeqForSequenceClassification,
-    SeqModel,
-)
 
 from .configuration import LSSLConfig, S4Config, S4DConfig, StateSpaceConfig
 from .hippo import hippo, nplr_legs
 
 ACTIVATION_FUNCTIONS = {"gelu": F.gelu, "silu": F.silu, "relu": F.relu, "tanh": torch.tanh, "identity": lambda x: x}
-
-
-def _compute_dtype(parameter: torch.Tensor) -> torch.dtype:
-    """float64 for a float64 model, else float32 (kernels, FFTs and states never run in half precision)."""
-    return torch.float64 if parameter.dtype == torch.float64 else torch.float32
 
 
 def _complex(parameter: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -99,8 +89,14 @@ class StateSpaceMixer(nn.Module):
     def _dense(system):
         return system.dense() if isinstance(system, DPLRSystem) else system
 
-    def forward(self, hidden: torch.Tensor, cache: Cache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden `[B, T, H]`, attention_mask `[B, T]` bool or None -> `[B, T, H]`."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden `[B, T, H]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, H]`."""
         config = self.config
         if config.bidirectional and cache is not None:
             raise ValueError("a bidirectional state-space model sees future tokens: it cannot run with a cache (generate)")
@@ -109,7 +105,7 @@ class StateSpaceMixer(nn.Module):
             state = torch.view_as_complex(state[0].contiguous()) if self.complex_state else state[0]
         # kernels, FFTs and states in float32 even under autocast (spec 1.10)
         with torch.autocast(hidden.device.type, enabled=False):
-            y, state = self.state_space(hidden, state, cache is not None, attention_mask)
+            y, state = self.state_space(hidden, state, cache is not None, attention_mask, resets)
         if cache is not None:
             write_state(cache, self.layer_idx, (torch.view_as_real(state) if state.is_complex() else state,))
         y = self.activation(y + self.D.to(y.dtype) * hidden[:, :, None, :])
@@ -118,22 +114,28 @@ class StateSpaceMixer(nn.Module):
         y = self.output_linear(y.flatten(2))
         return F.glu(y, dim=-1) if config.final_act == "glu" else y
 
-    def state_space(self, u: torch.Tensor, state: torch.Tensor | None, keep_state: bool, mask: torch.Tensor | None):
-        """u `[B, T, H]` -> (y `[B, T, M, H]` in u's dtype, final state or None): one recurrent step when decoding
-        from a state, else the operator (both directions when bidirectional)."""
+    def state_space(self, u, state, keep_state: bool, mask=None, resets=None):
+        """u `[B, T, H]` -> (y `[B, T, M, H]` in u's dtype, final state or None): one recurrent step of the
+        precomputed decoding system when decoding from a state, else the operator (both directions when
+        bidirectional; the backward one over the flipped sequences, whose starts are the flipped ends)."""
         config = self.config
-        dtype = _compute_dtype(self.D)
+        dtype = compute_dtype(self.D.dtype)  # kernels, FFTs and states never in half precision
         if state is not None and u.shape[1] == 1:
             step = u[:, 0] if mask is None else u[:, 0] * mask[:, 0, None]
             y, state = lti_ssm_step(step, self.decoding_system(dtype), state)
             return y[:, None], state
         system = self.system(dtype)
         if not config.bidirectional:
-            return lti_ssm(u, system, state, mask, return_final_state=keep_state, backend=config.kernel_backend)
+            return lti_ssm(u, system, state, mask, resets=resets, return_final_state=keep_state, backend=config.kernel_backend)
         forward_part, backward_part = select_outputs(system, slice(0, self.outputs)), select_outputs(system, slice(self.outputs, None))
-        y, _ = lti_ssm(u, forward_part, None, mask, return_final_state=False, backend=config.kernel_backend)
+        y, _ = lti_ssm(u, forward_part, None, mask, resets=resets, return_final_state=False, backend=config.kernel_backend)
         flipped_mask = None if mask is None else mask.flip(1)
-        backward, _ = lti_ssm(u.flip(1), backward_part, None, flipped_mask, return_final_state=False, backend=config.kernel_backend)
+        flipped_resets = None
+        if resets is not None:
+            flipped_resets = torch.zeros_like(resets)
+            flipped_resets[:, 1:] = resets.flip(1)[:, :-1]
+        backward, _ = lti_ssm(u.flip(1), backward_part, None, flipped_mask, resets=flipped_resets,
+                              return_final_state=False, backend=config.kernel_backend)
         return y + backward.flip(1), None
 
 
