@@ -38,3 +38,17 @@ def _gradients_stay_enabled():
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("this test left gradients disabled")
+
+
+def pytest_sessionstart(session):
+    """A plugin that fails to load fails the run (the registry only warns, which would hide a missing architecture)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from hf_seqplugins.core.registry import PluginLoadWarning, load_plugins
+
+        load_plugins()
+    broken = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+    if broken:
+        pytest.exit("plugins failed to load:\n" + "\n".join(broken), returncode=3)

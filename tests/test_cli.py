@@ -1,12 +1,15 @@
 """The `hf-seqplugins` command line."""
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 from hf_seqplugins.app.cli import main
+from hf_seqplugins.core.backends import OPERATORS
 from hf_seqplugins.testing import tiny_config
 
 
@@ -145,3 +148,27 @@ def test_listops_classifier_demo_evaluate_and_refused_generation(tmp_path, capsy
         main(["evaluate", str(out / "model"), "--task", "mqar", "--output-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="task arguments"):
         main(["train", "--task-args", "length=64", "--output-dir", str(tmp_path)])
+
+
+def test_check_runs_both_kits_on_an_architecture(capsys):
+    """The third-party example plugin: every operator backend and every model check passes."""
+    assert main(["check", "seqp_mingru"]) == 0
+    out = capsys.readouterr().out
+    assert "mingru_scan:torch" in out and "packed_sequences_equal_each_alone" in out
+    assert "FAIL" not in out and out.rstrip().endswith("all checks pass")
+
+
+def test_check_fails_with_the_reason_of_a_broken_backend(capsys, monkeypatch):
+    from seqp_mingru import configuration, scan
+
+    def forgets_the_initial_state(gate, candidate, initial_state, mask):
+        return scan.parallel(gate, candidate, torch.zeros_like(initial_state), mask)
+
+    broken = dataclasses.replace(scan.MINGRU_SCAN, name="broken_mingru_scan",
+                                 backends={**scan.MINGRU_SCAN.backends, "torch": lambda: forgets_the_initial_state})
+    monkeypatch.setattr(configuration.MinGRUConfig, "operators", (broken,))
+    assert main(["check", "seqp_mingru", "--operators-only"]) == 1
+    out = capsys.readouterr().out
+    assert "broken_mingru_scan:torch" in out and "FAIL" in out and "relative error" in out
+    assert main(["check", "seqp_nonexistent"]) == 2
+    OPERATORS.pop(broken.name)

@@ -1,4 +1,4 @@
-"""The `triton` backend of `linear_scan` (chunked associative scan, specs/RNN.md 3.2 and 3.8) against the
+"""The `triton` backend of `linear_scan` (chunked associative scan, `docs/architectures/pararnn.md`) against the
 `reference` step loop: states, final states and the gradients of a, b and the initial state, for diagonal
 transitions and m x m blocks (m = 1..4), all through the operator so its validation runs.
 

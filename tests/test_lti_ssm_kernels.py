@@ -1,6 +1,6 @@
 """The `lti_ssm` operator: convolution mode (torch) against the step recurrence (reference) in float64 for
 each system structure, with initial state, final state and padding; S4's Cauchy + Woodbury kernel against the
-dense Krylov kernel; the HiPPO cross-check of spec 2.5 (LSSL's kernel equals S4's in the eigenbasis).
+dense Krylov kernel; the HiPPO cross-check (LSSL's kernel equals S4's in the eigenbasis).
 
 Tolerances: float64 atol 1e-10 (observed about 1e-14); float32 rtol 1e-4 relative to the output scale.
 """
@@ -124,7 +124,7 @@ def test_hippo_legs_nplr_reconstructs_a():
 
 
 def test_lssl_kernel_equals_the_s4_kernel_in_the_eigenbasis():
-    """Spec 2.5: HiPPO-LegS with one Δ, bilinear; the dense real (LSSL) and DPLR (S4) systems give one kernel."""
+    """HiPPO-LegS with one Δ, bilinear; the dense real (LSSL) and DPLR (S4) systems give one kernel."""
     size, length, dt = 16, 32, torch.tensor([0.1], dtype=torch.float64)
     a, b = hippo("legs", size)
     c = torch.randn(1, 1, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -65,7 +65,7 @@ def vandermonde_inputs(rows, modes, *, seed):
 
 def s4_nodes(count):
     """S4's bilinear nodes `z_k = 2 (1 - w_k) / (1 + w_k)`, `w_k = exp(-2 pi i k / L)` for L = 2 (count - 1),
-    computed in float64 (spec 1.6): z_0 = 0 and the last (Nyquist) node is about 1e16 i."""
+    computed in float64: z_0 = 0 and the last (Nyquist) node is about 1e16 i."""
     steps = 2 * (count - 1) if count > 1 else 1
     omega = torch.exp(-2j * math.pi * torch.arange(count, dtype=torch.float64) / steps)
     return 2 * (1 - omega) / (1 + omega)

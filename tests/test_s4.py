@@ -1,4 +1,4 @@
-"""The S4 / S4D / LSSL plugin: layer-level recurrence checks in float64 (spec 1.11 iii), initialisations,
+"""The S4 / S4D / LSSL plugin: layer-level recurrence checks in float64 (`docs/architectures/s4.md`, section 'Tests and cross-checks'), initialisations,
 bidirectional classification, the SSM parameter groups and config validation. The generic contracts
 (backends, generate, cache, save/load, PEFT, Trainer) are in the conformance suite."""
 import math
@@ -192,7 +192,7 @@ def test_invalid_fields_are_named(model_type, field, value):
 
 
 def test_state_space_runs_outside_autocast(monkeypatch):
-    """Spec 1.10: kernels, FFTs and states stay float32 under bf16 autocast; the output layer may use bf16."""
+    """Kernels, FFTs and states stay float32 under bf16 autocast; the output layer may use bf16."""
     from hf_seqplugins.plugins.s4 import modeling
 
     seen = []

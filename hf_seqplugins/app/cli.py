@@ -1,4 +1,4 @@
-"""`hf-seqplugins` command line: list, demo, train, evaluate, generate, bench, export, push."""
+"""`hf-seqplugins` command line: list, check, demo, train, evaluate, generate, bench, export, push."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,9 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-seqplugins", description="Recurrent and state-space models for transformers.")
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("list", help="installed architectures, their backends and source packages")
+    check = verbs.add_parser("check", help="the operator and model conformance kits over installed architectures, as tables")
+    check.add_argument("model_types", nargs="*", metavar="MODEL_TYPE", help="default: every installed architecture")
+    check.add_argument("--operators-only", action="store_true", help="run the operator kit only (seconds, not minutes)")
 
     def training_arguments(verb, max_steps, output_dir):
         verb.add_argument("--model-type", default="seqp_lstm", choices=model_types)
@@ -197,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             backends = "; ".join(f"{op}: {', '.join(names)}" for op, names in info.backends.items())
             print(f"{model_type:16} {info.distribution:16} {backends:40} {info.description}")
         return 0
+    if args.verb == "check":
+        from .check import run
+
+        return run(args.model_types, args.operators_only)
     if args.verb in ("train", "demo"):
         return _train(args, reload_check=args.verb == "demo")
     if args.verb == "evaluate":

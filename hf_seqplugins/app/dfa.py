@@ -1,4 +1,5 @@
-"""Random deterministic finite automata for RegBench (in-context language learning, specs/SSM.md 9.2).
+"""Random deterministic finite automata for RegBench (in-context language learning; the `regbench` task of
+`hf_seqplugins.app.tasks`).
 
 A `DFA` here is partial: a missing transition rejects. All states accept, so a string is in the
 language exactly when the walk from state 0 never falls off the transition table.

@@ -1,4 +1,4 @@
-"""ParaRNN's parallel Newton solver for nonlinear recurrences (specs/RNN.md section 3).
+"""ParaRNN's parallel Newton solver for nonlinear recurrences (`docs/architectures/pararnn.md`).
 
 A cell author writes only the step ``h_t = step(h_{t-1}, x_t)``. The whole sequence of states H solves
 ``F(H) = 0`` with ``F_t = h_t - step(h_{t-1}, x_t)``; Newton's method linearises it around the current guess:
@@ -18,12 +18,12 @@ iterations, and in practice (quadratic convergence) in a handful. The loop stops
 ``max |F_t|`` is at most `tolerance`, or after `max_iterations`; if the residual is then still above the
 tolerance the solve falls back to the sequential loop with a warning (never a silently wrong result).
 
-Gradients are those of the exact solution (implicit differentiation, spec 3.3), not of the unrolled Newton
+Gradients are those of the exact solution (implicit differentiation; `docs/architectures/pararnn.md`, section 'Gradients: the adjoint recurrence'), not of the unrolled Newton
 iterations: the states are returned as ``Y = step(H_prev, x)`` evaluated once with autograd, and a hook
 replaces the gradient g arriving at Y by the adjoint ``λ_t = g_t + A_{t+1}^T λ_{t+1}`` (the same linear scan
 run backwards in time); back-propagation through that one step then gives ``Σ_t λ_t^T ∂step/∂(x_t, θ, h_0)``.
 
-States are computed in float32 for half-precision inputs (spec 3.7: errors grow like eps · T).
+States are computed in float32 for half-precision inputs (errors grow like eps · T; `docs/architectures/pararnn.md`, section 'Precision and convergence pitfalls').
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Log-depth parallel scan (Hillis-Steele doubling, specs/RNN.md 3.2): ceil(log2 T) rounds, each composing every
+"""Log-depth parallel scan (Hillis-Steele doubling; `docs/architectures/pararnn.md`, section 'The linear solver (linear_scan)'): ceil(log2 T) rounds, each composing every
 step's affine map `s -> a s + b` with the one `2^k` steps earlier, vectorised over the whole sequence.
 
 The initial state enters as the offset of the first step (`b_1 += a_1 s_0`). O(T log T) work, differentiable by

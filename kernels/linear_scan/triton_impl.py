@@ -1,4 +1,4 @@
-"""Triton backend of `linear_scan` (ParaRNN's linear solver, specs/RNN.md 3.2 and 3.8): a chunked
+"""Triton backend of `linear_scan` (ParaRNN's linear solver; `docs/architectures/pararnn.md`, section 'The linear solver (linear_scan)'): a chunked
 `tl.associative_scan` over time.
 
 Recurrence per batch row and channel: ``s_t = a_t s_{t-1} + b_t`` for t = 1..T from ``s_0`` (the initial
@@ -17,7 +17,7 @@ carried from the previous chunk, ``s = A_t s_carry + B_t``, stores the states an
 state on. Steps past the sequence (the ragged last chunk) load as the identity map (a = I, b = 0), so the
 chunk's last row is the carried state; channels past D are masked out of every load and store.
 
-Backward (the adjoint recurrence of spec 3.3): with g_t the gradient of s_t and g_final that of s_T,
+Backward (the adjoint recurrence; `docs/architectures/pararnn.md`, section 'Gradients: the adjoint recurrence'): with g_t the gradient of s_t and g_final that of s_T,
 ``lambda_t = g_t + a_{t+1}^T lambda_{t+1}`` backwards from ``lambda_{T+1} = g_final`` (``a_{T+1}`` is taken
 as the identity). This is the same scan kernel with ``REVERSE=True``: the program reads time backwards
 (no flipped copies), its "transitions" are `a` shifted by one step (a view starting at t = 2) and

@@ -1,6 +1,6 @@
 """SSM convolution-kernel generators in plain PyTorch (autograd through complex tensors).
 
-These are the two reductions of spec 0.3 that the `triton` backend fuses (`triton_impl` has the same
+These are the two reductions (`docs/architectures/s4.md`, section 'Convolution kernels') that the `triton` backend fuses (`triton_impl` has the same
 functions with the same contracts), plus the Krylov matrix of LSSL (dense matmuls, no Triton needed).
 They materialise `[rows, N/2, L]` (Vandermonde) or `[rows, L', N/2]` (Cauchy) complex intermediates.
 """
@@ -21,7 +21,7 @@ class Generators(NamedTuple):
 
 
 def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tensor:
-    """`K[r, l] = 2 Re sum_n v[r, n] exp(l * log_a[r, n])` for l < length (spec 1.5, conjugate pairs).
+    """`K[r, l] = 2 Re sum_n v[r, n] exp(l * log_a[r, n])` for l < length (one mode of each conjugate pair stored).
 
     v, log_a `[R, N2]` complex -> K `[R, length]` real (v's real dtype). The powers `exp(l log_a)` are products
     `exp(j B log_a) exp(i log_a)` over l = j B + i (B = `POWER_BLOCK`): two small sets of complex exponentials
@@ -38,7 +38,7 @@ POWER_BLOCK = 64
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (spec 1.6:
+    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's Cauchy sums:
     the sum over all N modes when only one of each conjugate pair is stored).
 
     v `[..., R, N2]` complex (leading dimensions share the poles w), w `[R, N2]` complex, z `[K]` complex (no
@@ -86,7 +86,7 @@ class _Cauchy(torch.autograd.Function):
 
 
 def krylov(a: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
-    """`[x, a x, a^2 x, ..., a^(length-1) x]` by repeated squaring (spec 2.1, about log2(length) matmuls).
+    """`[x, a x, a^2 x, ..., a^(length-1) x]` by repeated squaring (LSSL's Krylov matrix, about log2(length) matmuls).
 
     a `[H, N, N]`, x `[H, N, K]` (K vectors per channel) -> `[H, N, K, length]`."""
     columns = x[..., None]

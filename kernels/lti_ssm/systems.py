@@ -1,4 +1,4 @@
-"""Discretised linear time-invariant state spaces, one class per structure of A (specs/SSM.md 1-2).
+"""Discretised linear time-invariant state spaces, one class per structure of A (`docs/architectures/s4.md`).
 
 Every system maps inputs `u [Bt, T, H]` (H independent channels) to outputs `y [Bt, T, M, H]` (M output
 channels per input channel) through ``x_t = Ā x_{t-1} + B̄ u_t``, ``y_t = C x_t``, and offers what the
@@ -27,7 +27,7 @@ __all__ = ["DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "select_outp
 
 @dataclass
 class DiagonalSystem:
-    """S4D (spec 1.5, 1.7): diagonal complex Ā, one mode of each conjugate pair stored.
+    """S4D: diagonal complex Ā, one mode of each conjugate pair stored.
 
     `log_a [H, N2]` complex: log Ā (ZOH: ΔΛ; bilinear: log((1 + ΔΛ/2) / (1 - ΔΛ/2))); `b [H, N2]` complex: B̄;
     `c [M, H, N2]` complex. State `[Bt, H, N2]` complex; `y_t = 2 Re sum_n c_n x_{t,n}`.
@@ -88,7 +88,7 @@ class DiagonalSystem:
 
 @dataclass
 class DenseSystem:
-    """A dense Ā per channel (LSSL's real HiPPO system, spec 2; S4's DPLR system over all N complex modes).
+    """A dense Ā per channel (LSSL's real HiPPO system; S4's DPLR system over all N complex modes).
 
     `a [H, N, N]`, `b [H, N]`, `c [M, H, N]`, real or complex. State `[Bt, H, N]`; `y_t = Re(c x_t)`.
     """
@@ -114,7 +114,7 @@ class DenseSystem:
         return torch.einsum("mhn,bhn->bmh", self.c, state).real, state
 
     def kernel(self, length: int, generators: Generators | None = None) -> torch.Tensor:
-        """Krylov kernel (spec 2.1): `K[m, h, l] = Re(c Ā^l B̄)` by repeated squaring."""
+        """Krylov kernel: `K[m, h, l] = Re(c Ā^l B̄)` by repeated squaring."""
         columns = krylov(self.a, self.b[..., None], length)[:, :, 0]
         return torch.einsum("mhn,hnl->mhl", self.c, columns).real
 
@@ -163,7 +163,7 @@ def _both_halves(modes: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class DPLRSystem:
-    """S4 (spec 1.6-1.7): continuous A = Λ - P P* (diagonal plus rank R), bilinear discretisation with step Δ.
+    """S4: continuous A = Λ - P P* (diagonal plus rank R), bilinear discretisation with step Δ.
 
     `lam [H, N2]` complex (Re < 0), `p [R, H, N2]`, `b [H, N2]` complex, `c_tilde [M, H, N2]` complex: the
     learned C̃ = C (I - Ā^length), `dt [H]` real > 0, `length`: the kernel length C̃ refers to (l_max). One
@@ -222,7 +222,7 @@ class DPLRSystem:
         return self.dense().final_state(u, state)
 
     def kernel(self, length: int, generators: Generators) -> torch.Tensor:
-        """`K [M, H, length]` from the generating function (spec 1.6), evaluated at `self.length` roots of unity
+        """`K [M, H, length]` from the generating function (`docs/architectures/s4.md`, section 'Convolution kernels'), evaluated at `self.length` roots of unity
         (doubled until it covers `length`) and truncated. The Nyquist node ω = -1 takes its analytic value."""
         c_tilde, nodes = self.c_tilde, self.length
         while nodes < length:

@@ -1,4 +1,5 @@
-"""Triton kernels of the two SSM convolution-kernel generators of spec 0.3 (S4D Vandermonde, S4 Cauchy).
+"""Triton kernels of the two SSM convolution-kernel generators (S4D Vandermonde, S4 Cauchy; `docs/architectures/s4.md`,
+section 'Triton kernels').
 
 Same functions and contracts as `generators` (the plain-PyTorch versions), without their `[R, N2, L]`
 and `[R, K, N2]` complex intermediates. Triton has no complex type: every complex tensor travels as
@@ -7,7 +8,7 @@ its real and imaginary parts, and each generator is a `torch.autograd.Function` 
 real gradients to the gradients of the complex inputs. Complex64 inputs are computed in float32,
 complex128 in float64.
 
-Vandermonde (spec 1.5), v = vr + i vi, log_a = x = xr + i xi, all `[R, N2]`:
+Vandermonde (S4D), v = vr + i vi, log_a = x = xr + i xi, all `[R, N2]`:
 `K[r, l] = 2 Re sum_n v_n exp(l x_n) = 2 sum_n exp(l xr_n + rho_n) cos(l xi_n + phi_n)` with
 `rho = log|v|`, `phi = arg v` (computed by torch before the launch; one exp and one cos per term).
 `_vandermonde_kernel`, one program per (block of `BR` rows, block of `BL` steps), loops over n and
@@ -16,7 +17,7 @@ accumulates its `[BR, BL]` tile. Backward: with `S0_n = sum_l dK_l exp(l x_n)` a
 `dxi = -2 Im(v S1)`. `_vandermonde_backward_kernel`, one program per (row, block of `BN` modes), loops
 over blocks of `BL` steps, accumulating `[BN, BL]` tiles that it sums over the steps at the end.
 
-Cauchy (spec 1.6), v, w `[R, N2]`, nodes z `[K]`:
+Cauchy (S4), v, w `[R, N2]`, nodes z `[K]`:
 `out[r, k] = sum_n v_n / (z_k - w_n) + conj(v_n) / (z_k - conj(w_n))`. With `a = zr - wr`,
 `b1 = zi - wi`, `b2 = zi + wi`, `q1 = 1 / |z - w|^2 = 1 / (a^2 + b1^2)`, `q2 = 1 / |z - conj w|^2 = 1 / (a^2 + b2^2)`:
 `Re out = sum_n vr a (q1 + q2) + vi (b1 q1 - b2 q2)`, `Im out = sum_n vi a (q1 - q2) - vr (b1 q1 + b2 q2)`.
@@ -240,7 +241,7 @@ def generator_unsupported_reason(device: torch.device) -> str | None:
 
 
 def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tensor:
-    """`K[r, l] = 2 Re sum_n v[r, n] exp(l * log_a[r, n])` for l < length (spec 1.5, conjugate pairs).
+    """`K[r, l] = 2 Re sum_n v[r, n] exp(l * log_a[r, n])` for l < length (one mode of each conjugate pair stored).
 
     v, log_a `[R, N2]` complex -> K `[R, length]` real: float32 for complex64, float64 for complex128
     (mixed or real inputs are promoted). Differentiable in v and log_a (not twice). Raises
@@ -258,7 +259,7 @@ def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tens
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (spec 1.6).
+    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's Cauchy sums).
 
     v `[..., R, N2]` complex (leading dimensions share the poles w), w `[R, N2]` complex, z `[K]` complex ->
     `[..., R, K]` complex (complex64, or complex128 when any input is). Differentiable in v and w (not twice);

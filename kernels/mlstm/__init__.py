@@ -1,4 +1,4 @@
-"""mLSTM sequence operator (specs/RNN.md section 4): matrix memory with exponential or sigmoid input gate.
+"""mLSTM sequence operator (`docs/architectures/xlstm.md`): matrix memory with exponential or sigmoid input gate.
 
 `mlstm(q, k, v, igate, fgate, initial_state=None, mask=None, *, resets=None, input_gate="exp",
 normalize=True, eps=1e-6, chunk_size=64, backend=None) -> (h, (C, n, m))`
@@ -12,15 +12,16 @@ Shapes (B batch, T time, NH heads, DK query/key head dim, DV value head dim), ba
 - `mask` `[B, T]` bool or None: False marks padding, where the state is carried over unchanged and
   the output is 0 (nothing is read there: NaN in padded inputs stays out).
 - `resets` `[B, T]` bool or None: True where a new sequence starts (the state is zeroed, m = 0, before it).
-- `input_gate`: "exp" (mLSTMexp, spec 4.1-4.3, states stabilised by the max state m) or "sigmoid"
-  (mLSTMsig, spec 4.5: no stabiliser, m is ignored and returned unchanged). `normalize` applies to
+- `input_gate`: "exp" (mLSTMexp, states stabilised by the max state m) or "sigmoid"
+  (mLSTMsig: no stabiliser, m is ignored and returned unchanged). `normalize` applies to
   "sigmoid" only: False gives h = C^T q / sqrt(DK) without the normalizer. `eps` is added to the
   normalizer. `chunk_size` is the chunk length of the chunkwise backends (results do not depend on it).
 
 Returns `h [B, T, NH, DV]` in q's dtype and the final state `(C, n, m)` in the compute dtype: float32
 for half-precision inputs (gates, log-gates, cumulative sums, max and states always are), else q's
-dtype. With the zero initial state (m = 0) every backend computes exactly the recurrence of spec 4.1,
-so the parallel form equals the step loop even at eps > 0 (spec 4.7's eps-level difference concerns
+dtype. With the zero initial state (m = 0) every backend computes exactly the step recurrence,
+so the parallel form equals the step loop even at eps > 0 (the eps-level difference in `docs/architectures/xlstm.md`,
+section 'Pitfalls handled', concerns
 parallel forms without the m_0 = 0 term, e.g. mlstm_kernels' `parallel--native_stablef`).
 
 Backend contract (what `validate` hands every backend, positionally, in the heads-first layout the kernels
@@ -263,7 +264,7 @@ def mlstm_step(
     normalize: bool = True,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, State]:
-    """One recurrent step (spec 4.1 / 4.5) for decoding: O(1) in the sequence length.
+    """One recurrent step for decoding: O(1) in the sequence length.
 
     q, k `[B, NH, DK]`, v `[B, NH, DV]`, igate, fgate `[B, NH]`, state `(C, n, m)` as in `mlstm`
     (None = zeros). Returns `(h [B, NH, DV] in q's dtype, new state in the compute dtype)`.

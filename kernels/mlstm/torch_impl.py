@@ -1,14 +1,15 @@
-"""Fast pure-PyTorch backends: the chunkwise form of spec 4.3 ("torch") and its single-chunk case, the
-quadratic parallel form of spec 4.2 ("parallel"), both with initial and final state.
+"""Fast pure-PyTorch backends: the chunkwise form ("torch") and its single-chunk case, the
+quadratic parallel form ("parallel"), both with initial and final state (`docs/architectures/xlstm.md`, sections 'Chunkwise form'
+and 'Parallel (quadratic) form').
 
 All log-decays are sums of non-positive terms taken directly (prefix sums, suffix sums, and the
-tril-masked cumsum of spec 4.2 for the decay matrix inside a chunk), never differences of two
+tril-masked cumsum for the decay matrix inside a chunk), never differences of two
 cumulative sums, so long chunks lose no precision. The sequence is padded at the end up to a whole
 number of chunks with identity steps (igate = -inf, fgate = +inf, q = k = v = 0), which leave the
 state exactly unchanged, so the final state stays exact for any T.
 
 With the exp input gate, the max state entering chunk c and the combined max inside the chunk equal
-the step loop's m exactly (both are the unrolled max of spec 4.1), hence outputs and final states
+the step loop's m exactly (both are the unrolled max of the step recurrence), hence outputs and final states
 match the reference at eps > 0 too. With the sigmoid gate every log-weight is <= 0: no stabiliser is
 used (m = 0 throughout; the state's m is returned unchanged) and the normalizer's floor is 1.
 """

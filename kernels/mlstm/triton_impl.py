@@ -1,4 +1,5 @@
-"""Triton backend of the mLSTM operator in the style of TFLA (Tiled Flash Linear Attention, spec 4.4).
+"""Triton backend of the mLSTM operator in the style of TFLA (Tiled Flash Linear Attention; `docs/architectures/xlstm.md`, section
+'Triton backend (TFLA)').
 
 Two levels of tiling. The sequence is cut into chunks of `L` steps (the inter-chunk size, from
 `chunk_size`); a recurrent kernel materialises the state `(C, n, m)` entering every chunk. Each chunk

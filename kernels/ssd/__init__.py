@@ -1,4 +1,4 @@
-"""SSD sequence operator (specs/SSM.md section 3): Mamba-2's state space dual, a scalar-decay linear
+"""SSD sequence operator (`docs/architectures/mamba2.md`): Mamba-2's state space dual, a scalar-decay linear
 recurrence per head with a matrix state.
 
 `ssd(x, dt, log_decay, B, C, initial_state=None, mask=None, *, resets=None, chunk_size=64, backend=None)
@@ -10,7 +10,7 @@ Shapes (Bt batch, T time, H heads, P head dim, G groups, N state size):
   Heads map to groups in contiguous blocks: head h reads group h // (H / G).
 - `dt` `[Bt, T, H]`: the step sizes Δ, already softplus'ed and clamped by the caller.
 - `log_decay` `[Bt, T, H]`: the per-step log decay a_t, normally Δ_t·A_h (plus log λ for the
-  state-collapse mitigation of spec 3.11); usually <= 0, but any real value is computed faithfully.
+  state-collapse mitigation, `docs/architectures/mamba2.md`, section 'State-collapse mitigations'); usually <= 0, but any real value is computed faithfully.
 - `initial_state` `[Bt, H, P, N]` or None (zeros).
 - `mask` `[Bt, T]` bool or None: False marks padding, where the state is carried over unchanged and
   y = 0 (nothing is read there: NaN in padded inputs stays out).
@@ -21,7 +21,7 @@ Per head: `h_t = exp(a_t) h_{t-1} + dt_t · x_t ⊗ B_t`, `y_t = h_t C_t` (no D 
 
 Returns `y [Bt, T, H, P]` in x's dtype and the final state `[Bt, H, P, N]` in the compute dtype:
 float32 for half-precision inputs (dt, log_decay, cumulative sums, exponentials and the state always
-are, spec 3.8), else x's dtype.
+are), else x's dtype.
 
 Backend contract (what `validate` hands every backend, positionally):
 ``(x, dt, log_decay, B, C, initial_state, mask, chunk_size)`` with
@@ -38,7 +38,7 @@ Backend contract (what `validate` hands every backend, positionally):
 
 A backend returns `(y [Bt, T, H, P], final_state [Bt, H, P, N])`, y in the compute dtype or x's
 dtype (the public function casts it to x's dtype), the state in the compute dtype. Backends:
-"reference" (step loop, spec 3.2), "torch" (chunked SSD, spec 3.3, the default on CPU), "triton",
+"reference" (step loop), "torch" (chunked SSD, the default on CPU), "triton",
 and "transformers" (peer: transformers' pure-torch `mamba2_chunk_scan`, float32 only).
 
 A call with T = 1 (decoding) runs one reference step. `ssd_step(x, dt, log_decay, B, C, state)` is the same
@@ -245,7 +245,7 @@ def ssd_step(
     C: torch.Tensor,
     state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step (spec 3.2) for decoding: O(1) in the sequence length.
+    """One recurrent step for decoding: O(1) in the sequence length.
 
     x `[Bt, H, P]`, dt, log_decay `[Bt, H]`, B, C `[Bt, G, N]`, state `[Bt, H, P, N]` (None = zeros).
     Returns `(y [Bt, H, P] in x's dtype, new state in the compute dtype)`.

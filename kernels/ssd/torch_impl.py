@@ -1,6 +1,6 @@
-"""Fast pure-PyTorch backend: the chunked SSD of spec 3.3, with initial and final state.
+"""Fast pure-PyTorch backend: the chunked SSD (`docs/architectures/mamba2.md`, section 'Chunked SSD'), with initial and final state.
 
-Within a chunk, the log-decay from step j to step i is the masked cumsum of spec 3.3 (segsum), never
+Within a chunk, the log-decay from step j to step i is a masked cumsum (segsum), never
 `Acum_i - Acum_j`, which cancels catastrophically; the decay from step j to the chunk end is its
 last row. The decay from the chunk start is a plain prefix sum. Chunk states are passed by a loop
 over chunks (O(T/Q) small updates, linear in T; the segsum over chunk totals would be quadratic in
@@ -23,7 +23,7 @@ from .reference import fold_resets
 
 def _segsum(a: torch.Tensor) -> torch.Tensor:
     """`[..., L]` log-decays -> `[..., L, L]` with `sum_{j < r <= i} a[r]` at `[i, j]` for i >= j and
-    -inf above the diagonal, by the masked cumsum of spec 3.3.
+    -inf above the diagonal, by a masked cumsum.
 
     Sums below the log of the dtype's smallest normal number are set to -inf too: their exp would be
     subnormal (below 1e-38 in float32, far below any tolerance), and subnormal operands make CPU

@@ -1,4 +1,5 @@
-"""Triton backend of the SSD operator (Mamba-2, spec 3.2-3.3), in the five-step decomposition of spec 3.10.
+"""Triton backend of the SSD operator (Mamba-2), in mamba_ssm's five-step decomposition (`docs/architectures/mamba2.md`,
+section 'Triton backend').
 
 Recurrence per head: `h_t = exp(a_t) h_{t-1} + dt_t x_t B_t^T`, `y_t = h_t C_t` (state `[P, N]`).
 The sequence is cut into chunks of `L` steps and every chunk again into blocks of `BT` steps.
@@ -15,7 +16,7 @@ Within chunk c (local steps i, j), with `X_j = dt_j x_j`:
 The states entering every chunk, `[Bt * H, NC + 1, P, N]`, are kept for the backward.
 
 The in-chunk decays `seg_ij = sum_{j<r<=i} a_r` are never differences of prefix sums: on the diagonal
-block they are a masked cumulative sum over the block (spec 3.3 step 2), between blocks the sum
+block they are a masked cumulative sum over the block (the segsum of `docs/architectures/mamba2.md`, section 'Chunked SSD'), between blocks the sum
 `(suffix of j's block) + (totals of the blocks between) + (prefix of i's block)`. Every term is a sum of
 log decays, so for `a <= 0` nothing cancels and a decay keeps its full relative accuracy.
 

@@ -1,4 +1,4 @@
-"""Config of the Mamba-2 language model (specs/SSM.md section 3) and its state-collapse options (3.11)."""
+"""Config of the Mamba-2 language model and its state-collapse options (`docs/architectures/mamba2.md`)."""
 from __future__ import annotations
 
 import math

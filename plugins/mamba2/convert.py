@@ -1,7 +1,7 @@
 """Checkpoint conversion between transformers' Mamba-2 (`transformers.Mamba2ForCausalLM`, e.g.
 mistralai/Mamba-Codestral-7B-v0.1) and seqp_mamba2 (`Mamba2ForCausalLM`), both ways.
 
-Both models compute the same function (specs/SSM.md 3.4): embeddings, pre-norm blocks ``x + mixer(RMSNorm(x))``
+Both models compute the same function (`docs/architectures/mamba2.md`, section 'Mixer'): embeddings, pre-norm blocks ``x + mixer(RMSNorm(x))``
 with the Mamba-2 mixer (in_proj -> [z | xBC | dt], causal depthwise conv + SiLU on xBC, SSD with D skip, gated
 RMSNorm ``norm(y * silu(z))`` per group of d_inner / G channels, out_proj), a final RMSNorm and the LM head.
 transformers 5.24's `MambaRMSNormGated` normalises per group too (group_size = d_inner / n_groups), like

@@ -1,5 +1,5 @@
 """Attention/Mamba-2 hybrids from a transformers Llama decoder, initialised and distilled as MaTVLM does
-(specs/SSM.md section 4).
+(`docs/architectures/mamba2.md`, section 'Hybrids and MaTVLM distillation').
 
 `hybrid_from_llama(llama, mamba_layers)` copies a `LlamaForCausalLM` into a `seqp_mamba2` model whose blocks
 keep the Llama attention except at `mamba_layers`, which become attention-shaped Mamba-2 mixers (one SSM head

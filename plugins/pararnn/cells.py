@@ -1,4 +1,4 @@
-"""ParaRNN's cells (specs/RNN.md 3.4-3.5): recurrences whose Jacobian ∂h_t/∂h_{t-1} is diagonal across channels
+"""ParaRNN's cells (`docs/architectures/pararnn.md`, section 'Cells'): recurrences whose Jacobian ∂h_t/∂h_{t-1} is diagonal across channels
 (ParaGRU) or made of small diagonal blocks (ParaLSTM's 2 x 2 over `[c, h]`, the diagonal sLSTM's 4 x 4 over
 `[h, c, n, m]`), so Newton's linear solves are scans.
 
@@ -20,7 +20,7 @@ __all__ = ["CELLS", "ParaCell", "ParaGRUCell", "ParaLSTMCell", "SLSTMDiagCell", 
 
 class ParaCell(nn.Module):
     """Base class: recurrent weights `A [input_rows, N]` (diagonal: channel n reads only its own state), init
-    N(0, 2/(5N)) (spec 3.6's "xlstm" small init)."""
+    N(0, 2/(5N)) (the "xlstm" small init; `docs/architectures/pararnn.md`, section 'Initialisation')."""
 
     block: int | None = None
     input_rows: int = 3
@@ -34,7 +34,7 @@ class ParaCell(nn.Module):
         init.normal_(self.A, std=math.sqrt(2 / (5 * self.state_size)))
 
     def initial_bias(self) -> torch.Tensor:
-        """`[input_rows, N]`: zero except row 0 (GRU's update, LSTM's forget gate) = -linspace(0, 1, N) (spec 3.6)."""
+        """`[input_rows, N]`: zero except row 0 (GRU's update, LSTM's forget gate) = -linspace(0, 1, N)."""
         bias = torch.zeros(self.input_rows, self.state_size)
         bias[0] = -torch.linspace(0, 1, self.state_size)
         return bias
@@ -51,7 +51,7 @@ class ParaCell(nn.Module):
 
 
 class ParaGRUCell(ParaCell):
-    """ParaGRU (spec 3.4), x rows (z, r, candidate):
+    """ParaGRU, x rows (z, r, candidate):
     ``z = σ(A_z h + x_z)``, ``r = σ(A_r h + x_r)``, ``ĥ = tanh(A_h (h r) + x_h)``, ``h' = z ĥ + (1 - z) h``."""
 
     def step(self, h, x):
@@ -71,7 +71,7 @@ class ParaGRUCell(ParaCell):
 
 
 class ParaLSTMCell(ParaCell):
-    """ParaLSTM, the coupled-input-forget-gate LSTM with peepholes (spec 3.5); state `[..., N, 2]` = (c, h),
+    """ParaLSTM, the coupled-input-forget-gate LSTM with peepholes; state `[..., N, 2]` = (c, h),
     x rows (f, o, candidate), peepholes `C [2, N]` (f, o):
     ``f = σ(A_f h + x_f + C_f c)``, ``c' = f c + (1 - f) tanh(A_c h + x_c)``, ``o = σ(A_o h + x_o + C_o c')``,
     ``h' = o tanh(c')``."""
@@ -117,7 +117,7 @@ class ParaLSTMCell(ParaCell):
 
 
 class SLSTMDiagCell(ParaCell):
-    """sLSTM (specs/RNN.md 2.2) with diagonal recurrent weights, state `[..., N, 4]` = (h, c, n, m), x rows (i, f, z, o):
+    """sLSTM (`docs/architectures/rnn.md`, section 'sLSTM: stabiliser and normalizer') with diagonal recurrent weights, state `[..., N, 4]` = (h, c, n, m), x rows (i, f, z, o):
     ``m' = max(ĩ, m + logσ(f̃))``, ``i = exp(ĩ - m')``, ``f = exp(m + logσ(f̃) - m')``, ``c' = f c + i tanh(z̃)``,
     ``n' = f n + i``, ``h' = σ(õ) c' / n'`` with ``ĩ = A_i h + x_i`` etc. (no normaliser clamp). From the zero state
     the first m differs from the reference's m_1 = ĩ but h, the stabiliser-free quantity, is the same. Written as

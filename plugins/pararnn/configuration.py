@@ -1,4 +1,4 @@
-"""Config of the ParaRNN language model (specs/RNN.md section 3)."""
+"""Config of the ParaRNN language model (`docs/architectures/pararnn.md`)."""
 from __future__ import annotations
 
 import math

@@ -27,7 +27,7 @@ class ParaRNNMixer(nn.Module):
     """``x [B, T, D] -> cell pre-activations [B, T, rows, N] -> states -> out_proj(cell.output) [B, T, D]``.
 
     Parameters: the cell's (`A`, ...), the head-block-diagonal input weights `B [NH, D/NH, rows, N/NH]` and bias
-    `b [rows, N]` (spec 3.4), `out_proj [N -> D]`. The cache holds the last state `[B, N(, m)]`. After every
+    `b [rows, N]`, `out_proj [N -> D]`. The cache holds the last state `[B, N(, m)]`. After every
     parallel solve `newton_stats` holds its `NewtonStats` (logged by `hf_seqplugins.kernels.linear_scan.newton.NewtonStatsCallback`).
     """
 
@@ -43,7 +43,7 @@ class ParaRNNMixer(nn.Module):
         self.newton_stats: NewtonStats | None = None
 
     def init_mixer_weights(self) -> None:
-        """Spec 3.6: B Xavier-uniform over (D/NH, N/NH), b the cell's `initial_bias()`; the cell's own init."""
+        """Init (`docs/architectures/pararnn.md`, section 'Initialisation'): B Xavier-uniform over (D/NH, N/NH), b the cell's `initial_bias()`; the cell's own init."""
         heads, fan_in, _, fan_out = self.B.shape
         bound = math.sqrt(6 / (fan_in + fan_out))
         init.uniform_(self.B, -bound, bound)

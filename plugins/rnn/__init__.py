@@ -1,4 +1,4 @@
-"""RNN family: Elman, LSTM, GRU, FlashRNN head-wise variants and sLSTM (specs/RNN.md sections 1-2).
+"""RNN family: Elman, LSTM, GRU, FlashRNN head-wise variants and sLSTM (`docs/architectures/rnn.md`).
 
 `LSTM`, `GRU` and `RNN` are drop-in replacements for `torch.nn`'s layers with a `backend` argument.
 """

@@ -1,4 +1,4 @@
-"""Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), specs/SSM.md 1-2."""
+"""Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), `docs/architectures/s4.md`."""
 from __future__ import annotations
 
 from hf_seqplugins import SeqConfig, require_choice, require_positive_int
@@ -76,7 +76,7 @@ class StateSpaceConfig(SeqConfig):
 
 
 class S4Config(StateSpaceConfig):
-    """S4 (spec 1): A = Λ - P P* from HiPPO-LegS, bilinear discretisation, kernel by Cauchy sums + Woodbury.
+    """S4: A = Λ - P P* from HiPPO-LegS, bilinear discretisation, kernel by Cauchy sums + Woodbury.
 
     Args:
         rank: R, the rank of the low-rank correction (1 for LegS).
@@ -137,7 +137,7 @@ class S4Config(StateSpaceConfig):
 
 
 class S4DConfig(S4Config):
-    """S4D (spec 1.5): diagonal Λ (init "diag-lin", "diag-inv", "diag-real" or "legs"), ZOH or bilinear
+    """S4D: diagonal Λ (init "diag-lin", "diag-inv", "diag-real" or "legs"), ZOH or bilinear
     discretisation, kernel by a Vandermonde product. `rank` and `l_max` are unused."""
 
     model_type = "seqp_s4d"
@@ -148,7 +148,7 @@ class S4DConfig(S4Config):
 
 
 class LSSLConfig(StateSpaceConfig):
-    """LSSL (spec 2): a dense HiPPO A per layer, generalised bilinear discretisation, Krylov kernel.
+    """LSSL: a dense HiPPO A per layer, generalised bilinear discretisation, Krylov kernel.
 
     Args:
         measure: the HiPPO measure of A and B: "legs" or "legt".

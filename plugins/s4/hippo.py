@@ -1,4 +1,5 @@
-"""HiPPO matrices and S4's normal-plus-low-rank diagonalisation (specs/SSM.md 1.3), in float64."""
+"""HiPPO matrices and S4's normal-plus-low-rank diagonalisation (`docs/architectures/s4.md`, section 'HiPPO matrices'),
+in float64."""
 from __future__ import annotations
 
 import torch

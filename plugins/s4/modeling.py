@@ -1,4 +1,4 @@
-"""S4, S4D and LSSL model classes: one state-space mixer (specs/SSM.md 1.8) in the shared pre-norm blocks."""
+"""S4, S4D and LSSL model classes: one state-space mixer (`docs/architectures/s4.md`, section 'Block') in the shared pre-norm blocks."""
 from __future__ import annotations
 
 import functools
@@ -103,7 +103,7 @@ class StateSpaceMixer(nn.Module):
         state = read_state(cache, self.layer_idx)
         if state is not None:
             state = torch.view_as_complex(state[0].contiguous()) if self.complex_state else state[0]
-        # kernels, FFTs and states in float32 even under autocast (spec 1.10)
+        # kernels, FFTs and states in float32 even under autocast (`docs/architectures/s4.md`, section 'Numerics and pitfalls')
         with torch.autocast(hidden.device.type, enabled=False):
             y, state = self.state_space(hidden, state, cache is not None, attention_mask, resets)
         if cache is not None:
@@ -140,7 +140,7 @@ class StateSpaceMixer(nn.Module):
 
 
 class S4Mixer(StateSpaceMixer):
-    """S4 (`config.structure` "dplr") or S4D ("diagonal"), specs/SSM.md 1.2.
+    """S4 (`config.structure` "dplr") or S4D ("diagonal"), `docs/architectures/s4.md`.
 
     Parameters (complex ones stored as real `[..., 2]`; S = n_ssm copies, channel h uses copy h % S):
     `dt_param [H]` (Δ = exp or softplus of it), `A_real`, `A_imag [S, N/2]` (Λ = -exp(A_real) - i A_imag),
@@ -165,7 +165,7 @@ class S4Mixer(StateSpaceMixer):
         return {name: settings for name in names}
 
     def init_mixer_weights(self) -> None:
-        """Spec 1.2: log Δ ~ U[log dt_min, log dt_max]; Λ from `config.init`; B = 1 (diag-*) or V* B (legs, imaginary
+        """The S4 / S4D init: log Δ ~ U[log dt_min, log dt_max]; Λ from `config.init`; B = 1 (diag-*) or V* B (legs, imaginary
         part clipped to ±B_clip); P = V* P; C complex normal (parts N(0, 1/2)); S4's C̃ = C (I - Ā^l_max)."""
         super().init_mixer_weights()
         config = self.config
@@ -218,7 +218,7 @@ class S4Mixer(StateSpaceMixer):
 
 
 class LSSLMixer(StateSpaceMixer):
-    """LSSL (spec 2): Ā = (I - α Δ A)^-1 (I + (1 - α) Δ A), B̄ = Δ (I - α Δ A)^-1 B per channel, dense and real.
+    """LSSL: Ā = (I - α Δ A)^-1 (I + (1 - α) Δ A), B̄ = Δ (I - α Δ A)^-1 B per channel, dense and real.
 
     Parameters: `dt_param [H]` (log Δ), `C [M', H, N]`, `D [M, H]`, and with `learn_ab` > 0 `A [1 or H, N, N]`,
     `B [1 or H, N]` (else the fixed HiPPO matrices, recomputed rather than stored).
@@ -243,7 +243,7 @@ class LSSLMixer(StateSpaceMixer):
         return settings
 
     def init_mixer_weights(self) -> None:
-        """Spec 2.3: log Δ ~ U[log dt_min, log dt_max] ("random") or evenly log-spaced ("uniform"); A, B from HiPPO;
+        """The LSSL init: log Δ ~ U[log dt_min, log dt_max] ("random") or evenly log-spaced ("uniform"); A, B from HiPPO;
         C ~ N(0, 1)."""
         super().init_mixer_weights()
         config = self.config

@@ -1,4 +1,4 @@
-"""Config of the xLSTM language model (specs/RNN.md section 4.6: the xLSTM-7B block)."""
+"""Config of the xLSTM language model (the xLSTM-7B block; `docs/architectures/xlstm.md`)."""
 from __future__ import annotations
 
 import math

@@ -1,7 +1,7 @@
 """Checkpoint conversion between transformers' xLSTM (`transformers.xLSTMForCausalLM`, the NX-AI/xLSTM-7b layout)
 and seqp_xlstm (`XLSTMForCausalLM`), both ways.
 
-Both models compute the same function (specs/RNN.md 4.6): embeddings, pre-norm blocks of an mLSTM layer and a
+Both models compute the same function (`docs/architectures/xlstm.md`, section 'xLSTM-7B block'): embeddings, pre-norm blocks of an mLSTM layer and a
 SwiGLU feed-forward, a final RMSNorm and a soft-capped LM head. The conversion renames parameters, splits or
 concatenates transformers' fused projections (`weight_mode="fused"`) and refuses, with a ValueError naming the
 field, whatever one side cannot represent.

@@ -1,4 +1,4 @@
-"""xLSTM model classes: the xLSTM-7B mLSTM layer (specs/RNN.md 4.6) in the shared pre-norm blocks."""
+"""xLSTM model classes: the xLSTM-7B mLSTM layer (`docs/architectures/xlstm.md`, section 'xLSTM-7B block') in the shared pre-norm blocks."""
 from __future__ import annotations
 
 import math
