@@ -1,5 +1,15 @@
-"""The mLSTM operator: chunkwise and parallel forms against the step loop, padding, long sequences,
-half precision, validation, and parity with mlstm_kernels' native torch functions.
+"""The mLSTM operator, what is specific to it: chunkwise and parallel forms against the step loop with
+gradients across chunk boundaries (chunk sizes 4, 8, 64; with and without an initial state; every input
+gate), eps = 0 and tiny shapes, large gates, random shapes and chunk sizes, left / right padding and rows of
+padding only (h = 0 and zero gradients there), `mlstm_step` (against the loop, from no state, in bfloat16),
+one-token calls of every backend equal to `mlstm_step` exactly, long sequences with large gates (float32,
+and 16k tokens in bfloat16), half precision (bfloat16 and float16), the automatic backend, validation, and
+parity with mlstm_kernels' native torch functions.
+
+The generic contract checks (every backend against the reference in float64 with gradients, for the exp,
+sigmoid and unnormalised sigmoid gates; chunk sizes 2, 5, 16; prefill then single steps; splits with the
+carried state; left padding; packed rows; poisoned buffers; bfloat16) live in the operator conformance kit,
+run by tests/test_operator_conformance.py.
 
 Public layout (batch first, time second): q, k `[B, T, NH, DK]`, v `[B, T, NH, DV]`, gates `[B, T, NH]`,
 h `[B, T, NH, DV]`; mlstm_kernels' functions take heads first `[B, NH, T, ...]` (`heads_first`).
@@ -95,21 +105,6 @@ def test_large_gates_float64():
     inputs = make_inputs(steps=20, i_scale=40.0, f_scale=40.0, seed=3)
     for backend in ("torch", "parallel"):
         assert_same(run_with_grads(inputs, backend, chunk_size=8), run_with_grads(inputs, "reference"))
-
-
-@pytest.mark.parametrize(("input_gate", "normalize"), GATES)
-@pytest.mark.parametrize("split", [1, 5, 8])
-def test_state_passing_equals_one_pass(input_gate, normalize, split):
-    inputs = make_inputs(steps=13, grad=False)
-    options = {"input_gate": input_gate, "normalize": normalize, "chunk_size": 4}
-    full_h, full_state = mlstm(**inputs, **options, backend="torch")
-    first = {name: t[:, :split] for name, t in inputs.items() if name != "initial_state"}
-    second = {name: t[:, split:] for name, t in inputs.items() if name != "initial_state"}
-    h1, state = mlstm(**first, initial_state=inputs["initial_state"], **options, backend="torch")
-    h2, state = mlstm(**second, initial_state=state, **options, backend="torch")
-    torch.testing.assert_close(torch.cat([h1, h2], dim=1), full_h, **TOL)
-    for a, e in zip(state, full_state):
-        torch.testing.assert_close(a, e, **TOL)
 
 
 def padded_batch(row, pad):

@@ -1,6 +1,15 @@
-"""The SSD operator (Mamba-2): the chunked form against the step loop, chunk-size independence, state
-passing, padding, decoding steps, long sequences, half precision, validation, and parity with
-transformers' pure-torch `mamba2_chunk_scan`.
+"""The SSD operator (Mamba-2), what is specific to it: the chunked form against the step loop with
+gradients across chunk boundaries (chunk sizes 1, 4, 16; with and without an initial state), tiny shapes and
+strong decays, random shapes and chunk sizes, chunk-size independence including chunks of 1 and of the whole
+length, left / right padding and rows of padding only (y = 0 and zero gradients there), `ssd_step` (the
+decoding step, from a chunked prefill, from no state, in bfloat16), a long sequence with strong decays, half
+precision (bfloat16 and float16), the automatic backend, validation, and parity with transformers'
+pure-torch `mamba2_chunk_scan`.
+
+The generic contract checks (every backend against the reference in float64 with gradients, for one and
+several groups; chunk sizes 2, 5, 16; prefill then single steps; splits with the carried state; left
+padding; packed rows; poisoned buffers; bfloat16) live in the operator conformance kit, run by
+tests/test_operator_conformance.py.
 
 Tolerances: float64 comparisons of our backends use atol 1e-10 / rtol 1e-8 (measured differences are
 about 1e-15); the float32 checks (long sequence, transformers peer) and the half-precision checks
@@ -88,19 +97,6 @@ def test_output_independent_of_chunk_size():
         y, state = ssd(**inputs, chunk_size=chunk_size, backend="torch")
         torch.testing.assert_close(y, y1, **TOL)
         torch.testing.assert_close(state, state1, **TOL)
-
-
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("split", [1, 5, 8, 12])
-def test_state_passing_equals_one_pass(backend, split):
-    inputs = make_inputs(steps=13, grad=False)
-    full_y, full_state = ssd(**inputs, chunk_size=4, backend=backend)
-    first = {name: inputs[name][:, :split] for name in NAMES}
-    second = {name: inputs[name][:, split:] for name in NAMES}
-    y1, state = ssd(**first, initial_state=inputs["initial_state"], chunk_size=4, backend=backend)
-    y2, state = ssd(**second, initial_state=state, chunk_size=4, backend=backend)
-    torch.testing.assert_close(torch.cat([y1, y2], dim=1), full_y, **TOL)
-    torch.testing.assert_close(state, full_state, **TOL)
 
 
 def padded_batch(row, pad):
@@ -320,10 +316,3 @@ def test_step_validation_errors():
         ssd_step(x, dt, dt, B[:1], B[:1], None)
     with pytest.raises(ValueError, match=r"state must be \[Bt, H, P, N\]"):
         ssd_step(x, dt, dt, B, B, torch.zeros(2, 4, 5, 3))
-
-
-@pytest.mark.parametrize("with_state", [False, True])
-def test_single_step_fast_path_equals_reference_float64(with_state):
-    """T=1 (decoding) takes the torch backend's one-step path: values and gradients as the loop."""
-    inputs = make_inputs(steps=1, groups=2, with_state=with_state, seed=11)
-    assert_same(run_with_grads(inputs, "torch"), run_with_grads(inputs, "reference"))

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Cache
 
+from .sequences import compute_dtype
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
@@ -68,12 +70,16 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if attention_mask is not None:  # padded keys and values are never read (NaN there would leak through SDPA)
+            real = attention_mask[:, None, -steps:, None].bool()
+            k, v = torch.where(real, k, 0), torch.where(real, v, 0)
         # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
-        inverse_frequency = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=torch.float32) / self.head_dim)
+        dtype = compute_dtype(hidden.dtype)
+        inverse_frequency = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim)
         positions = self.positions(attention_mask, batch, steps, cache, hidden.device)
         if resets is not None:
             positions = positions - torch.where(resets, positions, 0).cummax(1).values
-        angles = positions[..., None].float() * inverse_frequency
+        angles = positions[..., None].to(dtype) * inverse_frequency
         angles = torch.cat((angles, angles), dim=-1)[:, None]
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

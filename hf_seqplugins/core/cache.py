@@ -44,3 +44,16 @@ def write_state(cache: Cache | None, layer_idx: int, state: tuple[torch.Tensor, 
     # update_recurrent_state() leaves has_previous_state unset (only update_conv_state sets it);
     # without this the stored state would never be read back.
     cache.layers[layer_idx].has_previous_state[0] = True
+
+
+def cached_batch_size(cache: Cache | None) -> int | None:
+    """The batch size of the states held in `cache` (recurrent, convolution or attention), None while it is empty."""
+    for layer in [] if cache is None else cache.layers:
+        for states in (getattr(layer, "recurrent_states", {}), getattr(layer, "conv_states", {})):
+            for state in states.values():
+                if isinstance(state, torch.Tensor):
+                    return state.shape[0]
+        keys = getattr(layer, "keys", None)
+        if getattr(layer, "is_initialized", False) and isinstance(keys, torch.Tensor) and keys.numel():
+            return keys.shape[0]
+    return None

@@ -34,6 +34,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
+from .cache import cached_batch_size
 from .configuration import SeqConfig
 from .sequences import boundaries, compute_dtype
 
@@ -188,8 +189,14 @@ class SeqModel(SeqPreTrainedModel):
             cache = None
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         batch, length = inputs_embeds.shape[:2]
+        if length == 0:
+            raise ValueError(f"the input has no tokens (shape {list(inputs_embeds.shape[:2])}); pass at least one")
+        cached = cached_batch_size(cache)
+        if cached is not None and cached != batch:
+            raise ValueError(f"the cache holds states of batch size {cached}, the input has batch size {batch}")
         mask, resets = boundaries(
-            length, attention_mask, position_ids, kwargs.get("seq_idx"), kwargs.get("cu_seq_lens_q"), batch=batch
+            length, attention_mask, position_ids, kwargs.get("seq_idx"), kwargs.get("cu_seq_lens_q"), batch=batch,
+            history=cached is not None,
         )
         history_mask = None
         if self.uses_history_mask and attention_mask is not None and not bool(attention_mask.all()):

@@ -40,11 +40,13 @@ def boundaries(
     seq_idx: torch.Tensor | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
     batch: int | None = None,
+    history: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """`(mask [B, length] bool | None, resets [B, length] bool | None)` for the current `length` tokens.
 
-    attention_mask: `[B, length]`, or `[B, past + length]` over the whole history as `generate` sends it (its
-        last `length` columns are used); 0 at padding. Any other shape is an error naming both.
+    attention_mask: `[B, length]`, or with `history` (a cache holds earlier tokens) also `[B, past + length]`
+        over the whole history as `generate` sends it (its last `length` columns are used); 0 at padding. Any
+        other shape is an error naming both.
     position_ids `[B, length]` (or `[length]`): a sequence starts where the position is 0. seq_idx `[B, length]`:
         where the index changes. cu_seq_lens_q `[S + 1]`: cumulative lengths of the sequences of a single packed
         row. Only starts preceded by a real token of the same row count (a left-padded row's first token starts
@@ -53,8 +55,11 @@ def boundaries(
     """
     mask = None
     if attention_mask is not None:
-        if attention_mask.dim() != 2 or attention_mask.shape[1] < length or (batch is not None and attention_mask.shape[0] != batch):
-            expected = f"[{batch if batch is not None else 'B'}, {length}] (or [B, past + {length}] with a cache)"
+        columns = attention_mask.shape[1] if attention_mask.dim() == 2 else None
+        if columns is None or columns < length or (columns > length and not history) or (
+            batch is not None and attention_mask.shape[0] != batch
+        ):
+            expected = f"[{batch if batch is not None else 'B'}, {length}]" + (f" or [B, past + {length}]" if history else "")
             raise ValueError(f"attention_mask must be {expected}, got shape {list(attention_mask.shape)}")
         mask = attention_mask[:, -length:].bool()
     starts = None

@@ -347,3 +347,51 @@ def test_bad_inputs_raise_clear_errors(model_type):
         model(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(_tokens(model.config), attention_mask=torch.ones(2, 1, 9, 9))
+    ids = _tokens(model.config)
+    with pytest.raises(ValueError, match=r"attention_mask must be \[2, 9\], got shape \[2, 12\]"):
+        model(ids, attention_mask=torch.ones(2, 12, dtype=torch.long))
+    with pytest.raises(ValueError, match="no tokens"):
+        model(ids[:, :0])
+    cache = DynamicCache(config=model.config)
+    model(ids, cache=cache, use_cache=True)
+    with pytest.raises(ValueError, match="cache holds states of batch size 2, the input has batch size 1"):
+        model(ids[:1, :1], cache=cache, use_cache=True)
+
+
+@torch.no_grad()
+def test_padded_positions_are_never_read(model_type):
+    """NaN and inf in the embeddings of left-padded positions leave the real positions unchanged (a mixer must
+    select, not multiply by the mask: NaN x 0 = NaN)."""
+    model = _causal_lm(model_type)
+    ids = _tokens(model.config)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    embeds = model.get_input_embeddings()(ids)
+    clean = model(inputs_embeds=embeds, attention_mask=mask).logits
+    poisoned = embeds.clone()
+    poisoned[1, :2], poisoned[1, 2:4] = float("nan"), float("inf")
+    logits = model(inputs_embeds=poisoned, attention_mask=mask).logits
+    assert torch.isfinite(logits[1, 4:]).all(), "non-finite padded inputs reached the real positions"
+    torch.testing.assert_close(logits[:, 4:], clean[:, 4:], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_float64_model_computes_in_float64(model_type):
+    """A model cast to float64 computes in float64 throughout: its logits respond linearly to a perturbation of
+    the embeddings far below float32's resolution (any float32 step in between turns that into rounding noise)."""
+    model = _causal_lm(model_type).double()
+    ids = _tokens(model.config)
+    embeds = model.get_input_embeddings()(ids)
+    direction = torch.randn(embeds.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    step = 1e-9 * float(embeds.abs().max())
+
+    def moved(by):
+        return model(inputs_embeds=embeds + by * step * direction).logits
+
+    base = moved(0)
+    assert base.dtype == torch.float64
+    once, twice = moved(1) - base, moved(2) - base
+    scale = float(once.abs().max())
+    assert scale > 0, "the logits do not react to the embeddings at all"
+    nonlinearity = float((twice - 2 * once).abs().max()) / scale
+    assert nonlinearity < 1e-3, f"float64 logits respond to a 1e-9 perturbation with relative noise {nonlinearity:.2g}"

@@ -52,7 +52,6 @@ except ImportError as error:
 
 from hf_seqplugins import BackendUnavailableError, triton_device_reason
 
-from .reference import step
 
 __all__ = ["mlstm", "unsupported_reason"]
 
@@ -461,9 +460,6 @@ def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps
     if initial_state is None:
         initial_state = (q.new_zeros(batch, heads, dk, dv), q.new_zeros(batch, heads, dk), q.new_zeros(batch, heads))
     initial_state = tuple(s.to(dtype) for s in initial_state)
-    if steps == 1:  # decoding: one recurrent step beats chunk kernels padded to 16 steps
-        h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], igate[:, :, 0], fgate[:, :, 0], initial_state, input_gate, normalize, eps)
-        return h[:, :, None], state
     config = _Config.make(steps, dk, dv, chunk_size, block_intra, input_gate == "sigmoid", normalize, float(eps), dtype)
     inputs = (q, k, v, igate, fgate, *initial_state)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):

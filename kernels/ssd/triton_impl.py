@@ -62,7 +62,6 @@ except ImportError as error:
 
 from hf_seqplugins import BackendUnavailableError, triton_device_reason
 
-from .reference import step
 
 __all__ = ["ssd", "unsupported_reason"]
 
@@ -279,9 +278,6 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size, *, block_intra=
         x, B, C = (torch.where(keep[..., None], t, 0.0) for t in (x, B, C))
     if initial_state is None:
         initial_state = x.new_zeros(batch, heads, dp, B.shape[-1])
-    if steps == 1:  # decoding: one recurrent step beats chunk kernels padded to 16 steps
-        y, state = step(x[:, 0], dt[:, 0], log_decay[:, 0], B[:, 0], C[:, 0], initial_state.to(dtype))
-        return y[:, None], state
     config = _Config.make(steps, dp, B.shape[-1], chunk_size, block_intra, dtype)
     inputs = (x, dt, log_decay, B, C, initial_state.to(dtype))
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):

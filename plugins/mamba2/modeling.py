@@ -14,6 +14,7 @@ from hf_seqplugins import (
     SeqForCausalLM,
     SeqForSequenceClassification,
     SeqModel,
+    compute_dtype,
     read_state,
     run_by_segments,
     write_state,
@@ -33,8 +34,9 @@ class GatedRMSNorm(nn.Module):
         self.group_size, self.eps = group_size, eps
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y, z `[B, T, d_inner]` -> `[B, T, d_inner]` (computed in float32, returned in y's dtype)."""
-        gated = y.float() * F.silu(z.float())
+        """y, z `[B, T, d_inner]` -> `[B, T, d_inner]` (computed in at least float32, returned in y's dtype)."""
+        dtype = compute_dtype(y.dtype)
+        gated = y.to(dtype) * F.silu(z.to(dtype))
         groups = gated.unflatten(-1, (-1, self.group_size))
         normed = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.flatten(-2).to(y.dtype)
@@ -150,8 +152,9 @@ class Mamba2Mixer(nn.Module):
             x, B = (t.repeat_interleave(self.num_heads // config.xb_heads, dim=2) for t in (x, B))
         B = B * config.sc_input_scale
         C = C.unflatten(-1, (self.n_groups, self.state_size))
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*config.time_step_limit) * config.sc_dt_scale
-        log_decay = dt * -torch.exp(self.A_log.float()) + math.log(config.sc_decay_scale)
+        dtype = compute_dtype(dt.dtype)
+        dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)).clamp(*config.time_step_limit) * config.sc_dt_scale
+        log_decay = dt * -torch.exp(self.A_log.to(dtype)) + math.log(config.sc_decay_scale)
         state = read_state(cache, self.layer_idx, self.state_shapes())
         if config.sc_sliding_window is not None or self.state_norm_threshold is not None:
             scan = self.sliding_window_scan if config.sc_sliding_window is not None else self.scan_with_state_norm
