@@ -1,12 +1,9 @@
 """The `linear_scan` operator, what is specific to it: the torch doubling scan and the chunked scan against
-the step loop (float64) over several of the chunked scan's chunks, for diagonal transitions and 2 x 2 and
-3 x 3 blocks, with and without an initial state, with gradients (and the final state exactly the last);
-random lengths and block sizes; half precision computed in float32; and input validation. The Triton
-backend has its own file.
-
-The generic contract checks (every backend against the reference in float64 with gradients, for diagonal
-transitions and 2 x 2 blocks; prefill then single steps; splits; left padding; packed rows; poisoned
-buffers; bfloat16) live in the operator conformance kit, run by tests/test_operator_conformance.py."""
+the step loop (float64, gradients) for 2 x 2 and 3 x 3 blocks, with and without an initial state, random
+lengths and block sizes, half precision, validation; the Triton backend has its own file. The generic
+contract checks (every backend against the reference in float64 with gradients, single steps, splits, left
+padding, packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
+(tests/test_operator_conformance.py)."""
 import pytest
 import torch
 from hypothesis import given, settings

@@ -1,15 +1,11 @@
 """The `triton` backend of `linear_scan` (chunked associative scan, `docs/architectures/pararnn.md`), what is
 specific to it: against the `reference` step loop (states, final states and the gradients of a, b and the
-initial state, all through the operator so its validation runs) over several chunks, for diagonal
-transitions and m x m blocks (m = 1..4), in float64 and float32, with gradients through one output alone,
-unit-norm transitions, several channel tiles, strided and expanded inputs, random shapes and chunks; the
-no-gradient path equal to the differentiable one; state passing over several chunks; no channels; its
-refusals; and compilation for sm_80 / sm_90.
-
-The generic contract checks (float64 against the reference with gradients, prefill then single steps (a
-one-token call runs the reference step whichever backend is named), splits, left padding, packed rows,
-poisoned buffers, bfloat16) live in the operator conformance kit, run by tests/test_operator_conformance.py;
-at the kit's length of 13 the scan is one chunk, so the multi-chunk checks here stay.
+initial state, through the operator) over several chunks, for m x m blocks (m = 1..4), in float32, tiles,
+strides, unit-norm transitions, state passing over chunks, refusals, compilation for sm_80 / sm_90. The
+generic contract checks (float64 against the reference with gradients, single steps, splits, left padding,
+packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
+(tests/test_operator_conformance.py), whose length of 13 is one chunk here; a one-token call runs the
+reference step whichever backend is named.
 
 Without CUDA the kernel runs in Triton's interpreter (about 1 ms per program step), so sizes stay tiny and
 the chunk is patched down to 8 steps (`MAX_CHUNK`): T = 70 is nine chunks, the last one ragged, in both the

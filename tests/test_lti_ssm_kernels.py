@@ -1,15 +1,9 @@
-"""The `lti_ssm` operator, what is specific to it: convolution mode (torch, triton) against the step
-recurrence (reference) in float64 for each system structure at a length beyond an S4 system's kernel length
-(the doubling), with and without an initial state; the kernel as the impulse response; S4's Cauchy +
-Woodbury kernel against the dense Krylov kernel; C̃ round trips; the HiPPO cross-checks (LSSL's kernel
-equals S4's in the eigenbasis); left padding with y = 0 at the padding; `lti_ssm_step` after a prefill;
-`return_final_state=False`; float32 systems; random shapes and kernel lengths; `select_outputs`; the FFT
-length; the shared-pole Cauchy sums and their gradients; the final state over several chunks; validation
-and refusals.
-
-The generic contract checks (every backend against the reference in float64 with gradients, for diagonal,
-DPLR and dense systems; prefill then single steps; splits; left padding; packed rows; poisoned buffers;
-bfloat16) live in the operator conformance kit, run by tests/test_operator_conformance.py.
+"""The `lti_ssm` operator, what is specific to it: convolution mode against the step recurrence beyond an S4
+system's kernel length, the impulse response, S4's Cauchy + Woodbury kernel against the Krylov kernel, the
+HiPPO cross-checks, y = 0 at padding, `lti_ssm_step`, float32 systems, random shapes, the FFT length,
+validation. The generic contract checks (every backend and system kind against the reference in float64 with
+gradients, single steps, splits, left padding, packed rows, poisoned buffers, bfloat16) live in the operator
+conformance kit (tests/test_operator_conformance.py).
 
 Tolerances: float64 atol 1e-10 (observed about 1e-14); float32 rtol 1e-4 relative to the output scale.
 """

@@ -1,10 +1,7 @@
 """The Triton SSM-kernel generators (`lti_ssm.triton_impl`: S4D Vandermonde, S4 Cauchy) called directly,
-against the plain-PyTorch `generators`: outputs and the gradients of every differentiable input, over
-several blocks and random shapes, gradcheck, empty sizes, dtypes, refusals and compilation for sm_80 / sm_90.
-The `triton` backend through the operator is checked against the recurrence in tests/test_lti_ssm_kernels.py,
-and its generic contract checks (float64 against the reference with gradients, prefill then single steps,
-splits, left padding, packed rows, poisoned buffers, bfloat16) live in the operator conformance kit, run by
-tests/test_operator_conformance.py.
+against the plain-PyTorch `generators`: outputs and the gradients of every differentiable input. The `triton`
+backend's generic contract checks through the operator live in the operator conformance kit
+(tests/test_operator_conformance.py).
 
 Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny.
 Every accuracy check runs twice: with the default blocks (one ragged block per dimension at these sizes)

@@ -1,15 +1,10 @@
 """The mLSTM operator, what is specific to it: chunkwise and parallel forms against the step loop with
-gradients across chunk boundaries (chunk sizes 4, 8, 64; with and without an initial state; every input
-gate), eps = 0 and tiny shapes, large gates, random shapes and chunk sizes, left / right padding and rows of
-padding only (h = 0 and zero gradients there), `mlstm_step` (against the loop, from no state, in bfloat16),
-one-token calls of every backend equal to `mlstm_step` exactly, long sequences with large gates (float32,
-and 16k tokens in bfloat16), half precision (bfloat16 and float16), the automatic backend, validation, and
-parity with mlstm_kernels' native torch functions.
-
-The generic contract checks (every backend against the reference in float64 with gradients, for the exp,
-sigmoid and unnormalised sigmoid gates; chunk sizes 2, 5, 16; prefill then single steps; splits with the
-carried state; left padding; packed rows; poisoned buffers; bfloat16) live in the operator conformance kit,
-run by tests/test_operator_conformance.py.
+gradients across chunks, eps = 0, tiny shapes, large gates, random shapes and chunk sizes, right padding and
+rows of padding only, `mlstm_step` (and one-token calls of every backend equal to it), long sequences, half
+precision, validation, and parity with mlstm_kernels' native torch functions. The generic contract checks
+(every backend and gate against the reference in float64 with gradients, chunk sizes 2, 5, 16, single
+steps, splits, left padding, packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
+(tests/test_operator_conformance.py).
 
 Public layout (batch first, time second): q, k `[B, T, NH, DK]`, v `[B, T, NH, DV]`, gates `[B, T, NH]`,
 h `[B, T, NH, DV]`; mlstm_kernels' functions take heads first `[B, NH, T, ...]` (`heads_first`).

@@ -1,15 +1,10 @@
-"""The `triton` backend of `mlstm` (TFLA-style kernels), what is specific to it: the kernels called
-directly against the `reference` step loop (outputs, final states and the gradients of every input, initial
-state included, both input gates) over several chunks and query blocks, in float64 and float32, over random
-shapes and chunk sizes, at one step, over several head-dim tiles, at eps = 0, with gradients through the
-final state alone, large gate pre-activations, padding spanning a whole chunk with a gap, a mask given to
-the kernel directly; through the operator, state passing over several chunks and half-precision inputs;
-its refusals; and compilation for sm_80 / sm_90.
-
-The generic contract checks (float64 against the reference with gradients, chunk sizes 2, 5, 16, prefill
-then single steps, splits, left padding, packed rows, poisoned buffers, bfloat16) live in the operator
-conformance kit, run by tests/test_operator_conformance.py. At the kit's length of 13 every chunk size rounds
-to one chunk of 16, so the multi-chunk checks here stay.
+"""The `triton` backend of `mlstm` (TFLA-style kernels), what is specific to it: against the `reference`
+step loop (outputs, final states, gradients of every input, both input gates) over several chunks and query
+blocks, tiles and random shapes, eps = 0, large gates, padding across a chunk, state passing over chunks,
+half precision, refusals, compilation for sm_80 / sm_90. The generic contract checks (float64 against the
+reference with gradients, chunk sizes, single steps, splits, left padding, packed rows, poisoned buffers,
+bfloat16) live in the operator conformance kit (tests/test_operator_conformance.py), whose length of 13 is
+one chunk of 16 here.
 
 Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny;
 `block_intra=16` with chunks of 32 makes every chunk two query blocks, so both tiling levels run.

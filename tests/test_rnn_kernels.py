@@ -1,12 +1,8 @@
-"""The head-wise RNN operator, what is specific to it: the torch backend against the reference recurrence
-under a mask with a gap between real tokens (gradients included) and over random shapes, padding steps
-inside a row, heads as independent RNNs, the sLSTM stabiliser (an exact rescaling, finite under huge
-pre-activations), half precision with float32 states, and validation errors.
-
-The generic contract checks (every backend against the reference in float64 with gradients, for every cell
-and the LSTM projection; prefill then single steps; splits; left padding; packed rows; poisoned buffers;
-bfloat16) live in the operator conformance kit, run by tests/test_operator_conformance.py.
-"""
+"""The head-wise RNN operator, what is specific to it: torch against the reference under masks with gaps
+(gradients included) and over random shapes, padding inside a row, heads as independent RNNs, the sLSTM
+stabiliser, half precision, validation. The generic contract checks (every backend and example case against
+the reference in float64 with gradients, single steps, splits, left padding, packed rows, poisoned buffers,
+bfloat16) live in the operator conformance kit (tests/test_operator_conformance.py)."""
 import pytest
 import torch
 from hypothesis import given, settings

@@ -1,13 +1,9 @@
 """The `triton` backend of `headwise_rnn`, what is specific to it: against the `reference` recurrence
-(outputs, final states and the gradients of every tensor input, for every cell) under masks with left
-padding and gaps, in float32 and float64, without a recurrent bias or an initial state, with sLSTM
-normalizers of zero, large pre-activations and the normalizer clamp, over several batch tiles, fully padded
-rows; the inference path with a gap; half-precision inputs; and its refusals (projections, head sizes, the
-interpreter).
-
-The generic contract checks (float64 against the reference with gradients, prefill then single steps (a
-one-token call runs the reference step whichever backend is named), splits, left padding, packed rows,
-poisoned buffers, bfloat16) live in the operator conformance kit, run by tests/test_operator_conformance.py.
+(outputs, final states, gradients of every input, every cell) under masks with gaps, in float32, without bias
+or initial state, sLSTM edge cases, several batch tiles, fully padded rows, the inference path, half
+precision, refusals. The generic contract checks (float64 against the reference with gradients, single steps,
+splits, left padding, packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
+(tests/test_operator_conformance.py); a one-token call runs the reference step whichever backend is named.
 
 Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny.
 Tolerances: float32 atol 1e-5 / rtol 1e-4 (observed errors are below 1e-6); float64 atol 1e-12 / rtol 1e-10.

@@ -1,15 +1,10 @@
-"""The SSD operator (Mamba-2), what is specific to it: the chunked form against the step loop with
-gradients across chunk boundaries (chunk sizes 1, 4, 16; with and without an initial state), tiny shapes and
-strong decays, random shapes and chunk sizes, chunk-size independence including chunks of 1 and of the whole
-length, left / right padding and rows of padding only (y = 0 and zero gradients there), `ssd_step` (the
-decoding step, from a chunked prefill, from no state, in bfloat16), a long sequence with strong decays, half
-precision (bfloat16 and float16), the automatic backend, validation, and parity with transformers'
-pure-torch `mamba2_chunk_scan`.
-
-The generic contract checks (every backend against the reference in float64 with gradients, for one and
-several groups; chunk sizes 2, 5, 16; prefill then single steps; splits with the carried state; left
-padding; packed rows; poisoned buffers; bfloat16) live in the operator conformance kit, run by
-tests/test_operator_conformance.py.
+"""The SSD operator (Mamba-2), what is specific to it: the chunked form against the step loop with gradients
+across chunks, tiny shapes and strong decays, random shapes and chunk sizes, chunks of 1 and of the whole
+length, right padding and rows of padding only, `ssd_step`, a long sequence, half precision, validation, and
+parity with transformers' `mamba2_chunk_scan`. The generic contract checks (every backend and example case
+against the reference in float64 with gradients, chunk sizes 2, 5, 16, single steps, splits, left padding,
+packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
+(tests/test_operator_conformance.py).
 
 Tolerances: float64 comparisons of our backends use atol 1e-10 / rtol 1e-8 (measured differences are
 about 1e-15); the float32 checks (long sequence, transformers peer) and the half-precision checks

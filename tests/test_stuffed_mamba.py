@@ -1,4 +1,5 @@
 """Stuffed Mamba's sliding-window state (method 3): what it guarantees, exactly, and that it streams."""
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -68,3 +69,18 @@ def test_state_norm_clamps_per_real_tokens_so_left_padding_changes_nothing():
     cache = DynamicCache(config=model.config)
     model(ids, cache=cache, use_cache=True)
     assert torch.linalg.matrix_norm(model.model.layers[0].mixer.cached_ssm_state(cache)).max() <= 0.01 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sc_decay_scale", 1.5, "sc_decay_scale must be <= 1"),
+    ("sc_decay_scale", 0, "sc_decay_scale must be a finite number > 0"),
+    ("sc_sliding_window", 0, "sc_sliding_window"),
+    ("sc_state_norm_threshold", -1, "sc_state_norm_threshold must be None, a number > 0"),
+])
+def test_options_edited_on_a_built_model_are_validated_where_they_are_read(field, value, message):
+    """The README invites switching the sc_ options on a trained model: a bad value is refused at the next
+    forward with the construction-time message, instead of NaN logits or a silently ignored setting."""
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_mamba2")).eval()
+    setattr(model.config, field, value)
+    with pytest.raises(ValueError, match=message):
+        model(torch.tensor([[1, 2, 3]]))

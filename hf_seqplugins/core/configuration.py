@@ -80,6 +80,9 @@ class SeqConfig(PreTrainedConfig):
         require_positive_int(self, "intermediate_size", allow_zero=True)
         if not 0.0 <= float(self.hidden_dropout) < 1.0:
             raise ValueError(f"{type(self).__name__}.hidden_dropout must be in [0, 1), got {self.hidden_dropout!r}")
+        value = self.initializer_range
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{type(self).__name__}.initializer_range must be a finite number >= 0, got {value!r}")
         if not float(self.norm_eps) > 0:
             raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
         choices = backend_choices(self.kernel_backend) if isinstance(self.kernel_backend, (str, dict)) else None

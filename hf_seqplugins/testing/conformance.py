@@ -339,6 +339,8 @@ def test_invalid_config_raises_naming_the_field(model_type):
             AutoConfig.for_model(model_type, **{**base, field: 0})
     with pytest.raises(ValueError, match="kernel_backend"):
         AutoConfig.for_model(model_type, **{**base, "kernel_backend": "no-such-backend"})
+    with pytest.raises(ValueError, match="initializer_range must be a finite number >= 0"):
+        AutoConfig.for_model(model_type, **{**base, "initializer_range": -0.1})
 
 
 def test_bad_inputs_raise_clear_errors(model_type):

@@ -134,7 +134,7 @@ class Mamba2Config(SeqConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         name = type(self).__name__
-        for field in ("state_size", "head_dim", "n_groups", "expand", "conv_kernel", "chunk_size", "sc_state_norm_chunk"):
+        for field in ("state_size", "head_dim", "n_groups", "expand", "conv_kernel", "chunk_size"):
             require_positive_int(self, field)
         if self.d_inner % self.head_dim:
             raise ValueError(f"{name}: expand * hidden_size ({self.d_inner}) must be divisible by head_dim ({self.head_dim})")
@@ -147,12 +147,6 @@ class Mamba2Config(SeqConfig):
             raise ValueError(f"{name}.A_init_range must be (low, high) with 0 < low <= high, got {self.A_init_range!r}")
         if not 0 < self.time_step_min <= self.time_step_max:
             raise ValueError(f"{name}: need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}")
-        for field in ("sc_decay_scale", "sc_input_scale", "sc_dt_scale"):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and 0 < value and math.isfinite(value)):
-                raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
-        if self.sc_decay_scale > 1:
-            raise ValueError(f"{name}.sc_decay_scale must be <= 1 (it shrinks the decay), got {self.sc_decay_scale!r}")
         if self.attention_head_dim is None:
             self.attention_head_dim = self.hidden_size // self.num_attention_heads
         if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.attention_layers):
@@ -172,6 +166,19 @@ class Mamba2Config(SeqConfig):
                     f"{name}.xb_heads needs n_groups == num_heads ({self.n_groups} vs {self.num_heads}), state_size == head_dim "
                     f"({self.state_size} vs {self.head_dim}) and num_heads divisible by xb_heads ({self.xb_heads})"
                 )
+        self.check_state_collapse_options()
+
+    def check_state_collapse_options(self) -> None:
+        """Validate the `sc_*` options. They are read at every forward (so they can be switched on a trained
+        model), and the mixer calls this there too: a value edited after construction gets the same error."""
+        name = type(self).__name__
+        require_positive_int(self, "sc_state_norm_chunk")
+        for field in ("sc_decay_scale", "sc_input_scale", "sc_dt_scale"):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and 0 < value and math.isfinite(value)):
+                raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
+        if self.sc_decay_scale > 1:
+            raise ValueError(f"{name}.sc_decay_scale must be <= 1 (it shrinks the decay), got {self.sc_decay_scale!r}")
         threshold = self.sc_state_norm_threshold
         if self.sc_sliding_window is not None:
             require_positive_int(self, "sc_sliding_window")
