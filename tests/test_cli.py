@@ -34,6 +34,17 @@ def test_export_writes_card_with_results(tmp_path, capsys):
     assert (tmp_path / "out" / "seqp_plugins_rnn_modeling.py").exists()
 
 
+def test_export_and_push_keep_the_saved_tokenizer(tmp_path, capsys):
+    from hf_seqplugins.app.data import byte_tokenizer
+
+    folder = saved_model(tmp_path)
+    byte_tokenizer().save_pretrained(folder)
+    assert main(["export", str(folder), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenizer_config.json").exists()
+    assert main(["push", str(folder), "someone/tiny", "--dry-run"]) == 0
+    assert "tokenizer_config.json" in capsys.readouterr().out
+
+
 def test_push_dry_run_lists_files_and_uploads_nothing(tmp_path, capsys):
     assert main(["push", str(saved_model(tmp_path)), "someone/tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out

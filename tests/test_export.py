@@ -174,7 +174,7 @@ def test_remote_code_is_flattened_once_per_process(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "probe_pkg.probe", raising=False)
     probe = importlib.import_module("probe_pkg.probe").Probe
     files = remote_code.flat_sources([probe])
-    assert files["probe_pkg_probe.py"].startswith("from .seqp_core_cache import read_state\n")
+    assert files["probe_pkg_probe.py"].splitlines()[1] == "from .seqp_core_cache import read_state"
     calls.clear()
     assert remote_code.flat_sources([probe]) == files and calls == []
     source.write_text(source.read_text() + "# edited\n")
@@ -184,3 +184,14 @@ def test_remote_code_is_flattened_once_per_process(tmp_path, monkeypatch):
     calls.clear()
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # only the mtime changes
     assert remote_code.flat_sources([probe]) == edited and calls
+
+
+def test_saving_another_architecture_into_a_folder_removes_only_our_stale_files(tmp_path):
+    AutoModelForCausalLM.from_config(tiny_config("seqp_xlstm")).save_pretrained(tmp_path)
+    assert (tmp_path / "seqp_plugins_xlstm_modeling.py").exists()
+    (tmp_path / "my_notes.py").write_text("# the user's own file\n")
+    AutoModelForCausalLM.from_config(tiny_config("seqp_gru")).save_pretrained(tmp_path)
+    written = {path.name for path in tmp_path.glob("*.py")}
+    assert "seqp_plugins_xlstm_modeling.py" not in written and "seqp_kernels_mlstm_reference.py" not in written
+    assert {"seqp_plugins_rnn_modeling.py", "my_notes.py"} <= written
+    assert AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).config.model_type == "seqp_gru"

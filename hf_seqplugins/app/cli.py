@@ -28,7 +28,12 @@ def _load(folder: str):
 def _tokenizer(folder: str):
     from .data import byte_tokenizer
 
-    return AutoTokenizer.from_pretrained(folder) if (Path(folder) / "tokenizer_config.json").exists() else byte_tokenizer()
+    return _saved_tokenizer(folder) or byte_tokenizer()
+
+
+def _saved_tokenizer(folder: str):
+    """The tokenizer saved in `folder`, or None when it holds none."""
+    return AutoTokenizer.from_pretrained(folder) if (Path(folder) / "tokenizer_config.json").exists() else None
 
 
 def _card_fields(args) -> dict:
@@ -238,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = _load(args.model)
     if args.verb == "export":
-        folder = hf_seqplugins.export(model, args.output, repo_id=args.repo_id, **_card_fields(args))
+        folder = hf_seqplugins.export(model, args.output, repo_id=args.repo_id, tokenizer=_saved_tokenizer(args.model),
+                                      **_card_fields(args))
         print(f"exported {model.config.model_type} to {folder}")
         return 0
     try:
         result = hf_seqplugins.push_to_hub(
             model, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message,
-            dry_run=args.dry_run, **_card_fields(args),
+            dry_run=args.dry_run, tokenizer=_saved_tokenizer(args.model), **_card_fields(args),
         )
     except hf_seqplugins.PushError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -54,16 +54,17 @@ def push_to_hub(
     commit_message: str | None = None,
     token: str | None = None,
     dry_run: bool = False,
+    tokenizer=None,
     **card_fields,
 ) -> PushResult:
-    """Export `model` (weights, remote code, model card) and upload it to `repo_id`.
+    """Export `model` (weights, remote code, model card, and `tokenizer` if given) and upload it to `repo_id`.
 
     With `dry_run=True` nothing is contacted: the result lists the files that would be uploaded.
     `card_fields` (license, datasets, results, training) go to the model card. Hub errors (no token,
     no permission, name taken, offline) are raised as `PushError` with what to do.
     """
     with tempfile.TemporaryDirectory() as folder:
-        export(model, folder, repo_id=repo_id, **card_fields)
+        export(model, folder, repo_id=repo_id, tokenizer=tokenizer, **card_fields)
         files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file())
         if dry_run:
             return PushResult(repo_id, revision, files, None)
