@@ -84,3 +84,18 @@ def test_options_edited_on_a_built_model_are_validated_where_they_are_read(field
     setattr(model.config, field, value)
     with pytest.raises(ValueError, match=message):
         model(torch.tensor([[1, 2, 3]]))
+
+
+def test_state_norm_decoding_warns_and_chunk_one_makes_decoding_equal_a_forward():
+    config = tiny_config("seqp_mamba2", attention_layers=[], sc_state_norm_threshold=0.05, sc_state_norm_chunk=4)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="sc_state_norm_chunk=1 for identical"):
+        model.generate(ids[:, :3], max_new_tokens=2, do_sample=False)
+    model.config.sc_state_norm_chunk = 1
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, :1], cache=cache, use_cache=True).logits]
+        steps += [model(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(1, ids.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,13 @@ class GatedRMSNorm(nn.Module):
         groups = gated.unflatten(-1, (-1, self.group_size))
         normed = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.flatten(-2).to(y.dtype)
+
+
+STATE_NORM_DECODING_WARNING = (
+    "sc_state_norm_threshold: decoding clamps the state after every token, a forward pass after every "
+    "sc_state_norm_chunk={chunk} real tokens, so scores from a forward pass differ from what generate() computes; "
+    "set sc_state_norm_chunk=1 for identical ones (a slower prefill)"
+)
 
 
 class Mamba2Mixer(nn.Module):
@@ -157,6 +165,8 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.to(dtype)) + math.log(config.sc_decay_scale)
         state = read_state(cache, self.layer_idx, self.state_shapes())
+        if self.state_norm_threshold is not None and cache is not None and hidden.shape[1] == 1 and config.sc_state_norm_chunk > 1:
+            warnings.warn(STATE_NORM_DECODING_WARNING.format(chunk=config.sc_state_norm_chunk), stacklevel=2)
         if config.sc_sliding_window is not None or self.state_norm_threshold is not None:
             scan = self.sliding_window_scan if config.sc_sliding_window is not None else self.scan_with_state_norm
             inputs = (x, dt, log_decay, B, C)
