@@ -89,7 +89,7 @@ def test_converted_model_matches_transformers_and_converts_back_exactly(weight_m
         assert_logits_close(logits(ours, ids), logits(hf, ids))
 
     back = to_transformers(ours, weight_mode=weight_mode)
-    assert type(back) is xLSTMForCausalLM and back.config.weight_mode == weight_mode
+    assert type(back) is xLSTMForCausalLM and back.config.weight_mode == weight_mode and back.config.mode == mode
     expected, got = hf.state_dict(), back.state_dict()
     assert list(got) == list(expected)
     assert all(torch.equal(got[key], expected[key]) for key in expected)

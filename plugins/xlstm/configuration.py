@@ -29,6 +29,8 @@ class XLSTMConfig(SeqConfig):
         ffn_proj_factor, ffn_round_up_to_multiple_of: intermediate_size (when not given) =
             hidden_size * ffn_proj_factor rounded up to the multiple (7B: 2.667 and 64 -> 10944 for 4096).
         initializer_range: std of the "small init" of embeddings and projections; default sqrt(2 / (5 D)).
+        transformers_kernel_settings: how transformers' own xLSTM runs its kernels (`mode`, `chunkwise_kernel`,
+            ...), kept from a converted model so converting back restores them; seqp_xlstm does not read them.
     """
 
     model_type = "seqp_xlstm"
@@ -54,9 +56,11 @@ class XLSTMConfig(SeqConfig):
         norm_eps: float = 1e-6,
         initializer_range: float | None = None,
         tie_word_embeddings: bool = False,
+        transformers_kernel_settings: dict | None = None,
         **kwargs,
     ):
         self.num_heads = num_heads
+        self.transformers_kernel_settings = dict(transformers_kernel_settings or {})
         self.qk_dim_factor = qk_dim_factor
         self.v_dim_factor = v_dim_factor
         self.gate_soft_cap = gate_soft_cap

@@ -34,10 +34,13 @@ tied seqp_xlstm model is exported with a copy of its embeddings as `lm_head`.
 
 Settings of how transformers runs its kernels (`mode`, `chunkwise_kernel`, `sequence_kernel`, `step_kernel`,
 `return_last_states`, `autocast_kernel_dtype`, `inference_state_dtype`, `norm_reduction_force_float32`,
-`max_inference_chunksize`) are not carried: seqp_xlstm picks its kernels with `kernel_backend` and always
-reduces norms and keeps half-precision states in float32 (transformers' defaults). Exported configs use
-transformers' defaults (`mode="inference"`: any sequence length, generation). Neither is seqp_xlstm's
-`kernel_backend`, `hidden_dropout` (transformers' xLSTM has no dropout) or `initializer_range`.
+`max_inference_chunksize`) do not change what seqp_xlstm computes (it picks its kernels with `kernel_backend`
+and always reduces norms and keeps half-precision states in float32): an imported model keeps them in
+`config.transformers_kernel_settings`, and converting back restores them, so a round trip gives the same model
+(`mode="train"` and `"inference"` are different computation paths in transformers). A model that never was
+a transformers one exports with transformers' defaults (`mode="inference"`: any sequence length, generation).
+seqp_xlstm's `kernel_backend`, `hidden_dropout` (transformers' xLSTM has no dropout) and `initializer_range`
+are not exported.
 """
 from __future__ import annotations
 
@@ -98,6 +101,12 @@ def _up_proj_dim(hf_config: xLSTMConfig) -> int:
     return round_up_to_next_multiple_of(hf_config.hidden_size * hf_config.ffn_proj_factor, hf_config.ffn_round_up_to_multiple_of)
 
 
+KERNEL_SETTINGS = (
+    "mode", "chunkwise_kernel", "sequence_kernel", "step_kernel", "return_last_states", "autocast_kernel_dtype",
+    "inference_state_dtype", "norm_reduction_force_float32", "max_inference_chunksize",
+)
+
+
 def config_from_transformers(hf_config: xLSTMConfig) -> XLSTMConfig:
     """The `XLSTMConfig` of a transformers `xLSTMConfig`.
 
@@ -145,6 +154,7 @@ def config_from_transformers(hf_config: xLSTMConfig) -> XLSTMConfig:
         bos_token_id=hf_config.bos_token_id,
         eos_token_id=hf_config.eos_token_id,
         dtype=hf_config.dtype,
+        transformers_kernel_settings={field: getattr(hf_config, field) for field in KERNEL_SETTINGS if hasattr(hf_config, field)},
     )
 
 
@@ -207,6 +217,7 @@ def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> 
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         dtype=config.dtype,
+        **getattr(config, "transformers_kernel_settings", {}),
     )
 
 
