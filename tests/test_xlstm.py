@@ -80,7 +80,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("mode, lengths", [("inference", (8, 11)), ("train", (8,))])
 def test_converted_model_matches_transformers_and_converts_back_exactly(weight_mode, hidden_size, use_bias, mode, lengths):
     """Lengths 8 (whole chunks of 4) and 11 (not: transformers' train mode refuses it); hidden_size 32 has
-    D_qk = 16, a width transformers' cache cannot hold, so this runs without cache."""
+    D_qk = 16, a width transformers' cache cannot hold, so this runs without cache and converting back is refused."""
     hf = random_hf_model(hf_config(weight_mode, hidden_size=hidden_size, use_bias=use_bias, mode=mode))
     ours = from_transformers(hf)
     assert isinstance(ours, XLSTMForCausalLM) and not ours.training
@@ -88,6 +88,10 @@ def test_converted_model_matches_transformers_and_converts_back_exactly(weight_m
         ids = random_ids(length)
         assert_logits_close(logits(ours, ids), logits(hf, ids))
 
+    if hidden_size * 0.5 % 64:  # transformers' own cache cannot hold D_qk = 16: converting back is refused
+        with pytest.raises(ValueError, match=r"qk_dim_factor=0\.5 cannot be converted: .*multiples of 64"):
+            to_transformers(ours, weight_mode=weight_mode)
+        return
     back = to_transformers(ours, weight_mode=weight_mode)
     assert type(back) is xLSTMForCausalLM and back.config.weight_mode == weight_mode and back.config.mode == mode
     expected, got = hf.state_dict(), back.state_dict()
@@ -98,7 +102,7 @@ def test_converted_model_matches_transformers_and_converts_back_exactly(weight_m
 
 
 def test_round_trip_from_our_side_keeps_config_and_weights():
-    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_heads=2, chunk_size=4, intermediate_size=48, use_bias=True)
+    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_heads=2, chunk_size=4, intermediate_size=384, use_bias=True)
     ours = XLSTMForCausalLM(config).eval()
     for weight_mode in WEIGHT_MODES:
         hf_state = state_dict_to_transformers(ours.state_dict(), config, weight_mode)
@@ -107,7 +111,7 @@ def test_round_trip_from_our_side_keeps_config_and_weights():
         assert back.keys() == ours.state_dict().keys()
         assert all(torch.equal(back[key], value) for key, value in ours.state_dict().items())
         again = config_from_transformers(hf_cfg)
-        assert again.intermediate_size == 48
+        assert again.intermediate_size == 384
         for field in ("hidden_size", "num_hidden_layers", "num_heads", "qk_dim_factor", "v_dim_factor", "gate_soft_cap",
                       "output_logit_soft_cap", "norm_eps", "mlstm_eps", "chunk_size", "use_bias", "tie_word_embeddings"):
             assert getattr(again, field) == getattr(config, field), field
@@ -175,10 +179,13 @@ def test_from_transformers_loads_saved_checkpoints(weight_mode, tmp_path):
         ({"output_logit_soft_cap": None}, "output_logit_soft_cap"),
         ({"gate_soft_cap": 0.0}, "gate_soft_cap"),
         ({"intermediate_size": 0}, "intermediate_size"),
+        ({"hidden_size": 64}, "qk_dim_factor"),
+        ({"v_dim_factor": 0.75}, "v_dim_factor"),
     ],
 )
 def test_export_refuses_what_transformers_cannot_represent(overrides, field):
-    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_heads=2, chunk_size=4, **overrides)
+    config = XLSTMConfig(**{"vocab_size": VOCAB, "hidden_size": 128, "num_hidden_layers": 2, "num_heads": 2, "chunk_size": 4,
+                            **overrides})
     with pytest.raises(ValueError, match=rf"XLSTMConfig\.{field}="):
         config_to_transformers(config)
     with pytest.raises(ValueError, match=rf"XLSTMConfig\.{field}="):

@@ -180,8 +180,10 @@ def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> 
     default kernel settings (`mode="inference"`, native PyTorch kernels: run anywhere, any length).
 
     Raises ValueError naming the field for: sLSTM blocks in block_pattern, input_gate "sigmoid", a gate or logit
-    soft cap of 0/None (transformers has no "no cap"), an intermediate_size that transformers cannot derive from
-    hidden_size (0 included), an unknown weight_mode.
+    soft cap of 0/None (transformers has no "no cap"), query/key or value widths (hidden_size * qk_dim_factor,
+    hidden_size * v_dim_factor) that are not multiples of 64 (transformers' cache rounds them up to one and then
+    crashes), an intermediate_size that transformers cannot derive from hidden_size (0 included), an unknown
+    weight_mode.
     """
     if "s" in config.block_types:
         refuse(config, "block_pattern", "transformers' xLSTM has mLSTM blocks only")
@@ -192,6 +194,12 @@ def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> 
             refuse(config, field, "transformers' xLSTM always soft-caps (a float cap > 0)")
     if weight_mode not in WEIGHT_MODES:
         raise ValueError(f"weight_mode must be one of {WEIGHT_MODES}, got {weight_mode!r}")
+    for field in ("qk_dim_factor", "v_dim_factor"):
+        width = config.hidden_size * getattr(config, field)
+        if width % 64:
+            refuse(config, field, f"transformers' xLSTM sizes its generation cache for hidden_size * {field} rounded up "
+                   f"to a multiple of 64 while its layers use {width:g} itself, so its default forward and generate() "
+                   "crash; convert models whose query/key and value widths are multiples of 64")
     ffn_proj_factor, ffn_multiple = _ffn_factor_and_multiple(config)
     return xLSTMConfig(
         vocab_size=config.vocab_size,
