@@ -57,7 +57,7 @@ print(f"held-out text: {bits_per_byte:.3f} bits per byte")
 
 # 4. Generate: the prompt is prefilled in one pass, then each byte costs O(1) from the recurrent cache.
 model.eval()
-prompt = tokenizer("The function ", add_special_tokens=False, return_tensors="pt").input_ids
+prompt = tokenizer("The function ", return_tensors="pt").input_ids  # the byte tokenizer adds no EOS to a prompt
 generated = model.generate(prompt, max_new_tokens=120, do_sample=False)
 print(f"sample: {tokenizer.decode(generated[0])!r}")
 
@@ -75,5 +75,7 @@ export_dir = hf_seqplugins.export(
 reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
 assert (reloaded.generate(prompt, max_new_tokens=120, do_sample=False) == generated).all(), "reloaded model generates differently"
 generator = pipeline("text-generation", model=str(export_dir), trust_remote_code=True)
-print(f"pipeline on the export: {generator('The function ', max_new_tokens=40, do_sample=False)[0]['generated_text']!r}")
+piped = generator("The function ", max_new_tokens=40, do_sample=False)[0]["generated_text"]
+assert piped == tokenizer.decode(reloaded.generate(prompt, max_new_tokens=40, do_sample=False)[0]), "pipeline != generate"
+print(f"pipeline on the export: {piped!r}")
 print(f"exported to {export_dir} and reloaded with trust_remote_code: identical generations")

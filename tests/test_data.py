@@ -2,18 +2,26 @@
 import pytest
 from transformers import AutoTokenizer
 
-from hf_seqplugins.app.data import byte_tokenizer, language_modeling_dataset, pydoc_corpus
+from hf_seqplugins.app.data import byte_tokenizer, is_byte_tokenizer, language_modeling_dataset, pydoc_corpus
 
 
-def test_byte_tokenizer_round_trips_utf8_and_saves_as_one_file(tmp_path):
+def test_byte_tokenizer_round_trips_utf8_and_reloads_in_plain_transformers(tmp_path):
     tokenizer = byte_tokenizer()
-    text = "naïve café — 42"
+    text = "naïve café — 42\n\t\x00"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(text.encode("utf-8")) and max(ids) < len(tokenizer) == 259
+    assert ids == [b + 3 for b in text.encode("utf-8")] and len(tokenizer) == 259
     assert tokenizer.decode(ids) == text
     tokenizer.save_pretrained(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer_config.json"]
-    assert AutoTokenizer.from_pretrained(tmp_path)(text, add_special_tokens=False)["input_ids"] == ids
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(text, add_special_tokens=False)["input_ids"] == ids and is_byte_tokenizer(reloaded)
+    assert (reloaded.pad_token_id, reloaded.eos_token_id, reloaded.unk_token_id) == (0, 1, 2)
+
+
+def test_byte_tokenizer_adds_no_end_of_sequence_to_a_prompt():
+    """A causal-LM prompt must not end in EOS: generation would continue after a token never seen mid-text."""
+    tokenizer = byte_tokenizer()
+    assert tokenizer("The function ")["input_ids"] == tokenizer("The function ", add_special_tokens=False)["input_ids"]
+    assert tokenizer.eos_token_id not in tokenizer("The function ")["input_ids"]
 
 
 def test_language_modeling_blocks_hold_out_the_end_of_the_text():

@@ -30,7 +30,8 @@ def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
     assert "bits per byte" in result.stdout
     assert "reloaded with trust_remote_code: identical generations" in result.stdout
     model_dir = tmp_path / "model"
-    expected = {"config.json", "model.safetensors", "README.md", "tokenizer_config.json", "seqp_plugins_rnn_modeling.py"}
+    expected = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json",
+                "seqp_plugins_rnn_modeling.py"}
     assert expected <= {p.name for p in model_dir.iterdir()}
     assert "library_name: transformers" in (model_dir / "README.md").read_text()
 

@@ -1,20 +1,56 @@
 """Embedded default data: real English text that ships with every CPython, and a byte-level tokenizer.
 
-Nothing is downloaded. The tokenizer is transformers' `ByT5Tokenizer` without extra ids (UTF-8 bytes
-shifted by 3 after pad=0, eos=1, unk=2; vocabulary 259): it needs no vocabulary file, saves as one
-`tokenizer_config.json` next to the model, and loads with `AutoTokenizer` in plain transformers, so
-`pipeline("text-generation", model=folder, trust_remote_code=True)` works on an exported folder.
+Nothing is downloaded. The tokenizer is byte-level (UTF-8 bytes shifted by 3 after pad=0, eos=1, unk=2;
+vocabulary 259, ByT5's ids) and, like GPT-2's or Llama's, adds no end-of-sequence token to a text: a prompt
+ends where it ends, so `pipeline("text-generation")` continues it as `generate()` does on its raw ids. It is a
+`PreTrainedTokenizerFast` built in code (no vocabulary download), saves as `tokenizer.json` next to the model
+and loads with `AutoTokenizer` in plain transformers, so `pipeline("text-generation", model=folder,
+trust_remote_code=True)` works on an exported folder.
 """
 from __future__ import annotations
 
 import pydoc_data.topics
 from datasets import Dataset, DatasetDict
-from transformers import ByT5Tokenizer, PreTrainedTokenizerBase
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
-def byte_tokenizer() -> ByT5Tokenizer:
-    """The byte-level tokenizer (vocabulary 259: pad 0, eos 1, unk 2, then the 256 byte values)."""
-    return ByT5Tokenizer(extra_ids=0)
+SPECIAL_TOKENS = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+BYTE_OFFSET = len(SPECIAL_TOKENS)
+
+
+def _byte_characters() -> list[str]:
+    """One printable character per byte value, the byte-level convention of GPT-2's tokenizer (which
+    `tokenizers`' ByteLevel pre-tokenizer and decoder use): printable Latin-1 bytes stand for themselves, the
+    others for the characters from U+0100 on, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    characters, shifted = [], 0
+    for value in range(256):
+        if value in printable:
+            characters.append(chr(value))
+        else:
+            characters.append(chr(256 + shifted))
+            shifted += 1
+    return characters
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer: byte b is token b + 3 after pad 0, eos 1, unk 2 (vocabulary 259); no special
+    token is added to a text."""
+    vocabulary = {**SPECIAL_TOKENS, **{c: value + BYTE_OFFSET for value, c in enumerate(_byte_characters())}}
+    tokenizer = Tokenizer(models.BPE(vocabulary, [], unk_token="<unk>"))  # no merges: one token per byte
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def is_byte_tokenizer(tokenizer: PreTrainedTokenizerBase | None) -> bool:
+    """Whether `tokenizer` (e.g. reloaded from a folder) is `byte_tokenizer()`'s, whose tokens are bytes."""
+    return (
+        tokenizer is not None
+        and len(tokenizer) == BYTE_OFFSET + 256
+        and tokenizer("Aé", add_special_tokens=False)["input_ids"] == [b + BYTE_OFFSET for b in "Aé".encode()]
+    )
 
 
 def pydoc_corpus() -> str:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
 
 from . import metrics, tasks
-from .data import byte_tokenizer, language_modeling_dataset
+from .data import byte_tokenizer, is_byte_tokenizer, language_modeling_dataset
 from ..core.optim import optimizer_cls_and_kwargs
 from ..core.registry import load_plugins
 
@@ -189,7 +189,7 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
     results = {"loss": total_nll / total_tokens}
     recall = metrics.load("recall_accuracy").compute(predictions=predictions, references=references)
     results.update(accuracy=recall["accuracy"], sequence_accuracy=recall["sequence_accuracy"])
-    if tokenizer is not None and type(tokenizer).__name__ == "ByT5Tokenizer":
+    if is_byte_tokenizer(tokenizer):
         results.update(metrics.load("bits_per_byte").compute(nll=[total_nll], num_bytes=[total_tokens]))
     if "dfa" in data.column_names:
         results.update(metrics.load("dfa_accuracy").compute(predictions=next_tokens, references=data["input_ids"], dfa=data["dfa"]))
