@@ -1,6 +1,7 @@
 """The `hf-seqplugins` command line."""
 import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -183,3 +184,25 @@ def test_check_fails_with_the_reason_of_a_broken_backend(capsys, monkeypatch):
     assert "broken_mingru_scan:torch" in out and "FAIL" in out and "relative error" in out
     assert main(["check", "seqp_nonexistent"]) == 2
     OPERATORS.pop(broken.name)
+
+
+def test_console_answers_mistakes_with_one_line(tmp_path, capsys, monkeypatch):
+    """The installed command turns a user's mistake into one `error:` line naming what to do, exit status 2."""
+    from hf_seqplugins.app.cli import console
+
+    folder = saved_model(tmp_path)
+    capsys.readouterr()
+    cases = [
+        (["train", "--config", "hidden_sizee=64"], "no config field 'hidden_sizee'; did you mean 'hidden_size'?"),
+        (["train", "--config", "hidden_size=abc"], "hidden_size must be an integer"),
+        (["train", "--text-files", str(tmp_path / "missing.txt")], "No such file"),
+        (["train", "--task", "mqar", "--task-args", "bogus=1"], "takes no argument ['bogus']; it takes"),
+        (["evaluate", str(tmp_path / "nowhere"), "--task", "pydoc"], "not found"),
+        (["generate", str(folder), "--prompt", "é€"], "outside the model's vocabulary"),
+    ]
+    for argv, message in cases:
+        monkeypatch.setattr(sys, "argv", ["hf-seqplugins", *argv, *(["--output-dir", str(tmp_path)] if argv[0] == "train" else [])])
+        assert console() == 2, argv
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # after any progress bars of loading
+        assert last.startswith("error: ") and message in last and "Traceback" not in err, (argv, err)

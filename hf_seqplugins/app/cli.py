@@ -13,6 +13,8 @@ def _load(folder: str):
     """A saved model, in the head it was saved with (from config.architectures)."""
     from transformers import AutoConfig
 
+    if not Path(folder).exists() and (folder.startswith((".", "/", "~")) or folder.count("/") != 1):
+        raise FileNotFoundError(f"model folder {folder!r} not found (and it is not a Hub repo id 'owner/name')")
     architectures = AutoConfig.from_pretrained(folder).architectures or []
     name = architectures[0] if architectures else ""
     auto = (
@@ -194,6 +196,19 @@ def _evaluate(args) -> int:
     print(json.dumps(rows if args.lengths else rows[0], indent=2))
     print("written:", ", ".join(str(p) for p in written))
     return 0
+
+
+def console() -> int:
+    """The `hf-seqplugins` command: `main`, with a user's mistake (a bad argument or value, a missing file, a
+    backend that cannot run here) answered by one line on stderr instead of a traceback."""
+    from ..core.backends import BackendUnavailableError
+
+    try:
+        return main()
+    except (ValueError, KeyError, FileNotFoundError, BackendUnavailableError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

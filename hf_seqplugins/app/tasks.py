@@ -20,6 +20,8 @@ Sequence classification (`CLASSIFICATION_TASKS`; rows carry `attention_mask` and
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 import random
 
@@ -289,6 +291,10 @@ CLASSIFICATION_TASKS = frozenset({"listops"})
 def splits(task: str, num_train: int = 2048, num_test: int = 256, seed: int = 0, **task_kwargs) -> DatasetDict:
     """Train and test splits of a task, drawn with different seeds (RegBench: from disjoint sets of DFAs)."""
     make = TASKS[task]
+    accepted = sorted({"num_train", "num_test", *inspect.signature(make).parameters} - {"num_examples", "seed", "skip_dfas"})
+    unknown = sorted(set(task_kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"task {task!r} takes no argument {unknown}; it takes {accepted}")
     if task == "regbench":
         test = make(num_examples=num_test, seed=seed, skip_dfas=num_train, **task_kwargs)
     else:

@@ -74,6 +74,21 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def check_config_keys(model_type: str, overrides: dict) -> None:
+    """Refuse keys that are not fields of `model_type`'s config (a misspelt key would otherwise be stored and
+    ignored), naming the closest field."""
+    import difflib
+
+    known = set(AutoConfig.for_model(model_type).to_dict()) | set(
+        inspect.signature(type(AutoConfig.for_model(model_type)).__init__).parameters
+    )
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{model_type} has no config field {key!r}{hint}")
+
+
 def sequence_classifier(config) -> PreTrainedModel:
     """A fresh `AutoModelForSequenceClassification` for `config`; an error naming the model type when it has none."""
     try:
@@ -113,6 +128,7 @@ def train(
     linear layer (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
     """
     torch.manual_seed(seed)
+    check_config_keys(model_type, overrides or {})
     settings = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256, **(overrides or {})}
     settings["vocab_size"] = vocab_size_of(data, tokenizer)
     if tokenizer is not None:
@@ -237,6 +253,11 @@ def evaluate_lengths(
 def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens: int = 100, **generate_kwargs) -> str:
     """Decode a continuation of `prompt` (prefill once, then O(1) per token from the recurrent cache)."""
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
+    vocabulary = model.config.vocab_size
+    if ids.numel() and int(ids.max()) >= vocabulary:
+        outside = sorted({int(i) for i in ids[ids >= vocabulary]})
+        raise ValueError(f"the prompt has token ids {outside[:5]} outside the model's vocabulary of {vocabulary}: "
+                         "the tokenizer does not match the model (or the text uses characters it never saw)")
     output = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
     return tokenizer.decode(output[0], skip_special_tokens=True)
 

@@ -137,7 +137,7 @@ class Operator:
     requirements: dict[str, Callable[[torch.device], str | None]] = field(default_factory=dict)
     input_checks: dict[str, Callable[..., str | None]] = field(default_factory=dict)
     examples: dict[str, Callable[..., dict]] = field(default_factory=dict)
-    _loaded: dict[str, Callable] = field(default_factory=dict, repr=False)
+    _loaded: dict[str, Callable] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for required in ("reference", "torch"):

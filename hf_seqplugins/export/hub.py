@@ -34,6 +34,14 @@ _HTTP_HINTS = {
 }
 
 
+def _unreachable(error: Exception) -> bool:
+    """A connection that never got an answer (no network, DNS, proxy): an OSError, or the HTTP client's transport
+    error (huggingface_hub's client is httpx, renamed httpx2 in some releases, so it is matched by name)."""
+    return isinstance(error, OSError) or any(
+        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(error).__mro__
+    )
+
+
 def _explain(error: Exception, repo_id: str) -> PushError:
     if isinstance(error, OfflineModeIsEnabled):
         return PushError(f"cannot push {repo_id!r}: HF_HUB_OFFLINE=1 is set; unset it to reach the Hub")
@@ -81,4 +89,9 @@ def push_to_hub(
             )
         except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled, HFValidationError) as error:
             raise _explain(error, repo_id) from error
+        except Exception as error:
+            if not _unreachable(error):
+                raise
+            raise PushError(f"cannot push {repo_id!r}: the Hub is unreachable ({type(error).__name__}: {error}); "
+                            "check the network, or set HF_HUB_OFFLINE=1 to work offline") from error
     return PushResult(repo_id, revision, files, str(url))
