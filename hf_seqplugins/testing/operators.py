@@ -6,7 +6,8 @@ that can run here and returns one `Check` per (case, backend, check):
 - ``reference``: outputs, final state and the gradients of every floating input (per-token sequences,
   parameters, the initial state) equal the `reference` backend's, in float64 (float32 for a backend that
   refuses float64, with a looser bound), at a length that is not a multiple of any chunk;
-- ``chunk_size``: for operators with a `chunk_size` argument, results do not depend on it;
+- ``chunk_size``: for operators with a `chunk_size` argument, results and gradients do not depend on it, over
+  several chunks;
 - ``single_step``: a prefill then one-token calls, carrying the state, equal one pass (the decoding path);
 - ``split``: a split at any point with the carried state equals the whole;
 - ``left_padding`` (from zeros, as a padded prompt starts) and ``left_padding_with_state``: a left-padded row
@@ -36,6 +37,7 @@ PADDING = 3
 PACKED_LENGTHS = (4, 1, 8)  # one row of three sequences; sums to LENGTH
 SPLITS = (1, 6, LENGTH - 1)
 CHUNK_SIZES = (2, 5, 16)
+CHUNKED_LENGTH = 37  # several chunks of each size (of 16 too), and a multiple of none
 F64_BOUND = 1e-8
 F32_BOUND = 2e-4
 BF16_BOUND = 5e-2
@@ -254,10 +256,15 @@ class _Kit:
         return _detached(result), by_name
 
     def chunk_size_invariance(self) -> None:
-        arguments = self.example()
-        expected = self.run(arguments, "reference")
+        """At CHUNKED_LENGTH, several chunks at every chunk size (backends that round it up to a tile included),
+        outputs, final state and gradients equal the reference's."""
+        arguments = self.example(length=CHUNKED_LENGTH)
+        expected, expected_grads = self._with_gradients(arguments, "reference")
         for chunk_size in CHUNK_SIZES:
-            _close(self.run({**arguments, "chunk_size": chunk_size}), expected, self.bound, f"chunk_size={chunk_size}")
+            result, grads = self._with_gradients({**arguments, "chunk_size": chunk_size}, self.backend)
+            _close(result, expected, self.bound, f"chunk_size={chunk_size}")
+            for name in expected_grads:
+                _close(grads[name], expected_grads[name], self.bound, f"chunk_size={chunk_size}: gradient of {name}")
 
     def single_steps(self) -> None:
         """Prefill LENGTH - 3 tokens, then three one-token calls carrying the state."""
