@@ -10,6 +10,7 @@
    inputs: forward and forward+backward time, ratio to the case's first implementation, forward GFLOP/s as a
    fraction of the machine's matmul ceiling, and the bytes autograd saves for backward (activation memory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,16 @@ def saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: int, names: list[str] | None = None) -> list[dict]:
+def operator_rows(
+    quick: bool, device: torch.device, ceiling: float, repeats: int, names: list[str] | None = None
+) -> list[dict]:
     rows = []
     names = names or [m.name for m in pkgutil.iter_modules(operators.__path__)]
     suites = [importlib.import_module(f"operators.{name}") for name in names]
     for case in tqdm([c for suite in suites for c in suite.cases(quick, device)], desc="operators"):
         baseline = None
         for label, forward in case.implementations.items():
+
             def train_step(forward=forward, inputs=case.inputs):
                 forward().float().square().mean().backward()
                 for tensor in inputs:
@@ -59,18 +63,20 @@ def operator_rows(quick: bool, device: torch.device, ceiling: float, repeats: in
                 forward_ms = bench.median_ms(forward, repeats, device)
             train_ms = bench.median_ms(train_step, repeats, device)
             baseline = baseline or (forward_ms, train_ms)
-            rows.append({
-                "operator": case.operator,
-                "shape": case.shape,
-                "implementation": label,
-                "fwd_ms": forward_ms,
-                "fwd_ratio": forward_ms / baseline[0],
-                "fwd_bwd_ms": train_ms,
-                "fwd_bwd_ratio": train_ms / baseline[1],
-                "fwd_gflops": case.flops / forward_ms / 1e6,
-                "fwd_fraction_of_matmul": case.flops / forward_ms / 1e6 / ceiling,
-                "saved_for_backward_mib": saved_bytes(forward) / 2**20,
-            })
+            rows.append(
+                {
+                    "operator": case.operator,
+                    "shape": case.shape,
+                    "implementation": label,
+                    "fwd_ms": forward_ms,
+                    "fwd_ratio": forward_ms / baseline[0],
+                    "fwd_bwd_ms": train_ms,
+                    "fwd_bwd_ratio": train_ms / baseline[1],
+                    "fwd_gflops": case.flops / forward_ms / 1e6,
+                    "fwd_fraction_of_matmul": case.flops / forward_ms / 1e6 / ceiling,
+                    "saved_for_backward_mib": saved_bytes(forward) / 2**20,
+                }
+            )
     return rows
 
 
@@ -87,9 +93,15 @@ def transformers_peer_rows(lengths: list[int], width: dict | None, batch_size: i
         scores = {name: bench.measure(model, batch_size, length, 8, repeats, device) for name, model in models.items()}
         base = scores["seqp_mamba2 (ours, no FFN)"]
         for name, score in scores.items():
-            rows.append({"model": name, "length": length, **score,
-                         "prefill_time_vs_ours": score["prefill_ms"] / base["prefill_ms"],
-                         "decode_time_vs_ours": score["decode_ms_per_token"] / base["decode_ms_per_token"]})
+            rows.append(
+                {
+                    "model": name,
+                    "length": length,
+                    **score,
+                    "prefill_time_vs_ours": score["prefill_ms"] / base["prefill_ms"],
+                    "decode_time_vs_ours": score["decode_ms_per_token"] / base["decode_ms_per_token"],
+                }
+            )
     return rows
 
 
@@ -99,8 +111,13 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output-dir", help="default: benchmarks/results/cpu, or .../<gpu name> on CUDA")
     suites = sorted(m.name for m in pkgutil.iter_modules(operators.__path__))
-    parser.add_argument("--operators", nargs="+", choices=suites, metavar="NAME",
-                        help=f"run only these operator suites ({', '.join(suites)}) and skip part 1; written to operators_<names>")
+    parser.add_argument(
+        "--operators",
+        nargs="+",
+        choices=suites,
+        metavar="NAME",
+        help=f"run only these operator suites ({', '.join(suites)}) and skip part 1; written to operators_<names>",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "_").lower()
@@ -113,11 +130,17 @@ def main():
         architectures = sorted(hf_seqplugins.available_architectures())
         lengths = [16, 32] if args.quick else [64, 256, 1024, 4096]
         width = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64} if args.quick else None
-        model_rows = bench.compare(architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device)
+        model_rows = bench.compare(
+            architectures, lengths, width=width, batch_size=1 if args.quick else 4, repeats=repeats, device=device
+        )
         written += bench.write_report(model_rows, output_dir, device, "Architectures side by side (harness part 1)")
         peer_rows = transformers_peer_rows(lengths, width, 1 if args.quick else 4, repeats, device)
-        written += write_results(peer_rows, output_dir / "transformers_peers", "Our models beside transformers' own (harness part 1b)",
-                                 f"Same weights, converted with the plugin's converter.\n\n{bench.describe_machine(device)}")
+        written += write_results(
+            peer_rows,
+            output_dir / "transformers_peers",
+            "Our models beside transformers' own (harness part 1b)",
+            f"Same weights, converted with the plugin's converter.\n\n{bench.describe_machine(device)}",
+        )
 
     preamble = (
         f"Measured with `python benchmarks/harness.py{' --quick' if args.quick else ''}"

@@ -16,9 +16,11 @@ decode latency vs context, and a long-input classifier, on whatever machine runs
 
 Writes `s4_scaling.json` / `.md` and `s4_training_time.png`, `s4_decode_latency.png`.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from pathlib import Path
@@ -28,9 +30,9 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from hf_seqplugins.app import bench, tasks, workflows
-from hf_seqplugins.core.backends import use_backend
 from hf_seqplugins.app.plots import against_length
 from hf_seqplugins.app.results import write_results
+from hf_seqplugins.core.backends import use_backend
 
 STATE_SPACES = ["seqp_s4d", "seqp_s4", "seqp_lssl"]
 
@@ -63,8 +65,17 @@ def scaling_rows(lengths, recurrence_limit, width, repeats, device) -> list[dict
             with use_backend(None if backend == "sdpa" else backend):
                 ms = training_ms(model, length, repeats, device)
             exponent = None if previous is None else math.log(ms / previous[1]) / math.log(length / previous[0])
-            rows.append({"part": "training", "model": model_type, "backend": backend, "length": length,
-                         "train_ms": ms, "us_per_token": 1e3 * ms / length, "scaling_exponent": exponent})
+            rows.append(
+                {
+                    "part": "training",
+                    "model": model_type,
+                    "backend": backend,
+                    "length": length,
+                    "train_ms": ms,
+                    "us_per_token": 1e3 * ms / length,
+                    "scaling_exponent": exponent,
+                }
+            )
             previous = (length, ms)
     baseline = {row["length"]: row["train_ms"] for row in rows if row["model"] == bench.BASELINE}
     for row in rows:
@@ -81,11 +92,23 @@ def decode_rows(contexts, width, device, steps: int = 16) -> list[dict]:
         for context in contexts:
             ids = torch.randint(0, model.config.vocab_size, (1, context + steps), device=device)
             cache = DynamicCache(config=model.config)
-            prefill_ms = bench.elapsed_ms(lambda: model(ids[:, :context], cache=cache, use_cache=True), device)
-            times = [bench.elapsed_ms(lambda t=t: model(ids[:, t : t + 1], cache=cache, use_cache=True), device)
-                     for t in range(context, context + steps)]
-            rows.append({"part": "decoding", "model": model_type, "length": context, "prefill_ms": prefill_ms,
-                         "decode_ms_per_token": sorted(times[1:])[len(times[1:]) // 2], "cache_bytes": bench.cache_bytes(cache)})
+            prefill_ms = bench.elapsed_ms(
+                functools.partial(model, ids[:, :context], cache=cache, use_cache=True), device
+            )
+            times = [
+                bench.elapsed_ms(functools.partial(model, ids[:, t : t + 1], cache=cache, use_cache=True), device)
+                for t in range(context, context + steps)
+            ]
+            rows.append(
+                {
+                    "part": "decoding",
+                    "model": model_type,
+                    "length": context,
+                    "prefill_ms": prefill_ms,
+                    "decode_ms_per_token": sorted(times[1:])[len(times[1:]) // 2],
+                    "cache_bytes": bench.cache_bytes(cache),
+                }
+            )
     baseline = {row["length"]: row["decode_ms_per_token"] for row in rows if row["model"] == bench.BASELINE}
     for row in rows:
         row["decode_time_vs_attention"] = row["decode_ms_per_token"] / baseline[row["length"]]
@@ -95,13 +118,25 @@ def decode_rows(contexts, width, device, steps: int = 16) -> list[dict]:
 def listops_rows(length: int, steps: int, width: dict) -> list[dict]:
     data = tasks.splits("listops", num_train=16 * steps, num_test=32, length=length)
     start = time.perf_counter()
-    model, trainer = workflows.train("seqp_s4d", data, None, "outputs/s4_listops", max_steps=steps, batch_size=8,
-                                     learning_rate=3e-3, overrides=width)
+    model, trainer = workflows.train(
+        "seqp_s4d", data, None, "outputs/s4_listops", max_steps=steps, batch_size=8, learning_rate=3e-3, overrides=width
+    )
     seconds = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     results = workflows.evaluate(model, data["test"])
-    return [{"part": "listops", "model": "seqp_s4d", "length": length, "train_steps": steps, "batch_size": 8,
-             "seconds_per_step": seconds / steps, "first_loss": losses[0], "last_loss": losses[-1], **results}]
+    return [
+        {
+            "part": "listops",
+            "model": "seqp_s4d",
+            "length": length,
+            "train_steps": steps,
+            "batch_size": 8,
+            "seconds_per_step": seconds / steps,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            **results,
+        }
+    ]
 
 
 def main():
@@ -130,20 +165,38 @@ def main():
         f"feed-forward. Ratios are to it at the same length (< 1 is faster). Matmul ceiling: "
         f"{bench.matmul_gflops(device):.1f} GFLOP/s.\n\n{bench.describe_machine(device)}"
     )
-    written = write_results(rows, output_dir / "s4_scaling", "Structured state spaces against sequence length", preamble)
+    written = write_results(
+        rows, output_dir / "s4_scaling", "Structured state spaces against sequence length", preamble
+    )
 
     def series(part: str, key: str) -> dict:
         lines: dict[str, list] = {}
         for row in rows:
             if row["part"] == part:
-                label = row["model"] if row.get("backend", "torch") in ("torch", "sdpa") else f"{row['model']} (recurrence)"
+                label = (
+                    row["model"] if row.get("backend", "torch") in ("torch", "sdpa") else f"{row['model']} (recurrence)"
+                )
                 lines.setdefault(label, []).append((row["length"], row[key]))
         return lines
 
-    written.append(against_length(series("training", "train_ms"), output_dir / "s4_training_time.png", "ms per training step",
-                                  "training step vs length (log-log)", log_y=True))
-    written.append(against_length(series("decoding", "decode_ms_per_token"), output_dir / "s4_decode_latency.png",
-                                  "ms per decoded token", "decode latency vs context", log_y=True))
+    written.append(
+        against_length(
+            series("training", "train_ms"),
+            output_dir / "s4_training_time.png",
+            "ms per training step",
+            "training step vs length (log-log)",
+            log_y=True,
+        )
+    )
+    written.append(
+        against_length(
+            series("decoding", "decode_ms_per_token"),
+            output_dir / "s4_decode_latency.png",
+            "ms per decoded token",
+            "decode latency vs context",
+            log_y=True,
+        )
+    )
     print("written:", "\n  ".join(["", *map(str, written)]))
 
 

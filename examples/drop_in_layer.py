@@ -6,6 +6,7 @@ The layer has torch.nn.LSTM's arguments and parameter names, so existing weights
 `backend` picks the implementation ("torch": PyTorch's fused kernel; "reference": the plain loop;
 "triton": the fused GPU kernel).
 """
+
 import torch
 from torch import nn
 
@@ -44,7 +45,7 @@ print(f"fused vs reference loop: max difference {(fused - loop).abs().max():.2e}
 # Train it like any module.
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 targets = ids % 5
-for step in range(30):
+for _ in range(30):
     loss = nn.functional.cross_entropy(model(ids).flatten(0, 1), targets.flatten())
     optimizer.zero_grad()
     loss.backward()

@@ -6,6 +6,7 @@ The model is a small GRU trained on RegBench (in-context learning of random regu
 metric is DFA accuracy: how often the greedy next symbol keeps the current string in the row's language.
 Without --push, the upload is a dry run that lists the files and contacts nothing.
 """
+
 import argparse
 
 import torch
@@ -23,13 +24,17 @@ args = parser.parse_args()
 
 # Train: held-out rows come from DFAs never seen in training.
 data = tasks.splits("regbench", num_train=1024, num_test=64, length=128)
-model, _ = workflows.train("seqp_gru", data, None, args.output_dir, max_steps=args.max_steps, overrides={"hidden_size": 64})
+model, _ = workflows.train(
+    "seqp_gru", data, None, args.output_dir, max_steps=args.max_steps, overrides={"hidden_size": 64}
+)
 
 # Evaluate by hand with the evaluate modules: position t's argmax is the prediction of token t + 1.
 test = data["test"]
 with torch.no_grad():
     predictions = model(torch.tensor(test["input_ids"], device=model.device)).logits.argmax(-1).cpu()
-dfa_accuracy = metrics.load("dfa_accuracy").compute(predictions=predictions.tolist(), references=test["input_ids"], dfa=test["dfa"])
+dfa_accuracy = metrics.load("dfa_accuracy").compute(
+    predictions=predictions.tolist(), references=test["input_ids"], dfa=test["dfa"]
+)
 print("DFA accuracy:", dfa_accuracy["dfa_accuracy"])
 shifted_labels = torch.tensor(test["labels"])[:, 1:]
 exact = metrics.load("recall_accuracy").compute(
@@ -40,8 +45,12 @@ print("next-symbol exact match (the sampled walk is one valid answer of several)
 
 # The same numbers at growing lengths (more strings in context), as a plot.
 by_length = workflows.evaluate_lengths(model, "regbench", [32, 64, 128, 256], num_examples=32)
-plot = against_length({"seqp_gru": [(n, r["dfa_accuracy"]) for n, r in by_length.items()]},
-                      f"{args.output_dir}/dfa_accuracy_vs_length.png", "DFA accuracy", "RegBench: accuracy vs length")
+plot = against_length(
+    {"seqp_gru": [(n, r["dfa_accuracy"]) for n, r in by_length.items()]},
+    f"{args.output_dir}/dfa_accuracy_vs_length.png",
+    "DFA accuracy",
+    "RegBench: accuracy vs length",
+)
 print("plot:", plot)
 
 # Export with the results in the model card's model-index, then push (a dry run unless --push).

@@ -5,6 +5,7 @@ generate from it, export a Hub-ready folder and load it back the way a user with
 
 Runs in a few minutes on 2 CPU cores with no network. Tokens are UTF-8 bytes.
 """
+
 import argparse
 import math
 from pathlib import Path
@@ -30,8 +31,14 @@ print(f"corpus: {len(data['train'])} training and {len(data['test'])} held-out b
 
 # 2. Model: any registered architecture, built through the Auto classes.
 config = AutoConfig.for_model(
-    args.model_type, vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, intermediate_size=256, num_heads=2,
-    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    args.model_type,
+    vocab_size=len(tokenizer),
+    hidden_size=128,
+    num_hidden_layers=2,
+    intermediate_size=256,
+    num_heads=2,
+    pad_token_id=tokenizer.pad_token_id,
+    eos_token_id=tokenizer.eos_token_id,
 )
 model = AutoModelForCausalLM.from_config(config)
 print(f"{args.model_type}: {model.num_parameters():,} parameters, kernel backend {config.kernel_backend!r}")
@@ -73,9 +80,13 @@ export_dir = hf_seqplugins.export(
     f"(batch 16 x {args.block_size} bytes, AdamW, lr 3e-3, cosine) on Python's pydoc_data topics.",
 )
 reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
-assert (reloaded.generate(prompt, max_new_tokens=120, do_sample=False) == generated).all(), "reloaded model generates differently"
+assert (reloaded.generate(prompt, max_new_tokens=120, do_sample=False) == generated).all(), (
+    "reloaded model generates differently"
+)
 generator = pipeline("text-generation", model=str(export_dir), trust_remote_code=True)
 piped = generator("The function ", max_new_tokens=40, do_sample=False)[0]["generated_text"]
-assert piped == tokenizer.decode(reloaded.generate(prompt, max_new_tokens=40, do_sample=False)[0]), "pipeline != generate"
+assert piped == tokenizer.decode(reloaded.generate(prompt, max_new_tokens=40, do_sample=False)[0]), (
+    "pipeline != generate"
+)
 print(f"pipeline on the export: {piped!r}")
 print(f"exported to {export_dir} and reloaded with trust_remote_code: identical generations")

@@ -8,6 +8,7 @@ need from ``hf_seqplugins`` itself, plus the operators they run from ``hf_seqplu
 `docs/writing-a-plugin.md` lists them. The package is in three parts that import downwards only:
 `core` (the framework), `export` (publishing), `app` (command line and workflows).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,14 @@ from .core.backends import (
 from .core.cache import read_state, write_state
 from .core.configuration import SeqConfig, require_choice, require_positive_int
 from .core.conversion import build_with_weights, load_complete, refuse
-from .core.modeling import GatedFeedForward, RMSNorm, SeqForCausalLM, SeqForSequenceClassification, SeqModel, SeqPreTrainedModel
-from .core.sequences import Segments, boundaries, run_by_segments
+from .core.modeling import (
+    GatedFeedForward,
+    RMSNorm,
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+    SeqPreTrainedModel,
+)
 from .core.registry import (
     Architecture,
     DuplicateModelTypeError,
@@ -37,6 +44,7 @@ from .core.registry import (
     load_plugins,
     standard_model_classes,
 )
+from .core.sequences import Segments, boundaries, run_by_segments
 from .export import PushError, export, push_to_hub
 
 __version__ = "0.1.0"

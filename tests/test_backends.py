@@ -1,4 +1,5 @@
 """Backend selection: config request, environment variable, context manager, clear errors."""
+
 import pytest
 import torch
 
@@ -61,8 +62,12 @@ def test_context_manager_choice_reaches_the_kernel(monkeypatch):
 
 def test_an_operator_must_have_reference_and_torch():
     with pytest.raises(ValueError, match="reference"):
-        Operator(name="incomplete", backends={"torch": lambda: None}, validate=lambda x, initial_state, mask: ((), {}),
-                 sequences=("x",))
+        Operator(
+            name="incomplete",
+            backends={"torch": lambda: None},
+            validate=lambda x, initial_state, mask: ((), {}),
+            sequences=("x",),
+        )
 
 
 def test_auto_passes_over_a_backend_that_refuses_the_inputs():

@@ -1,11 +1,11 @@
 """The `hf-seqplugins` command line."""
+
 import dataclasses
 import json
 import sys
 
 import pytest
 import torch
-
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
@@ -63,8 +63,24 @@ SMALL = ["--config", "hidden_size=16", "num_hidden_layers=1", "intermediate_size
 
 def test_train_on_a_probe_with_lora_then_resume_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model-type", "seqp_gru", "--task", "modular_counting", "--max-steps", "4", "--lora",
-                 "--output-dir", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model-type",
+                "seqp_gru",
+                "--task",
+                "modular_counting",
+                "--max-steps",
+                "4",
+                "--lora",
+                "--output-dir",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "accuracy on labelled tokens" in printed and "exported to" in printed
     assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -74,10 +90,30 @@ def test_train_on_a_probe_with_lora_then_resume_evaluate(tmp_path, capsys):
     scored = {metric["type"] for result in card["model-index"][0]["results"] for metric in result["metrics"]}
     assert {"accuracy", "sequence_accuracy", "loss"} <= scored
     assert list((out / "checkpoints").glob("checkpoint-*")), "Trainer checkpoints are kept for --resume"
-    assert main(["train", "--model-type", "seqp_gru", "--task", "modular_counting", "--max-steps", "6", "--lora", "--resume",
-                 "--output-dir", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model-type",
+                "seqp_gru",
+                "--task",
+                "modular_counting",
+                "--max-steps",
+                "6",
+                "--lora",
+                "--resume",
+                "--output-dir",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoints" / "checkpoint-6").exists()
-    assert main(["evaluate", str(out / "model"), "--task", "modular_counting", "--output-dir", str(tmp_path / "eval")]) == 0
+    assert (
+        main(["evaluate", str(out / "model"), "--task", "modular_counting", "--output-dir", str(tmp_path / "eval")])
+        == 0
+    )
     assert '"sequence_accuracy"' in capsys.readouterr().out
     assert json.loads((tmp_path / "eval" / "eval_modular_counting.json").read_text())[0]["accuracy"] >= 0
 
@@ -86,7 +122,22 @@ def test_evaluate_across_lengths_writes_json_markdown_and_plot(tmp_path, capsys)
     out = tmp_path / "run"
     assert main(["train", "--task", "regbench", "--max-steps", "2", "--output-dir", str(out), *SMALL]) == 0
     assert "DFA accuracy" in capsys.readouterr().out
-    assert main(["evaluate", str(out / "model"), "--task", "regbench", "--lengths", "16", "48", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "model"),
+                "--task",
+                "regbench",
+                "--lengths",
+                "16",
+                "48",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "eval_regbench.json").read_text())
     assert [row["length"] for row in rows] == [16, 48] and all(0 <= row["dfa_accuracy"] <= 1 for row in rows)
     assert "| length |" in (tmp_path / "eval_regbench.md").read_text()
@@ -99,7 +150,23 @@ def test_train_on_text_files_then_generate(tmp_path, capsys):
     text = tmp_path / "corpus.txt"
     text.write_text("abcabcabc hello world. " * 200)
     out = tmp_path / "run"
-    assert main(["train", "--text-files", str(text), "--max-steps", "3", "--block-size", "32", "--output-dir", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--text-files",
+                str(text),
+                "--max-steps",
+                "3",
+                "--block-size",
+                "32",
+                "--output-dir",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert "bits per byte" in capsys.readouterr().out
     assert (out / "model" / "tokenizer_config.json").exists()
     assert main(["generate", str(out / "model"), "--prompt", "abc", "--max-new-tokens", "5"]) == 0
@@ -117,23 +184,56 @@ def test_demo_trains_exports_and_reloads(tmp_path, capsys):
     assert main(["demo", "--max-steps", "3", "--block-size", "32", "--output-dir", str(tmp_path), *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "bits per byte" in printed and "reloaded with trust_remote_code: identical generations" in printed
-    assert {"README.md", "results.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"README.md", "results.json", "tokenizer_config.json", "model.safetensors"} <= {
+        p.name for p in (tmp_path / "model").iterdir()
+    }
 
 
 def test_bench_compares_backends_with_the_attention_baseline(tmp_path, capsys):
-    assert main(["bench", "--model-types", "seqp_gru", "--backends", "torch", "reference", "--lengths", "8", "16", "--batch-size", "1",
-                 "--config", "hidden_size=16", "num_hidden_layers=1", "intermediate_size=32", "--repeats", "1", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model-types",
+                "seqp_gru",
+                "--backends",
+                "torch",
+                "reference",
+                "--lengths",
+                "8",
+                "16",
+                "--batch-size",
+                "1",
+                "--config",
+                "hidden_size=16",
+                "num_hidden_layers=1",
+                "intermediate_size=32",
+                "--repeats",
+                "1",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["model"], r["backend"], r["length"]) for r in rows] == [
-        ("llama (attention)", "sdpa", 8), ("llama (attention)", "sdpa", 16),
-        ("seqp_gru", "torch", 8), ("seqp_gru", "torch", 16), ("seqp_gru", "reference", 8), ("seqp_gru", "reference", 16),
+        ("llama (attention)", "sdpa", 8),
+        ("llama (attention)", "sdpa", 16),
+        ("seqp_gru", "torch", 8),
+        ("seqp_gru", "torch", 16),
+        ("seqp_gru", "reference", 8),
+        ("seqp_gru", "reference", 16),
     ]
     gru = [r for r in rows if r["model"] == "seqp_gru"]
     assert len({r["cache_bytes"] for r in gru}) == 1, "a recurrent cache does not grow with the context"
     assert rows[1]["cache_bytes"] == 2 * rows[0]["cache_bytes"], "the attention KV cache grows linearly"
     assert all(r["train_tokens_per_s"] > 0 and r["decode_ms_per_token"] > 0 for r in rows)
     assert "GFLOP/s" in (tmp_path / "bench.md").read_text()
-    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("decode_latency.png", "decode_cache.png", "train_throughput.png"))
+    assert all(
+        (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+        for name in ("decode_latency.png", "decode_cache.png", "train_throughput.png")
+    )
 
 
 LISTOPS = ["--task", "listops", "--task-args", "length=64", "max_depth=1", "max_args=3", "num_train=128", "num_test=32"]
@@ -141,7 +241,9 @@ LISTOPS = ["--task", "listops", "--task-args", "length=64", "max_depth=1", "max_
 
 def test_listops_classifier_demo_evaluate_and_refused_generation(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["demo", "--model-type", "seqp_s4d", *LISTOPS, "--max-steps", "8", "--output-dir", str(out), *SMALL]) == 0
+    assert (
+        main(["demo", "--model-type", "seqp_s4d", *LISTOPS, "--max-steps", "8", "--output-dir", str(out), *SMALL]) == 0
+    )
     printed = capsys.readouterr().out
     assert "held-out: loss" in printed and "reloaded with trust_remote_code: identical logits" in printed
     results = json.loads((out / "model" / "results.json").read_text())
@@ -149,8 +251,24 @@ def test_listops_classifier_demo_evaluate_and_refused_generation(tmp_path, capsy
     assert json.loads((out / "model" / "config.json").read_text())["architectures"] == ["S4DForSequenceClassification"]
     assert main(["evaluate", str(out / "model"), *LISTOPS, "--output-dir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval_listops.json").read_text())[0]["accuracy"] == pytest.approx(results["accuracy"])
-    assert main(["evaluate", str(out / "model"), "--task", "listops", "--task-args", "max_depth=2", "--lengths", "16", "32",
-                 "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "model"),
+                "--task",
+                "listops",
+                "--task-args",
+                "max_depth=2",
+                "--lengths",
+                "16",
+                "32",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert [row["length"] for row in json.loads((tmp_path / "eval_listops.json").read_text())] == [16, 32]
     assert (tmp_path / "eval_listops.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
@@ -176,8 +294,11 @@ def test_check_fails_with_the_reason_of_a_broken_backend(capsys, monkeypatch):
     def forgets_the_initial_state(gate, candidate, initial_state, mask):
         return scan.parallel(gate, candidate, torch.zeros_like(initial_state), mask)
 
-    broken = dataclasses.replace(scan.MINGRU_SCAN, name="broken_mingru_scan",
-                                 backends={**scan.MINGRU_SCAN.backends, "torch": lambda: forgets_the_initial_state})
+    broken = dataclasses.replace(
+        scan.MINGRU_SCAN,
+        name="broken_mingru_scan",
+        backends={**scan.MINGRU_SCAN.backends, "torch": lambda: forgets_the_initial_state},
+    )
     monkeypatch.setattr(configuration.MinGRUConfig, "operators", (broken,))
     assert main(["check", "seqp_mingru", "--operators-only"]) == 1
     out = capsys.readouterr().out
@@ -201,7 +322,9 @@ def test_console_answers_mistakes_with_one_line(tmp_path, capsys, monkeypatch):
         (["generate", str(folder), "--prompt", "é€"], "outside the model's vocabulary"),
     ]
     for argv, message in cases:
-        monkeypatch.setattr(sys, "argv", ["hf-seqplugins", *argv, *(["--output-dir", str(tmp_path)] if argv[0] == "train" else [])])
+        monkeypatch.setattr(
+            sys, "argv", ["hf-seqplugins", *argv, *(["--output-dir", str(tmp_path)] if argv[0] == "train" else [])]
+        )
         assert console() == 2, argv
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # after any progress bars of loading

@@ -1,4 +1,5 @@
 """Embedded data and the byte-level tokenizer."""
+
 import pytest
 from transformers import AutoTokenizer
 

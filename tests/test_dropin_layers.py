@@ -1,4 +1,5 @@
 """`hf_seqplugins.plugins.rnn.{RNN, LSTM, GRU}` against `torch.nn`: same weights, same outputs and gradients."""
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -17,7 +18,9 @@ CASES = [
 
 def build_pair(name, kwargs, dtype, backend="reference", batch_first=True, bias=True, seed=0):
     torch.manual_seed(seed)
-    common = dict(input_size=5, hidden_size=6, num_layers=2, bidirectional=True, batch_first=batch_first, bias=bias, dtype=dtype)
+    common = dict(
+        input_size=5, hidden_size=6, num_layers=2, bidirectional=True, batch_first=batch_first, bias=bias, dtype=dtype
+    )
     theirs = getattr(torch.nn, name)(**common, **kwargs)
     ours = OURS[name](**common, **kwargs, backend=backend)
     ours.load_state_dict(theirs.state_dict())

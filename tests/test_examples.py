@@ -1,5 +1,6 @@
 """The README's main job (examples/quickstart.py) end to end at a few steps, and its export used as a
 stranger would: `pipeline("text-generation")` in an interpreter that cannot import hf_seqplugins."""
+
 import subprocess
 import sys
 import textwrap
@@ -22,28 +23,54 @@ PIPELINE = textwrap.dedent(
 
 def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--max-steps", "4", "--block-size", "64",
-         "--model-type", "seqp_gru", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "quickstart.py"),
+            "--max-steps",
+            "4",
+            "--block-size",
+            "64",
+            "--model-type",
+            "seqp_gru",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bits per byte" in result.stdout
     assert "reloaded with trust_remote_code: identical generations" in result.stdout
     model_dir = tmp_path / "model"
-    expected = {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json",
-                "seqp_plugins_rnn_modeling.py"}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "seqp_plugins_rnn_modeling.py",
+    }
     assert expected <= {p.name for p in model_dir.iterdir()}
     assert "library_name: transformers" in (model_dir / "README.md").read_text()
 
     in_package = next(line for line in result.stdout.splitlines() if line.startswith("pipeline on the export: "))
-    clean = subprocess.run([sys.executable, "-S", "-c", PIPELINE, str(model_dir)], cwd=tmp_path, env=clean_environment(tmp_path),
-                           capture_output=True, text=True, timeout=300)
+    clean = subprocess.run(
+        [sys.executable, "-S", "-c", PIPELINE, str(model_dir)],
+        cwd=tmp_path,
+        env=clean_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
     assert clean.stdout.strip().splitlines()[-1] == in_package.removeprefix("pipeline on the export: ")
 
 
 def run_example(name: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

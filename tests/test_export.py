@@ -1,4 +1,5 @@
 """Exported folders load with trust_remote_code in an interpreter that cannot import hf_seqplugins."""
+
 import importlib
 import importlib.resources
 import json
@@ -12,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_seqplugins.export import export
 from hf_seqplugins.core.registry import load_plugins
+from hf_seqplugins.export import export
 from hf_seqplugins.testing import tiny_config
 
 BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")
@@ -50,7 +51,11 @@ def clean_environment(tmp_path) -> dict:
     """Environment for an interpreter started with -S: site-packages on PYTHONPATH but no .pth hooks,
     so the editable install of hf_seqplugins is invisible while torch and transformers import."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_SEQPLUGINS"))}
-    env.update(PYTHONPATH=os.pathsep.join(site.getsitepackages()), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.update(
+        PYTHONPATH=os.pathsep.join(site.getsitepackages()),
+        HF_HUB_OFFLINE="1",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+    )
     return env
 
 
@@ -70,8 +75,14 @@ def test_export_loads_without_the_package(model_type, tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
     plugin_package = load_plugins()[model_type].config_class.__module__.split(".")[0]
-    result = subprocess.run([sys.executable, "-S", "-c", CLEAN_LOADER, str(folder), plugin_package], cwd=work, env=clean_environment(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", CLEAN_LOADER, str(folder), plugin_package],
+        cwd=work,
+        env=clean_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     classes = json.loads(result.stdout.strip().splitlines()[-1])
     architecture = load_plugins()[model_type]
@@ -138,8 +149,14 @@ def test_repository_id_loads_from_the_offline_hub_cache(tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     env = clean_environment(tmp_path) | {"HF_HUB_CACHE": str(tmp_path / "hub")}
-    result = subprocess.run([sys.executable, "-S", "-c", HUB_LOADER, str(tmp_path / "logits.pt")], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", HUB_LOADER, str(tmp_path / "logits.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "logits.pt"), model(torch.arange(6)[None] % 32).logits)
@@ -152,7 +169,9 @@ def test_remote_code_is_flattened_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(remote_code, "_FLAT_CACHE", {})
     calls = []
     flatten = remote_code.flatten_source
-    monkeypatch.setattr(remote_code, "flatten_source", lambda module, packages: calls.append(module) or flatten(module, packages))
+    monkeypatch.setattr(
+        remote_code, "flatten_source", lambda module, packages: calls.append(module) or flatten(module, packages)
+    )
     model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru"))
     model.save_pretrained(tmp_path / "first")
     flattened = len(calls)

@@ -1,4 +1,5 @@
 """push_to_hub: dry run lists the files; Hub failures become clear PushErrors (no network is used)."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -41,9 +42,17 @@ def test_hub_http_errors_are_explained(model, monkeypatch, status, message):
 
 def test_upload_goes_to_the_requested_revision(model, monkeypatch):
     calls = {}
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("repo", (repo_id, kw["private"])) and "https://hub/x")
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: calls.setdefault("repo", (repo_id, kw["private"])) and "https://hub/x",
+    )
     monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, branch, **kw: calls.setdefault("branch", branch))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", (kw["revision"], kw["commit_message"])))
-    result = push_to_hub(model, "someone/tiny-gru", private=True, revision="v1", commit_message="first", token="hf_fake")
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, **kw: calls.setdefault("upload", (kw["revision"], kw["commit_message"]))
+    )
+    result = push_to_hub(
+        model, "someone/tiny-gru", private=True, revision="v1", commit_message="first", token="hf_fake"
+    )
     assert calls == {"repo": ("someone/tiny-gru", True), "branch": "v1", "upload": ("v1", "first")}
     assert result.revision == "v1"

@@ -1,4 +1,5 @@
 """Attention/Mamba-2 hybrids from a Llama decoder (MaTVLM init), mixed caches, and distillation with Trainer."""
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
@@ -15,8 +16,16 @@ from hf_seqplugins.plugins.mamba2.hybrid import (
 
 def llama(kv_heads=2, tie=False, seed=0):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=kv_heads, tie_word_embeddings=tie, rope_theta=500.0)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        tie_word_embeddings=tie,
+        rope_theta=500.0,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -32,15 +41,21 @@ def test_hybrid_without_mamba_layers_is_the_llama(kv_heads, tie):
     hybrid = hybrid_from_llama(teacher, mamba_layers=[]).eval()
     tokens = ids()
     torch.testing.assert_close(hybrid(tokens).logits, teacher(tokens).logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(hybrid.generate(tokens[:, :5], max_new_tokens=6, do_sample=False),
-                       teacher.generate(tokens[:, :5], max_new_tokens=6, do_sample=False))
+    assert torch.equal(
+        hybrid.generate(tokens[:, :5], max_new_tokens=6, do_sample=False),
+        teacher.generate(tokens[:, :5], max_new_tokens=6, do_sample=False),
+    )
 
 
 @torch.no_grad()
 def test_mamba_layers_take_v_k_q_o_of_their_attention():
     teacher = llama(kv_heads=2)
     hybrid = hybrid_from_llama(teacher, mamba_layers=[0, 2])
-    assert hybrid.config.attention_layers == [1] and hybrid.config.layer_types == ["linear_attention", "full_attention", "linear_attention"]
+    assert hybrid.config.attention_layers == [1] and hybrid.config.layer_types == [
+        "linear_attention",
+        "full_attention",
+        "linear_attention",
+    ]
     attention, mixer = teacher.model.layers[2].self_attn, hybrid.model.layers[2].mixer
     rows = mixer.in_proj.weight
     d_inner, kv_width = mixer.d_inner, 2 * 8
@@ -84,8 +99,16 @@ def test_distillation_with_trainer_trains_only_the_mamba_mixers(tmp_path):
     assert trainable and all(name.startswith("model.layers.1.mixer.") for name in trainable)
     frozen_before = {n: p.clone() for n, p in student.named_parameters() if not p.requires_grad}
     data = [{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in ids(batch=16, length=12, seed=3)]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, learning_rate=3e-3,
-                             report_to=[], use_cpu=True, logging_steps=1, save_strategy="no")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+    )
     trainer = HybridDistillationTrainer(model=student, args=args, train_dataset=data, teacher=teacher)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -4,6 +4,7 @@ lengths and block sizes, half precision, validation; the Triton backend has its 
 contract checks (every backend against the reference in float64 with gradients, single steps, splits, left
 padding, packed rows, poisoned buffers, bfloat16) live in the operator conformance kit
 (tests/test_operator_conformance.py)."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -51,7 +52,12 @@ def test_torch_scans_equal_the_loop(backend, block, with_state):
 
 
 @settings(max_examples=20, deadline=None)
-@given(steps=st.integers(1, 70), channels=st.integers(1, 3), block=st.sampled_from([None, 1, 2, 4]), seed=st.integers(0, 99))
+@given(
+    steps=st.integers(1, 70),
+    channels=st.integers(1, 3),
+    block=st.sampled_from([None, 1, 2, 4]),
+    seed=st.integers(0, 99),
+)
 def test_property_lengths_and_blocks(steps, channels, block, seed):
     a, b, s0 = make(2, steps, channels, block, seed)
     expected = linear_scan(a, b, s0, backend="reference")

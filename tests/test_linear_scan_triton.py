@@ -17,6 +17,7 @@ float32 against the float64 reference, relative to each tensor's largest magnitu
 A separate check compiles the kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed): the
 interpreter does not run the GPU compiler.
 """
+
 import json
 import os
 import subprocess
@@ -34,9 +35,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
-from hf_seqplugins.kernels.linear_scan import OPERATOR, linear_scan, triton_impl
-
 from hf_seqplugins.core.backends import BackendUnavailableError
+from hf_seqplugins.kernels.linear_scan import OPERATOR, linear_scan, triton_impl
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOAT64 = {"atol": 1e-10, "rtol": 1e-9}
@@ -276,8 +276,14 @@ def compile_for_gpus(capabilities, dtype, block_sizes):
     TRITON_INTERPRET."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, block_sizes])],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, block_sizes])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["kernels"] == ["_scan_kernel"], "a kernel is missing from the compile check"

@@ -7,6 +7,7 @@ conformance kit (tests/test_operator_conformance.py).
 
 Tolerances: float64 atol 1e-10 (observed about 1e-14); float32 rtol 1e-4 relative to the output scale.
 """
+
 import dataclasses
 import importlib
 import math
@@ -39,8 +40,10 @@ def random_lambda(channels, modes, generator):
 
 
 def crandn(*shape, generator):
-    return torch.complex(torch.randn(*shape, generator=generator, dtype=torch.float64),
-                         torch.randn(*shape, generator=generator, dtype=torch.float64))
+    return torch.complex(
+        torch.randn(*shape, generator=generator, dtype=torch.float64),
+        torch.randn(*shape, generator=generator, dtype=torch.float64),
+    )
 
 
 def make_system(kind, channels=3, modes=4, outputs=2, rank=1, length=16, seed=0):
@@ -49,16 +52,27 @@ def make_system(kind, channels=3, modes=4, outputs=2, rank=1, length=16, seed=0)
     lam = random_lambda(channels, modes, g)
     dt = 0.05 + 0.4 * torch.rand(channels, generator=g, dtype=torch.float64)
     if kind == "diagonal":
-        system = DiagonalSystem(dt[:, None] * lam, crandn(channels, modes, generator=g), crandn(outputs, channels, modes, generator=g))
+        system = DiagonalSystem(
+            dt[:, None] * lam, crandn(channels, modes, generator=g), crandn(outputs, channels, modes, generator=g)
+        )
         state = crandn(2, channels, modes, generator=g)
     elif kind == "dplr":
-        system = DPLRSystem(lam, 0.5 * crandn(rank, channels, modes, generator=g), crandn(channels, modes, generator=g),
-                            crandn(outputs, channels, modes, generator=g), dt, length)
+        system = DPLRSystem(
+            lam,
+            0.5 * crandn(rank, channels, modes, generator=g),
+            crandn(channels, modes, generator=g),
+            crandn(outputs, channels, modes, generator=g),
+            dt,
+            length,
+        )
         state = crandn(2, channels, 2 * modes, generator=g)
     else:
         a = 0.3 * torch.randn(channels, modes, modes, generator=g, dtype=torch.float64)
-        system = DenseSystem(a, torch.randn(channels, modes, generator=g, dtype=torch.float64),
-                             torch.randn(outputs, channels, modes, generator=g, dtype=torch.float64))
+        system = DenseSystem(
+            a,
+            torch.randn(channels, modes, generator=g, dtype=torch.float64),
+            torch.randn(outputs, channels, modes, generator=g, dtype=torch.float64),
+        )
         state = torch.randn(2, channels, modes, generator=g, dtype=torch.float64)
     return system, state
 
@@ -186,18 +200,31 @@ def test_float32_systems_stay_close_to_float64():
         u = torch.randn(2, 40, 3, dtype=torch.float64)
         expected, expected_final = lti_ssm(u, system, state, backend="reference")
         values = {f.name: getattr(system, f.name) for f in dataclasses.fields(system)}
-        low = type(system)(**{k: v.to(torch.complex64 if v.is_complex() else torch.float32) if isinstance(v, torch.Tensor) else v
-                              for k, v in values.items()})
+        low = type(system)(
+            **{
+                k: v.to(torch.complex64 if v.is_complex() else torch.float32) if isinstance(v, torch.Tensor) else v
+                for k, v in values.items()
+            }
+        )
         y, final = lti_ssm(u.float(), low, state.to(low.state_dtype), backend="torch")
         assert y.dtype == torch.float32
         scale = expected.abs().max().item()
         torch.testing.assert_close(y.double(), expected, atol=1e-4 * scale, rtol=0)
-        torch.testing.assert_close(final.to(expected_final.dtype), expected_final, atol=1e-4 * expected_final.abs().max().item(), rtol=0)
+        torch.testing.assert_close(
+            final.to(expected_final.dtype), expected_final, atol=1e-4 * expected_final.abs().max().item(), rtol=0
+        )
 
 
 @settings(max_examples=15, deadline=None)
-@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 40), channels=st.integers(1, 4), modes=st.integers(1, 5),
-       outputs=st.integers(1, 3), length=st.integers(1, 20), seed=st.integers(0, 1000))
+@given(
+    kind=st.sampled_from(KINDS),
+    steps=st.integers(1, 40),
+    channels=st.integers(1, 4),
+    modes=st.integers(1, 5),
+    outputs=st.integers(1, 3),
+    length=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
 def test_property_shapes_and_lengths(kind, steps, channels, modes, outputs, length, seed):
     system, state = make_system(kind, channels, modes, outputs, length=length, seed=seed)
     u = torch.randn(2, steps, channels, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
@@ -253,9 +280,13 @@ def test_triton_refuses_dense_systems_with_a_reason():
 def test_fft_length_avoids_circular_wrap():
     """A kernel that does not decay (|Ā| = 1) makes any wrap-around visible."""
     modes = torch.tensor([[0.7j]], dtype=torch.complex128)
-    system = DiagonalSystem(modes, torch.ones(1, 1, dtype=torch.complex128), torch.ones(1, 1, 1, dtype=torch.complex128))
+    system = DiagonalSystem(
+        modes, torch.ones(1, 1, dtype=torch.complex128), torch.ones(1, 1, 1, dtype=torch.complex128)
+    )
     u = torch.randn(1, 33, 1, dtype=torch.float64)
-    torch.testing.assert_close(lti_ssm(u, system, backend="torch")[0], lti_ssm(u, system, backend="reference")[0], **F64)
+    torch.testing.assert_close(
+        lti_ssm(u, system, backend="torch")[0], lti_ssm(u, system, backend="reference")[0], **F64
+    )
     assert math.isclose(system.kernel(1, TORCH_GENERATORS).item(), 2.0)
 
 
@@ -275,12 +306,16 @@ def test_cauchy_shares_the_poles_over_leading_dimensions_and_has_exact_gradients
 
     def plain(v, w):
         nodes = z[:, None]
-        return (v[..., None, :] / (nodes - w[:, None, :]) + v.conj()[..., None, :] / (nodes - w.conj()[:, None, :])).sum(-1)
+        return (
+            v[..., None, :] / (nodes - w[:, None, :]) + v.conj()[..., None, :] / (nodes - w.conj()[:, None, :])
+        ).sum(-1)
 
     torch.testing.assert_close(cauchy(v, z, w), plain(v, w), **F64)
     weights = crandn(2, 3, 5, generator=g)
     loss = lambda f: (f(v, w) * weights).real.sum()  # noqa: E731
-    for mine, theirs in zip(torch.autograd.grad(loss(lambda a, b: cauchy(a, z, b)), [v, w]), torch.autograd.grad(loss(plain), [v, w])):
+    for mine, theirs in zip(
+        torch.autograd.grad(loss(lambda a, b: cauchy(a, z, b)), [v, w]), torch.autograd.grad(loss(plain), [v, w])
+    ):
         torch.testing.assert_close(mine, theirs, **F64)
 
 

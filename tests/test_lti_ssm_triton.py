@@ -15,6 +15,7 @@ complex64 reference is 1.2e-5 off; on a GPU float32 `exp` is `ex2.approx`, a few
 A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed):
 the interpreter does not run the GPU compiler.
 """
+
 import json
 import math
 import os
@@ -32,17 +33,20 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
-from hf_seqplugins.kernels.lti_ssm import generators, triton_impl
-
 from hf_seqplugins.core.backends import BackendUnavailableError
+from hf_seqplugins.kernels.lti_ssm import generators, triton_impl
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOAT64_TOLERANCE = {"atol": 1e-10, "rtol": 1e-9}
 FLOAT32_RELATIVE = 2e-5
 BASELINE_FACTOR = 10
 SMALL_BLOCKS = {
-    "VANDERMONDE_BLOCK_ROWS": 2, "VANDERMONDE_BLOCK_STEPS": 8, "CAUCHY_BLOCK_ROWS": 4, "CAUCHY_BLOCK_NODES": 4,
-    "BACKWARD_BLOCK_MODES": 2, "BACKWARD_BLOCK_STEPS": {torch.float32: 4, torch.float64: 8},
+    "VANDERMONDE_BLOCK_ROWS": 2,
+    "VANDERMONDE_BLOCK_STEPS": 8,
+    "CAUCHY_BLOCK_ROWS": 4,
+    "CAUCHY_BLOCK_NODES": 4,
+    "BACKWARD_BLOCK_MODES": 2,
+    "BACKWARD_BLOCK_STEPS": {torch.float32: 4, torch.float64: 8},
 }
 DEFAULT_BLOCKS = {name: getattr(triton_impl, name) for name in SMALL_BLOCKS}
 
@@ -89,8 +93,10 @@ def cauchy_inputs(rows, modes, nodes, *, seed, s4=True):
 def evaluate(function, inputs, differentiable, *, seed):
     """(output, gradients of the differentiable inputs) for a fixed random real weighting of the output's
     real and imaginary parts."""
-    leaves = [t.detach().to(DEVICE).requires_grad_(i in differentiable) if torch.is_tensor(t) else t
-              for i, t in enumerate(inputs)]
+    leaves = [
+        t.detach().to(DEVICE).requires_grad_(i in differentiable) if torch.is_tensor(t) else t
+        for i, t in enumerate(inputs)
+    ]
     out = function(*leaves)
     generator = torch.Generator().manual_seed(seed)
     parts = (out.real, out.imag) if out.is_complex() else (out,)
@@ -109,8 +115,9 @@ def check(function, reference, inputs, differentiable, *, seed=7):
         assert g.dtype == e.dtype
         torch.testing.assert_close(g, e, **FLOAT64_TOLERANCE, msg=lambda m, i=index: f"complex128 result {i}: {m}")
     rounded = [t.to(torch.complex64) if torch.is_tensor(t) else t for t in inputs]
-    expected = evaluate(reference, [t.to(torch.complex128) if torch.is_tensor(t) else t for t in rounded],
-                        differentiable, seed=seed)
+    expected = evaluate(
+        reference, [t.to(torch.complex128) if torch.is_tensor(t) else t for t in rounded], differentiable, seed=seed
+    )
     got = evaluate(function, rounded, differentiable, seed=seed)
     baseline = evaluate(reference, rounded, differentiable, seed=seed)
     for index, (g, e, b) in enumerate(zip(got, expected, baseline)):
@@ -118,7 +125,8 @@ def check(function, reference, inputs, differentiable, *, seed=7):
         error = ((g.to(e.dtype) - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
         baseline_error = ((b.to(e.dtype) - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
         assert error <= max(FLOAT32_RELATIVE, BASELINE_FACTOR * baseline_error), (
-            f"complex64 result {index}: relative error {error:.2e} (complex64 reference: {baseline_error:.2e})")
+            f"complex64 result {index}: relative error {error:.2e} (complex64 reference: {baseline_error:.2e})"
+        )
 
 
 @pytest.mark.parametrize("rows, modes, length", [(5, 3, 37), (3, 8, 5), (1, 1, 1)])
@@ -134,16 +142,31 @@ def test_cauchy_matches_generators(blocks, rows, modes, nodes, s4):
 
 
 @settings(max_examples=6, deadline=None)
-@given(rows=st.integers(1, 6), modes=st.integers(1, 6), length=st.integers(1, 40), nodes=st.integers(1, 20),
-       seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 6),
+    modes=st.integers(1, 6),
+    length=st.integers(1, 40),
+    nodes=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
 def test_generators_match_over_shapes(rows, modes, length, nodes, seed):
     for name, value in SMALL_BLOCKS.items():  # several blocks per dimension whatever the shape
         setattr(triton_impl, name, value)
     try:
-        check(triton_impl.vandermonde, generators.vandermonde, [*vandermonde_inputs(rows, modes, seed=seed), length],
-              (0, 1), seed=seed)
-        check(triton_impl.cauchy, generators.cauchy, cauchy_inputs(rows, modes, nodes, seed=seed, s4=seed % 2 == 0),
-              (0, 2), seed=seed)
+        check(
+            triton_impl.vandermonde,
+            generators.vandermonde,
+            [*vandermonde_inputs(rows, modes, seed=seed), length],
+            (0, 1),
+            seed=seed,
+        )
+        check(
+            triton_impl.cauchy,
+            generators.cauchy,
+            cauchy_inputs(rows, modes, nodes, seed=seed, s4=seed % 2 == 0),
+            (0, 2),
+            seed=seed,
+        )
     finally:
         for name in SMALL_BLOCKS:
             setattr(triton_impl, name, DEFAULT_BLOCKS[name])
@@ -261,8 +284,14 @@ def test_kernels_compile_for_sm80_and_sm90():
     in a fresh interpreter without TRITON_INTERPRET."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps([[80, 90], ["fp32", "fp64"]])],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps([[80, 90], ["fp32", "fp64"]])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["kernels"] == result["compiled"], "a kernel is missing from the compile check"

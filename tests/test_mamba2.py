@@ -1,6 +1,7 @@
 """seqp_mamba2 against transformers' own Mamba-2 (`transformers.Mamba2ForCausalLM`, its pure-PyTorch path on
 CPU): checkpoint conversion both ways (logits, round trip, generate, save/load, refusals), then the plugin's own
 contracts that the conversion relies on: left padding, the state-collapse options and the mamba_ssm init."""
+
 import math
 
 import pytest
@@ -31,8 +32,16 @@ ATOL = 1e-5
 def hf_config(**overrides) -> HFMamba2Config:
     """A tiny transformers Mamba-2: hidden 32, expand 2, head_dim 8 (8 heads), state 8, conv kernel 4."""
     fields = dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, state_size=8, n_groups=2,
-        expand=2, conv_kernel=4, chunk_size=4,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_heads=8,
+        head_dim=8,
+        state_size=8,
+        n_groups=2,
+        expand=2,
+        conv_kernel=4,
+        chunk_size=4,
     )
     return HFMamba2Config(**{**fields, **overrides})
 
@@ -111,18 +120,45 @@ def test_converted_model_matches_transformers_and_converts_back_exactly(override
 
 def test_config_fields_survive_both_ways():
     hf = hf_config(
-        layer_norm_epsilon=1e-6, time_step_min=0.002, time_step_max=0.2, time_step_floor=1e-3, time_step_limit=(0.0, 5.0),
-        initializer_range=0.05, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=[2, 3],
+        layer_norm_epsilon=1e-6,
+        time_step_min=0.002,
+        time_step_max=0.2,
+        time_step_floor=1e-3,
+        time_step_limit=(0.0, 5.0),
+        initializer_range=0.05,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=[2, 3],
     )
     ours = config_from_transformers(hf)
     assert (ours.num_heads, ours.d_inner, ours.norm_eps, ours.intermediate_size) == (8, 64, 1e-6, 0)
     assert ours.time_step_limit == (0.0, 5.0) and ours.eos_token_id == [2, 3]
     again = config_to_transformers(ours)
     fields = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "head_dim", "state_size", "n_groups", "expand",
-        "conv_kernel", "use_conv_bias", "use_bias", "chunk_size", "time_step_min", "time_step_max", "time_step_floor",
-        "layer_norm_epsilon", "initializer_range", "tie_word_embeddings", "use_cache", "pad_token_id", "bos_token_id",
-        "eos_token_id", "hidden_act",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_heads",
+        "head_dim",
+        "state_size",
+        "n_groups",
+        "expand",
+        "conv_kernel",
+        "use_conv_bias",
+        "use_bias",
+        "chunk_size",
+        "time_step_min",
+        "time_step_max",
+        "time_step_floor",
+        "layer_norm_epsilon",
+        "initializer_range",
+        "tie_word_embeddings",
+        "use_cache",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "hidden_act",
     )
     for field in fields:
         assert getattr(again, field) == getattr(hf, field), field
@@ -132,18 +168,28 @@ def test_config_fields_survive_both_ways():
 def test_codestral_sized_config_converts():
     """transformers' defaults (the mamba-codestral-7B layout: 64 layers, 128 heads of 64, 8 groups)."""
     ours = config_from_transformers(HFMamba2Config())
-    assert (ours.hidden_size, ours.num_heads, ours.n_groups, ours.state_size, ours.chunk_size) == (4096, 128, 8, 128, 256)
+    assert (ours.hidden_size, ours.num_heads, ours.n_groups, ours.state_size, ours.chunk_size) == (
+        4096,
+        128,
+        8,
+        128,
+        256,
+    )
     assert not ours.tie_word_embeddings
     assert config_to_transformers(ours).num_heads == 128
 
 
 def test_our_state_dict_converts_back_unchanged():
-    config = Mamba2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, head_dim=8, state_size=8, n_groups=2, use_bias=True)
+    config = Mamba2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, head_dim=8, state_size=8, n_groups=2, use_bias=True
+    )
     ours = Mamba2ForCausalLM(config)
     state = ours.state_dict()
     back = state_dict_from_transformers(state_dict_to_transformers(state, config), config_to_transformers(config))
     assert back.keys() == state.keys()
-    assert all(back[key].data_ptr() == value.data_ptr() and torch.equal(back[key], value) for key, value in state.items())
+    assert all(
+        back[key].data_ptr() == value.data_ptr() and torch.equal(back[key], value) for key, value in state.items()
+    )
 
 
 @pytest.mark.parametrize("n_groups", [1, 2])
@@ -154,8 +200,12 @@ def test_greedy_generate_matches_transformers(n_groups):
     ours = convert(hf)
     ids = random_ids(6)
     kwargs = dict(
-        attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-        return_dict_in_generate=True, output_logits=True,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=8,
+        min_new_tokens=8,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
     got, expected = ours.generate(ids, **kwargs), hf.generate(ids, **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
@@ -169,8 +219,8 @@ def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch
     ids = torch.full((len(rows), length), pad_id)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, length - len(row):] = row
-        mask[i, length - len(row):] = 1
+        ids[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = 1
     return ids, mask
 
 
@@ -181,12 +231,12 @@ def test_left_padded_batch_equals_each_row_alone():
     ids, mask = left_pad(rows, ours.config.pad_token_id)
     batch_logits = logits(ours, ids, attention_mask=mask)
     for i, row in enumerate(rows):
-        assert_logits_close(batch_logits[i, -len(row):], logits(ours, row[None])[0])
+        assert_logits_close(batch_logits[i, -len(row) :], logits(ours, row[None])[0])
 
     kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
     batch_out = ours.generate(ids, attention_mask=mask, **kwargs)
     for i, row in enumerate(rows):
-        assert torch.equal(batch_out[i, ids.shape[1]:], ours.generate(row[None], **kwargs)[0, len(row):])
+        assert torch.equal(batch_out[i, ids.shape[1] :], ours.generate(row[None], **kwargs)[0, len(row) :])
 
 
 def test_saved_conversion_reloads_with_auto_class(tmp_path):
@@ -211,7 +261,13 @@ def test_from_transformers_loads_saved_checkpoints(tmp_path):
 
 def plain_config(**overrides) -> Mamba2Config:
     fields = dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, head_dim=8, state_size=8, n_groups=2, chunk_size=4,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        head_dim=8,
+        state_size=8,
+        n_groups=2,
+        chunk_size=4,
         kernel_backend=BACKEND,
     )
     return Mamba2Config(**{**fields, **overrides})
@@ -301,7 +357,12 @@ def test_state_collapse_options_at_their_defaults_change_nothing():
     infinite state-norm threshold takes the piecewise prefill path and matches up to float rounding."""
     plain = convert(random_hf_model(hf_config()))
     explicit = with_options(
-        plain, sc_decay_scale=1, sc_input_scale=1.0, sc_dt_scale=1.0, sc_state_norm_threshold=None, sc_sliding_window=None
+        plain,
+        sc_decay_scale=1,
+        sc_input_scale=1.0,
+        sc_dt_scale=1.0,
+        sc_state_norm_threshold=None,
+        sc_sliding_window=None,
     )
     ids = random_ids(13)
     assert torch.equal(logits(explicit, ids), logits(plain, ids))
@@ -320,7 +381,9 @@ def test_state_norm_threshold_bounds_every_cached_state(per_head):
     and each decoding step (per head: half the smallest norm of that head), so it binds everywhere."""
     plain = convert(random_hf_model(hf_config(), seed=4))
     ids, steps = random_ids(20), 6
-    free = torch.stack([state_norms(plain, cache) for cache in prefill_and_decode(plain, ids, steps)])  # [steps + 1, L, B, H]
+    free = torch.stack(
+        [state_norms(plain, cache) for cache in prefill_and_decode(plain, ids, steps)]
+    )  # [steps + 1, L, B, H]
     smallest = free.amax(2).amin(0)  # [L, H]
     tau = (smallest / 2).tolist() if per_head else smallest.amax(-1).min().item() / 2
     limits = smallest / 2 if per_head else torch.full_like(smallest, tau)

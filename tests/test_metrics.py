@@ -1,4 +1,5 @@
 """The shipped `evaluate` metric modules, loaded offline by path."""
+
 import math
 
 import pytest
@@ -43,7 +44,9 @@ def test_trainer_reports_accuracy_through_the_metric_module(tmp_path):
     scores = Trainer(model=model, args=args, eval_dataset=data, **metrics.trainer_metrics()).evaluate()
     argmax = model(torch.tensor(data["input_ids"])).logits.argmax(-1)[:, -2]
     expected = (argmax == torch.tensor(data["input_ids"])[:, -1]).float().mean().item()
-    assert scores["eval_accuracy"] == pytest.approx(expected) and scores["eval_sequence_accuracy"] == pytest.approx(expected)
+    assert scores["eval_accuracy"] == pytest.approx(expected) and scores["eval_sequence_accuracy"] == pytest.approx(
+        expected
+    )
 
 
 def test_dfa_accuracy_scores_valid_continuations():
@@ -72,7 +75,9 @@ def test_trainer_reports_dfa_accuracy_on_regbench(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
     scores = Trainer(model=model, args=args, eval_dataset=data, **metrics.trainer_metrics(data)).evaluate()
     predictions = model(torch.tensor(data["input_ids"])).logits.argmax(-1).tolist()
-    expected = metrics.load("dfa_accuracy").compute(predictions=predictions, references=data["input_ids"], dfa=data["dfa"])
+    expected = metrics.load("dfa_accuracy").compute(
+        predictions=predictions, references=data["input_ids"], dfa=data["dfa"]
+    )
     assert scores["eval_dfa_accuracy"] == pytest.approx(expected["dfa_accuracy"])
 
 

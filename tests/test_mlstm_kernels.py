@@ -12,6 +12,7 @@ h `[B, T, NH, DV]`; mlstm_kernels' functions take heads first `[B, NH, T, ...]` 
 Tolerances: float64 comparisons of our backends use atol 1e-10 / rtol 1e-8 (measured differences
 are about 1e-13); the float32 long-sequence check and the half-precision checks state their own.
 """
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -26,7 +27,9 @@ GATES = [("exp", True), ("sigmoid", True), ("sigmoid", False)]
 SEQUENCES = ("q", "k", "v", "igate", "fgate")
 
 
-def make_inputs(batch=2, heads=2, steps=11, dk=4, dv=3, seed=0, with_state=True, dtype=DOUBLE, i_scale=2.0, f_scale=2.0, grad=True):
+def make_inputs(
+    batch=2, heads=2, steps=11, dk=4, dv=3, seed=0, with_state=True, dtype=DOUBLE, i_scale=2.0, f_scale=2.0, grad=True
+):
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0, shift=0.0):
@@ -118,7 +121,9 @@ def padded_batch(row, pad):
     mask[0, pad:] = True
     mask[1, :steps] = True
     state = row["initial_state"]
-    out["initial_state"] = None if state is None else tuple(s.detach().expand(3, *s.shape[1:]).clone().requires_grad_() for s in state)
+    out["initial_state"] = (
+        None if state is None else tuple(s.detach().expand(3, *s.shape[1:]).clone().requires_grad_() for s in state)
+    )
     return out, mask
 
 
@@ -176,7 +181,9 @@ def test_long_sequence_with_large_gates_float32():
     the float64 step loop to 2e-4 relative to the output scale (measured: about 1e-5)."""
     inputs = make_inputs(batch=1, heads=1, steps=4096, dk=4, dv=4, i_scale=30.0, f_scale=30.0, seed=5, grad=False)
     expected_h, expected_state = mlstm(**inputs, backend="reference")
-    single = {name: (t.float() if isinstance(t, torch.Tensor) else tuple(s.float() for s in t)) for name, t in inputs.items()}
+    single = {
+        name: (t.float() if isinstance(t, torch.Tensor) else tuple(s.float() for s in t)) for name, t in inputs.items()
+    }
     for backend in ("torch", "parallel"):
         h, state = mlstm(**single, backend=backend, chunk_size=64)
         assert torch.isfinite(h).all() and all(torch.isfinite(s).all() for s in state)
@@ -248,10 +255,26 @@ def _bad(**changes):
         ({"normalize": "yes"}, TypeError, "normalize must be a bool"),
         ({"mask": torch.ones(2, 4, dtype=torch.bool)}, ValueError, r"mask must be \[B, T\]"),
         ({"mask": torch.ones(2, 5)}, TypeError, "mask must be bool"),
-        ({"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4))}, ValueError, r"state must be a tuple \(C, n, m\)"),
-        ({"initial_state": (torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 4), torch.zeros(2, 2))}, ValueError, "must have shapes"),
-        ({"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4), torch.zeros(2, 2, 1))}, ValueError, "must have shapes"),
-        ({"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4, dtype=torch.long), torch.zeros(2, 2))}, TypeError, "state n must be floating point"),
+        (
+            {"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4))},
+            ValueError,
+            r"state must be a tuple \(C, n, m\)",
+        ),
+        (
+            {"initial_state": (torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 4), torch.zeros(2, 2))},
+            ValueError,
+            "must have shapes",
+        ),
+        (
+            {"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4), torch.zeros(2, 2, 1))},
+            ValueError,
+            "must have shapes",
+        ),
+        (
+            {"initial_state": (torch.zeros(2, 2, 4, 3), torch.zeros(2, 2, 4, dtype=torch.long), torch.zeros(2, 2))},
+            TypeError,
+            "state n must be floating point",
+        ),
     ],
 )
 def test_validation_errors(changes, error, match):
@@ -267,7 +290,14 @@ def test_step_validation_errors():
     with pytest.raises(ValueError, match=r"fgate must be \[B, NH\]"):
         mlstm_step(q, q, torch.randn(2, 2, 3), torch.randn(2, 2), torch.randn(2, 2, 1), None)
     with pytest.raises(ValueError, match="must have shapes"):
-        mlstm_step(q, q, torch.randn(2, 2, 3), torch.randn(2, 2), torch.randn(2, 2), (torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4), torch.zeros(2, 2)))
+        mlstm_step(
+            q,
+            q,
+            torch.randn(2, 2, 3),
+            torch.randn(2, 2),
+            torch.randn(2, 2),
+            (torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4), torch.zeros(2, 2)),
+        )
 
 
 def _peers():
@@ -285,7 +315,9 @@ def test_peer_recurrent_step_equals_ours(with_state):
     ours = inputs["initial_state"]
     for t in range(6):
         q, k, v, i, f = (inputs[name][:, t] for name in SEQUENCES)
-        h_peer, (c, n, m) = mlstm_recurrent_step__native(q, k, v, i[..., None], f[..., None], c, n, m[..., None], eps=1e-6, dtype_state=DOUBLE)
+        h_peer, (c, n, m) = mlstm_recurrent_step__native(
+            q, k, v, i[..., None], f[..., None], c, n, m[..., None], eps=1e-6, dtype_state=DOUBLE
+        )
         m = m[..., 0]
         h, ours = mlstm_step(q, k, v, i, f, ours)
         torch.testing.assert_close(h, h_peer, **TOL)

@@ -18,6 +18,7 @@ layout the operator's validation hands them (`heads_first`).
 A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed):
 the interpreter does not run the GPU compiler.
 """
+
 import json
 import math
 import os
@@ -36,8 +37,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
 from hf_seqplugins.core.backends import BackendUnavailableError  # noqa: E402
-from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm  # noqa: E402
-from hf_seqplugins.kernels.mlstm import reference, triton_impl  # noqa: E402
+from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm, reference, triton_impl  # noqa: E402  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}
@@ -45,7 +45,9 @@ FLOAT32_RELATIVE = 2e-5
 GRAD_NAMES = ("q", "k", "v", "igate", "fgate", "C0", "n0", "m0")
 
 
-def make_inputs(batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.float64, with_state=True, gate_scale=1.0):
+def make_inputs(
+    batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.float64, with_state=True, gate_scale=1.0
+):
     """Random (q, k, v, igate, fgate, initial_state) in the public layout; forget gates lean open, as trained models' do."""
     generator = torch.Generator().manual_seed(seed)
 
@@ -53,8 +55,14 @@ def make_inputs(batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.f
         return torch.randn(*shape, generator=generator, dtype=dtype)
 
     state = (randn(batch, heads, dk, dv), randn(batch, heads, dk), randn(batch, heads)) if with_state else None
-    return (randn(batch, steps, heads, dk), randn(batch, steps, heads, dk), randn(batch, steps, heads, dv),
-            randn(batch, steps, heads) * gate_scale, randn(batch, steps, heads) * gate_scale + 2.0, state)
+    return (
+        randn(batch, steps, heads, dk),
+        randn(batch, steps, heads, dk),
+        randn(batch, steps, heads, dv),
+        randn(batch, steps, heads) * gate_scale,
+        randn(batch, steps, heads) * gate_scale + 2.0,
+        state,
+    )
 
 
 def heads_first(tensors):
@@ -68,11 +76,16 @@ def run(kernel, inputs, mask=None, input_gate="exp", normalize=True, eps=1e-6, c
     q, k, v, igate, fgate, state = inputs
     leaves = [t.to(DEVICE).requires_grad_() for t in (q, k, v, igate, fgate, *(state or ()))]
     initial = None if state is None else tuple(leaves[5:])
-    args, _ = OPERATOR.validate(*leaves[:5], initial, None if mask is None else mask.to(DEVICE), input_gate, normalize, eps, chunk_size)
+    args, _ = OPERATOR.validate(
+        *leaves[:5], initial, None if mask is None else mask.to(DEVICE), input_gate, normalize, eps, chunk_size
+    )
     h, final_state = kernel(*args, **kwargs)
     h = h.transpose(1, 2)
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum() for t in (h, *final_state))
+    loss = sum(
+        (t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum()
+        for t in (h, *final_state)
+    )
     grads = torch.autograd.grad(loss, leaves)
     return h.detach(), tuple(s.detach() for s in final_state), dict(zip(GRAD_NAMES, grads))
 
@@ -83,7 +96,11 @@ def triton_kernel(*args, block_intra=16):
 
 def named_results(result):
     h, state, grads = result
-    return {"h": h, **{f"final {name}": s for name, s in zip("Cnm", state)}, **{f"grad of {name}": g for name, g in grads.items()}}
+    return {
+        "h": h,
+        **{f"final {name}": s for name, s in zip("Cnm", state)},
+        **{f"grad of {name}": g for name, g in grads.items()},
+    }
 
 
 def assert_matches_reference(inputs, mask=None, **options):
@@ -94,14 +111,21 @@ def assert_matches_reference(inputs, mask=None, **options):
     dtype = inputs[0].dtype
     got = run(triton_kernel, inputs, mask, **options)
     assert got[0].dtype == dtype and all(s.dtype == dtype for s in got[1])
-    as_float64 = tuple(None if t is None else t.double() if isinstance(t, torch.Tensor) else tuple(s.double() for s in t) for t in inputs)
+    as_float64 = tuple(
+        None if t is None else t.double() if isinstance(t, torch.Tensor) else tuple(s.double() for s in t)
+        for t in inputs
+    )
     expected_result = run(reference.mlstm, as_float64, mask, **options)
     expected = named_results(expected_result)
     q, k = (t.to(DEVICE) for t in as_float64[:2])
-    gate_scale = ((q * expected_result[2]["q"]).sum(-1).abs() + (k * expected_result[2]["k"]).sum(-1).abs()).sum(1).max()
+    gate_scale = (
+        ((q * expected_result[2]["q"]).sum(-1).abs() + (k * expected_result[2]["k"]).sum(-1).abs()).sum(1).max()
+    )
     for name, tensor in named_results(got).items():
         if dtype == torch.float64:
-            torch.testing.assert_close(tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}"
+            )
         else:
             scale = expected[name].abs().max()
             if name in ("grad of igate", "grad of fgate"):
@@ -160,7 +184,9 @@ def test_eps_zero_and_a_gradient_only_through_the_final_state():
         _, (c, n, m) = kernel(q, k, v, *leaves[:2], tuple(leaves[2:]), None, "exp", True, 1e-6, 16)
         grads.append(torch.autograd.grad(c.sum() + 2 * n.sum() + 3 * m.sum(), leaves))
     for name, got, expected in zip(("igate", "fgate", "C0", "n0", "m0"), grads[1], grads[0]):
-        torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}")
+        torch.testing.assert_close(
+            got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -191,7 +217,9 @@ def test_padding_equals_the_unpadded_row(input_gate):
     args, _ = OPERATOR.validate(*(t.to(DEVICE) for t in inputs[:5]), None, mask.to(DEVICE), input_gate, True, 1e-6, 16)
     folded_gates = [gate.detach().requires_grad_() for gate in args[3:5]]
     h_folded, state_folded = triton_kernel(*args[:3], *folded_gates, *args[5:])
-    gate_grads = torch.autograd.grad(h_folded.sum() + sum(s.sum() for s in state_folded), folded_gates, allow_unused=True)
+    gate_grads = torch.autograd.grad(
+        h_folded.sum() + sum(s.sum() for s in state_folded), folded_gates, allow_unused=True
+    )
     assert all(torch.isfinite(g).all() for g in gate_grads)
     assert (gate_grads[0][0, :, ~mask[0]] == 0).all() and (gate_grads[1][0, :, ~mask[0]] == 0).all()
 
@@ -245,7 +273,9 @@ def test_half_precision_inputs_compute_in_float32():
 
 
 def test_refusals():
-    tensors = heads_first(t.to(DEVICE) for t in make_inputs(heads=1, steps=4, seed=10, dtype=torch.float32, with_state=False)[:5])
+    tensors = heads_first(
+        t.to(DEVICE) for t in make_inputs(heads=1, steps=4, seed=10, dtype=torch.float32, with_state=False)[:5]
+    )
     options = [None, None, "exp", True, 1e-6, 64]
     assert triton_impl.unsupported_reason(*tensors, *options) is None
 
@@ -307,8 +337,13 @@ def compile_for_gpus(capabilities, dtype, tiles):
     """Compiles every kernel, both gates, for each capability in a fresh interpreter without TRITON_INTERPRET."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["kernels"] == 6
@@ -332,13 +367,22 @@ def test_kernels_compile_with_production_tiles(dtype, tiles):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("input_gate", ["exp", "sigmoid"])
-@pytest.mark.parametrize("steps, chunk_size, block_intra, dk, dv", [(100, 64, 16, 16, 48), (130, 128, 32, 40, 16), (64, 16, 16, 80, 16)])
+@pytest.mark.parametrize(
+    "steps, chunk_size, block_intra, dk, dv", [(100, 64, 16, 16, 48), (130, 128, 32, 40, 16), (64, 16, 16, 80, 16)]
+)
 def test_matches_reference_wider(input_gate, steps, chunk_size, block_intra, dk, dv):
     inputs = make_inputs(batch=2, heads=1, steps=steps, dk=dk, dv=dv, seed=steps + dk, gate_scale=3.0)
     expected = run(reference.mlstm, inputs, input_gate=input_gate, chunk_size=chunk_size)
-    got = run(lambda *args: triton_impl.mlstm(*args, block_intra=block_intra), inputs, input_gate=input_gate, chunk_size=chunk_size)
+    got = run(
+        lambda *args: triton_impl.mlstm(*args, block_intra=block_intra),
+        inputs,
+        input_gate=input_gate,
+        chunk_size=chunk_size,
+    )
     torch.testing.assert_close(got[0], expected[0], **TOLERANCES[torch.float64])
     for got_state, expected_state in zip(got[1], expected[1]):
         torch.testing.assert_close(got_state, expected_state, **TOLERANCES[torch.float64])
     for name, grad in got[2].items():
-        torch.testing.assert_close(grad, expected[2][name], **TOLERANCES[torch.float64], msg=lambda m, name=name: f"grad of {name}: {m}")
+        torch.testing.assert_close(
+            grad, expected[2][name], **TOLERANCES[torch.float64], msg=lambda m, name=name: f"grad of {name}: {m}"
+        )

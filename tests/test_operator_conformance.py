@@ -1,5 +1,6 @@
 """The operator conformance kit (`hf_seqplugins.testing.operators`) over every operator of every installed
 architecture (built-in and third-party), one test per (operator, backend)."""
+
 import pytest
 
 from hf_seqplugins import load_plugins

@@ -1,5 +1,6 @@
 """The operator conformance kit itself: a correct toy operator passes every check, and each kind of broken
 backend is caught by the check meant for it (so a pass means something)."""
+
 import pytest
 import torch
 
@@ -31,8 +32,11 @@ def example(batch, length, dtype, generator):
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
 
-    return {"x": randn(batch, length, 3), "decay": torch.tensor([0.5, -0.9, 0.99], dtype=dtype),
-            "initial_state": randn(batch, 3)}
+    return {
+        "x": randn(batch, length, 3),
+        "decay": torch.tensor([0.5, -0.9, 0.99], dtype=dtype),
+        "initial_state": randn(batch, 3),
+    }
 
 
 def failed_checks(operator) -> set[str]:
@@ -74,8 +78,13 @@ def make_toy():
 
     def make(fast):
         name = f"toy_{fast.__name__}"
-        operator = Operator(name=name, backends={"reference": lambda: loop, "torch": lambda: fast}, validate=validate,
-                            sequences=("x",), examples={"toy": example})
+        operator = Operator(
+            name=name,
+            backends={"reference": lambda: loop, "torch": lambda: fast},
+            validate=validate,
+            sequences=("x",),
+            examples={"toy": example},
+        )
         made.append(name)
         return operator
 
@@ -88,19 +97,29 @@ def test_a_correct_operator_passes_every_check(make_toy):
     operator = make_toy(loop)
     checks = check_operator(operator)
     assert {c.status for c in checks} == {PASS}
-    assert {c.name for c in checks} >= {"reference", "single_step", "split", "left_padding", "packed",
-                                        "poisoned_buffers", "bfloat16"}
+    assert {c.name for c in checks} >= {
+        "reference",
+        "single_step",
+        "split",
+        "left_padding",
+        "packed",
+        "poisoned_buffers",
+        "bfloat16",
+    }
     assert_operator_conforms(operator)
 
 
-@pytest.mark.parametrize("broken,caught_by", [
-    (ignores_initial_state, {"reference", "split"}),
-    (reads_padding, {"left_padding"}),
-    (stale_final_state, {"reference", "split"}),
-    (unwritten_output, {"poisoned_buffers"}),
-    (no_gradient_through_time, {"reference"}),
-    (low_precision, {"reference"}),
-])
+@pytest.mark.parametrize(
+    "broken,caught_by",
+    [
+        (ignores_initial_state, {"reference", "split"}),
+        (reads_padding, {"left_padding"}),
+        (stale_final_state, {"reference", "split"}),
+        (unwritten_output, {"poisoned_buffers"}),
+        (no_gradient_through_time, {"reference"}),
+        (low_precision, {"reference"}),
+    ],
+)
 def test_each_defect_is_caught_by_its_check(make_toy, broken, caught_by):
     operator = make_toy(broken)
     assert caught_by <= failed_checks(operator)

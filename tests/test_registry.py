@@ -1,4 +1,5 @@
 """Plugin discovery through entry points: built-ins, third-party, broken, duplicate and allow-listed plugins."""
+
 import textwrap
 import warnings
 from importlib.metadata import entry_points
@@ -107,7 +108,9 @@ def test_plugin_without_prefix_is_skipped(make_distribution):
 
 
 def test_plugin_for_another_api_version_is_refused(make_distribution):
-    eps = make_distribution("future-plugin", "future_plugin_mod", GOOD_PLUGIN.format(model_type="seqp_future", api_version=2))
+    eps = make_distribution(
+        "future-plugin", "future_plugin_mod", GOOD_PLUGIN.format(model_type="seqp_future", api_version=2)
+    )
     with pytest.warns(PluginLoadWarning, match=r"future-plugin.*plugin API version 2.*provides version 1"):
         assert discover(eps) == {}
 

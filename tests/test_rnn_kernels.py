@@ -3,6 +3,7 @@
 stabiliser, half precision, validation. The generic contract checks (every backend and example case against
 the reference in float64 with gradients, single steps, splits, left padding, packed rows, poisoned buffers,
 bfloat16) live in the operator conformance kit (tests/test_operator_conformance.py)."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,7 +14,9 @@ from hf_seqplugins.kernels.rnn import CELLS, NUM_GATES, headwise_rnn, state_shap
 DOUBLE = torch.float64
 
 
-def make_inputs(cell, batch=2, steps=5, heads=2, head_dim=3, proj_size=0, scale=1.0, seed=0, with_state=True, dtype=DOUBLE):
+def make_inputs(
+    cell, batch=2, steps=5, heads=2, head_dim=3, proj_size=0, scale=1.0, seed=0, with_state=True, dtype=DOUBLE
+):
     g = torch.Generator().manual_seed(seed)
     gates = NUM_GATES[cell]
     out_dim = proj_size or head_dim
@@ -29,7 +32,10 @@ def make_inputs(cell, batch=2, steps=5, heads=2, head_dim=3, proj_size=0, scale=
         "initial_state": None,
     }
     if with_state:
-        state = [torch.randn(*shape, generator=g, dtype=dtype) * 0.5 for shape in state_shapes(cell, batch, heads, head_dim, proj_size)]
+        state = [
+            torch.randn(*shape, generator=g, dtype=dtype) * 0.5
+            for shape in state_shapes(cell, batch, heads, head_dim, proj_size)
+        ]
         if cell == "slstm":
             state[2] = state[2].abs() + 1.0  # normalizer n >= 1, as every reachable state has
         inputs["initial_state"] = tuple(s.requires_grad_() for s in state)
@@ -38,8 +44,14 @@ def make_inputs(cell, batch=2, steps=5, heads=2, head_dim=3, proj_size=0, scale=
 
 def run_with_grads(cell, inputs, backend, mask=None):
     outputs, final = headwise_rnn(cell, **inputs, mask=mask, backend=backend)
-    loss = (outputs * torch.linspace(-1, 1, outputs.shape[-1], dtype=outputs.dtype)).sum() + sum((s * 0.3).sum() for s in final)
-    leaves = [t for t in (*[v for k, v in inputs.items() if k != "initial_state"], *(inputs["initial_state"] or ())) if t is not None]
+    loss = (outputs * torch.linspace(-1, 1, outputs.shape[-1], dtype=outputs.dtype)).sum() + sum(
+        (s * 0.3).sum() for s in final
+    )
+    leaves = [
+        t
+        for t in (*[v for k, v in inputs.items() if k != "initial_state"], *(inputs["initial_state"] or ()))
+        if t is not None
+    ]
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return outputs, final, grads
 
@@ -94,7 +106,10 @@ def test_multi_head_equals_independent_single_head_rnns():
     outputs, _ = headwise_rnn("lstm", **inputs)
     for n in range(3):
         single, _ = headwise_rnn(
-            "lstm", inputs["gates_x"][:, :, :, n : n + 1], inputs["recurrent_weight"][:, n : n + 1], inputs["recurrent_bias"][:, n : n + 1]
+            "lstm",
+            inputs["gates_x"][:, :, :, n : n + 1],
+            inputs["recurrent_weight"][:, n : n + 1],
+            inputs["recurrent_bias"][:, n : n + 1],
         )
         torch.testing.assert_close(outputs[:, :, n : n + 1], single)
 

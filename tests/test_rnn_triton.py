@@ -8,6 +8,7 @@ splits, left padding, packed rows, poisoned buffers, bfloat16) live in the opera
 Without CUDA the kernels run in Triton's interpreter (about 1 ms per program step), so sizes stay tiny.
 Tolerances: float32 atol 1e-5 / rtol 1e-4 (observed errors are below 1e-6); float64 atol 1e-12 / rtol 1e-10.
 """
+
 import os
 
 import pytest
@@ -26,8 +27,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-12, "rtol": 1e-10}}
 
 
-def make_inputs(cell, batch, steps, heads, head_dim, *, seed, dtype=torch.float32, with_bias=True, with_state=True,
-                gate_scale=1.0):
+def make_inputs(
+    cell, batch, steps, heads, head_dim, *, seed, dtype=torch.float32, with_bias=True, with_state=True, gate_scale=1.0
+):
     """Random (gates_x, recurrent_weight, recurrent_bias, initial_state) for `cell`; sLSTM normalizers are
     positive except for every third feature, which is zero to exercise the elementwise first-step rule."""
     generator = torch.Generator().manual_seed(seed)
@@ -52,22 +54,38 @@ def make_inputs(cell, batch, steps, heads, head_dim, *, seed, dtype=torch.float3
 
 def to_device(inputs):
     gates_x, recurrent_weight, recurrent_bias, initial_state = inputs
-    return (gates_x.to(DEVICE), recurrent_weight.to(DEVICE), None if recurrent_bias is None else recurrent_bias.to(DEVICE),
-            None if initial_state is None else tuple(s.to(DEVICE) for s in initial_state))
+    return (
+        gates_x.to(DEVICE),
+        recurrent_weight.to(DEVICE),
+        None if recurrent_bias is None else recurrent_bias.to(DEVICE),
+        None if initial_state is None else tuple(s.to(DEVICE) for s in initial_state),
+    )
 
 
 def run(backend, cell, inputs, mask=None, normalizer_clamp=True, seed=1234):
     """Outputs, final state and the gradients (by input name) of a fixed random weighted sum of both."""
     gates_x, recurrent_weight, recurrent_bias, initial_state = inputs
-    names = ["gates_x", "recurrent_weight", "recurrent_bias"] + [f"initial_state[{k}]" for k in range(len(initial_state or ()))]
+    names = ["gates_x", "recurrent_weight", "recurrent_bias"] + [
+        f"initial_state[{k}]" for k in range(len(initial_state or ()))
+    ]
     tensors = [gates_x, recurrent_weight, recurrent_bias, *(initial_state or ())]
     leaves = [None if t is None else t.to(DEVICE).requires_grad_() for t in tensors]
     initial = None if initial_state is None else tuple(leaves[3:])
-    outputs, final_state = headwise_rnn(cell, leaves[0], leaves[1], leaves[2], initial, None if mask is None else mask.to(DEVICE),
-                                        normalizer_clamp=normalizer_clamp, backend=backend)
+    outputs, final_state = headwise_rnn(
+        cell,
+        leaves[0],
+        leaves[1],
+        leaves[2],
+        initial,
+        None if mask is None else mask.to(DEVICE),
+        normalizer_clamp=normalizer_clamp,
+        backend=backend,
+    )
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((result * torch.randn(result.shape, generator=generator, dtype=result.dtype).to(DEVICE)).sum()
-               for result in (outputs, *final_state))
+    loss = sum(
+        (result * torch.randn(result.shape, generator=generator, dtype=result.dtype).to(DEVICE)).sum()
+        for result in (outputs, *final_state)
+    )
     wanted = [(name, leaf) for name, leaf in zip(names, leaves) if leaf is not None]
     grads = torch.autograd.grad(loss, [leaf for _, leaf in wanted])
     return outputs.detach(), tuple(s.detach() for s in final_state), {name: g for (name, _), g in zip(wanted, grads)}
@@ -85,7 +103,9 @@ def assert_matches_reference(cell, inputs, mask=None, normalizer_clamp=True):
         torch.testing.assert_close(state, reference_state, **tolerance, msg=lambda m, k=k: f"final_state[{k}]: {m}")
     assert got[2].keys() == expected[2].keys()
     for name, grad in got[2].items():
-        torch.testing.assert_close(grad, expected[2][name], **tolerance, msg=lambda m, name=name: f"grad of {name}: {m}")
+        torch.testing.assert_close(
+            grad, expected[2][name], **tolerance, msg=lambda m, name=name: f"grad of {name}: {m}"
+        )
     return got
 
 
@@ -124,7 +144,9 @@ def test_slstm_large_preactivations(normalizer_clamp):
 
 
 def test_slstm_normalizer_clamp_is_honoured():
-    gates_x, recurrent_weight, recurrent_bias, (h, c, _, m) = make_inputs("slstm", batch=2, steps=3, heads=1, head_dim=4, seed=5)
+    gates_x, recurrent_weight, recurrent_bias, (h, c, _, m) = make_inputs(
+        "slstm", batch=2, steps=3, heads=1, head_dim=4, seed=5
+    )
     small_normalizer = torch.full_like(h, 0.05)
     # Input gates far below the forget term, so n_new ~= f * n stays below 1 without the clamp; a weak
     # recurrence keeps h = o c / n (large for small n) from moving the pre-activations much.
@@ -188,7 +210,9 @@ def test_projection_is_refused_with_a_pointer_to_torch():
     recurrent_weight = torch.randn(4, 1, 4, 3)
     projection = torch.randn(1, 3, 4)
     with pytest.raises(BackendUnavailableError, match=r"proj_size=3.*'torch'"):
-        headwise_rnn("lstm", gates_x.to(DEVICE), recurrent_weight.to(DEVICE), projection=projection.to(DEVICE), backend="triton")
+        headwise_rnn(
+            "lstm", gates_x.to(DEVICE), recurrent_weight.to(DEVICE), projection=projection.to(DEVICE), backend="triton"
+        )
 
 
 def test_head_size_above_limit_is_refused():

@@ -1,6 +1,7 @@
 """The S4 / S4D / LSSL plugin: layer-level recurrence checks in float64 (`docs/architectures/s4.md`, section 'Tests and cross-checks'), initialisations,
 bidirectional classification, the SSM parameter groups and config validation. The generic contracts
 (backends, generate, cache, save/load, PEFT, Trainer) are in the conformance suite."""
+
 import math
 
 import pytest
@@ -65,7 +66,11 @@ def test_longer_than_l_max_doubles_the_kernel_without_changing_the_model():
 
 def test_initialisations_follow_the_spec():
     n = torch.arange(4, dtype=torch.float64)
-    expected_imag = {"diag-lin": math.pi * n, "diag-inv": (8 / math.pi) * (8 / (2 * n + 1) - 1), "diag-real": torch.zeros(4, dtype=torch.float64)}
+    expected_imag = {
+        "diag-lin": math.pi * n,
+        "diag-inv": (8 / math.pi) * (8 / (2 * n + 1) - 1),
+        "diag-real": torch.zeros(4, dtype=torch.float64),
+    }
     for init, imag in expected_imag.items():
         mixer = causal_lm("seqp_s4d", init=init).model.layers[0].mixer
         real = -torch.exp(mixer.A_real.double())
@@ -96,10 +101,14 @@ def test_bidirectional_classification_sees_the_whole_sequence_and_ignores_paddin
         hidden = model.model(ids).last_hidden_state
         changed = ids.clone()
         changed[0, -1] = (changed[0, -1] + 1) % 32
-        assert not torch.allclose(model.model(changed).last_hidden_state[0, 0], hidden[0, 0]), "the first position must see the last token"
+        assert not torch.allclose(model.model(changed).last_hidden_state[0, 0], hidden[0, 0]), (
+            "the first position must see the last token"
+        )
         expected = model(ids).logits
-        for padded, mask in ((torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1), torch.tensor([[0] * 3 + [1] * 6])),
-                             (torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1), torch.tensor([[1] * 6 + [0] * 3]))):
+        for padded, mask in (
+            (torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1), torch.tensor([[0] * 3 + [1] * 6])),
+            (torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1), torch.tensor([[1] * 6 + [0] * 3])),
+        ):
             torch.testing.assert_close(model(padded, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-4)
         with use_backend("reference"):
             torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-4)
@@ -109,16 +118,21 @@ def test_bidirectional_models_cannot_be_causal():
     with pytest.raises(ValueError, match="bidirectional"):
         AutoModelForCausalLM.from_config(tiny_config("seqp_s4", bidirectional=True))
     torch.manual_seed(0)
-    classifier = AutoModelForSequenceClassification.from_config(tiny_config("seqp_s4", bidirectional=True, num_labels=2))
+    classifier = AutoModelForSequenceClassification.from_config(
+        tiny_config("seqp_s4", bidirectional=True, num_labels=2)
+    )
     with pytest.raises(ValueError, match="cannot run with a cache"):
         classifier.model(torch.ones(1, 3, dtype=torch.long), use_cache=True)
 
 
-@pytest.mark.parametrize("model_type,expected", [
-    ("seqp_s4", {"dt_param", "A_real", "A_imag", "B", "P"}),
-    ("seqp_s4d", {"dt_param", "A_real", "A_imag", "B"}),
-    ("seqp_lssl", {"dt_param", "A", "B"}),
-])
+@pytest.mark.parametrize(
+    "model_type,expected",
+    [
+        ("seqp_s4", {"dt_param", "A_real", "A_imag", "B", "P"}),
+        ("seqp_s4d", {"dt_param", "A_real", "A_imag", "B"}),
+        ("seqp_lssl", {"dt_param", "A", "B"}),
+    ],
+)
 def test_ssm_parameters_get_their_own_group(model_type, expected, tmp_path):
     model = causal_lm(model_type)
     model.save_pretrained(tmp_path)
@@ -137,7 +151,9 @@ def test_ssm_parameters_get_their_own_group(model_type, expected, tmp_path):
 
 def test_trainer_takes_the_groups(tmp_path):
     model = causal_lm("seqp_s4d", ssm_lr=5e-4)
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-2, weight_decay=0.05, report_to=[], use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-2, weight_decay=0.05, report_to=[], use_cpu=True
+    )
     trainer = Trainer(model=model, args=args, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, args))
     optimizer = trainer.create_optimizer()
     settings = sorted((g["lr"], g["weight_decay"]) for g in optimizer.param_groups)
@@ -154,7 +170,12 @@ def test_lssl_fixed_hippo_is_not_a_parameter():
     model = causal_lm("seqp_lssl", learn_ab=0, dt_learn=False)
     mixer = model.model.layers[0].mixer
     assert mixer.A is None and not mixer.dt_param.requires_grad
-    assert set(n.rsplit(".", 1)[-1] for n, p in mixer.named_parameters() if p.requires_grad) == {"C", "D", "weight", "bias"}
+    assert set(n.rsplit(".", 1)[-1] for n, p in mixer.named_parameters() if p.requires_grad) == {
+        "C",
+        "D",
+        "weight",
+        "bias",
+    }
 
 
 @torch.no_grad()
@@ -167,25 +188,28 @@ def test_decoding_reuses_the_dense_system_until_a_parameter_changes():
     assert mixer.decoding_system(torch.float32) is not first
 
 
-@pytest.mark.parametrize("model_type,field,value", [
-    ("seqp_s4", "state_size", 7),
-    ("seqp_s4", "n_ssm", 3),
-    ("seqp_s4", "init", "diag-lin"),
-    ("seqp_s4", "discretization", "zoh"),
-    ("seqp_s4", "l_max", 0),
-    ("seqp_s4d", "init", "hippo-magic"),
-    ("seqp_s4d", "dt_transform", "square"),
-    ("seqp_s4d", "activation", "swish-ish"),
-    ("seqp_s4d", "final_act", "gated"),
-    ("seqp_s4d", "ssm_dropout", 1.0),
-    ("seqp_s4d", "ssm_lr", 0.0),
-    ("seqp_s4d", "dt_min", 1.0),
-    ("seqp_s4d", "channels", 0),
-    ("seqp_lssl", "learn_ab", 3),
-    ("seqp_lssl", "measure", "fourier"),
-    ("seqp_lssl", "alpha", 1.5),
-    ("seqp_lssl", "dt_init", "zeros"),
-])
+@pytest.mark.parametrize(
+    "model_type,field,value",
+    [
+        ("seqp_s4", "state_size", 7),
+        ("seqp_s4", "n_ssm", 3),
+        ("seqp_s4", "init", "diag-lin"),
+        ("seqp_s4", "discretization", "zoh"),
+        ("seqp_s4", "l_max", 0),
+        ("seqp_s4d", "init", "hippo-magic"),
+        ("seqp_s4d", "dt_transform", "square"),
+        ("seqp_s4d", "activation", "swish-ish"),
+        ("seqp_s4d", "final_act", "gated"),
+        ("seqp_s4d", "ssm_dropout", 1.0),
+        ("seqp_s4d", "ssm_lr", 0.0),
+        ("seqp_s4d", "dt_min", 1.0),
+        ("seqp_s4d", "channels", 0),
+        ("seqp_lssl", "learn_ab", 3),
+        ("seqp_lssl", "measure", "fourier"),
+        ("seqp_lssl", "alpha", 1.5),
+        ("seqp_lssl", "dt_init", "zeros"),
+    ],
+)
 def test_invalid_fields_are_named(model_type, field, value):
     with pytest.raises(ValueError, match=field if field != "dt_min" else "dt_min <= dt_max"):
         AutoConfig.for_model(model_type, **{**load_plugins()[model_type].tiny_config, field: value})

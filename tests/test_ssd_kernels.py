@@ -10,6 +10,7 @@ Tolerances: float64 comparisons of our backends use atol 1e-10 / rtol 1e-8 (meas
 about 1e-15); the float32 checks (long sequence, transformers peer) and the half-precision checks
 state their own.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,19 @@ NAMES = ("x", "dt", "log_decay", "B", "C")
 
 
 def make_inputs(
-    batch=2, steps=19, heads=4, head_dim=3, groups=2, state_size=5, seed=0, with_state=True, dtype=DOUBLE, grad=True, dt_shift=-1.0, dt_scale=1.0, a_max=4.0
+    batch=2,
+    steps=19,
+    heads=4,
+    head_dim=3,
+    groups=2,
+    state_size=5,
+    seed=0,
+    with_state=True,
+    dtype=DOUBLE,
+    grad=True,
+    dt_shift=-1.0,
+    dt_scale=1.0,
+    a_max=4.0,
 ):
     """Random inputs as Mamba-2 makes them: dt = softplus(.), log_decay = dt·A with A = -U[1, a_max],
     plus a small offset of either sign (log_decay is not required to be <= 0)."""
@@ -112,7 +125,9 @@ def padded_batch(row, pad):
     mask[0, pad:] = True
     mask[1, :steps] = True
     state = row["initial_state"]
-    out["initial_state"] = None if state is None else state.detach().expand(3, *state.shape[1:]).clone().requires_grad_()
+    out["initial_state"] = (
+        None if state is None else state.detach().expand(3, *state.shape[1:]).clone().requires_grad_()
+    )
     return out, mask
 
 
@@ -151,7 +166,12 @@ def test_prefill_then_steps_equal_one_pass():
     """What generation does: the chunked prefill's final state feeds the decoding steps."""
     inputs = make_inputs(steps=10, grad=False, seed=3)
     expected_y, expected_state = ssd(**inputs, backend="torch", chunk_size=4)
-    y, state = ssd(**{name: inputs[name][:, :7] for name in NAMES}, initial_state=inputs["initial_state"], backend="torch", chunk_size=4)
+    y, state = ssd(
+        **{name: inputs[name][:, :7] for name in NAMES},
+        initial_state=inputs["initial_state"],
+        backend="torch",
+        chunk_size=4,
+    )
     outputs = [y]
     for t in range(7, 10):
         y_t, state = ssd_step(*(inputs[name][:, t] for name in NAMES), state)
@@ -179,7 +199,19 @@ def test_long_sequence_with_strong_decays_and_large_dt():
     (measured: about 1e-7; taking the chunk-state decays as differences of cumulative sums, as
     transformers' scan does, gives about 4e-6 and fails); the float64 chunked form matches within
     1e-10; the float32 backward is finite."""
-    inputs = make_inputs(batch=1, steps=8192, heads=2, head_dim=4, groups=1, state_size=4, dt_shift=1.0, dt_scale=3.0, a_max=16.0, seed=5, grad=False)
+    inputs = make_inputs(
+        batch=1,
+        steps=8192,
+        heads=2,
+        head_dim=4,
+        groups=1,
+        state_size=4,
+        dt_shift=1.0,
+        dt_scale=3.0,
+        a_max=16.0,
+        seed=5,
+        grad=False,
+    )
     slow = torch.arange(8192) % 2048 < 512
     inputs["dt"][:, slow] *= 1e-3
     inputs["log_decay"][:, slow] *= 1e-3
@@ -279,17 +311,37 @@ def _bad(**changes):
         ({"dt": torch.ones(2, 5, 4, dtype=torch.int32)}, TypeError, "dt must be floating point"),
         ({"log_decay": torch.rand(2, 4, 4, dtype=DOUBLE)}, ValueError, r"log_decay must be \[Bt, T, H\]"),
         ({"B": torch.randn(2, 5, 10, dtype=DOUBLE)}, ValueError, r"B and C must both be \[Bt, T, G, N\]"),
-        ({"C": torch.randn(2, 5, 2, 4, dtype=DOUBLE)}, ValueError, r"B and C must both be \[Bt, T, G, N\] of one shape"),
-        ({"B": torch.randn(2, 5, 3, 5, dtype=DOUBLE), "C": torch.randn(2, 5, 3, 5, dtype=DOUBLE)}, ValueError, "H=4 must be a multiple of the number of groups G=3"),
-        ({"B": torch.randn(2, 4, 2, 5, dtype=DOUBLE), "C": torch.randn(2, 4, 2, 5, dtype=DOUBLE)}, ValueError, r"with \[Bt, T\] = \[2, 5\]"),
+        (
+            {"C": torch.randn(2, 5, 2, 4, dtype=DOUBLE)},
+            ValueError,
+            r"B and C must both be \[Bt, T, G, N\] of one shape",
+        ),
+        (
+            {"B": torch.randn(2, 5, 3, 5, dtype=DOUBLE), "C": torch.randn(2, 5, 3, 5, dtype=DOUBLE)},
+            ValueError,
+            "H=4 must be a multiple of the number of groups G=3",
+        ),
+        (
+            {"B": torch.randn(2, 4, 2, 5, dtype=DOUBLE), "C": torch.randn(2, 4, 2, 5, dtype=DOUBLE)},
+            ValueError,
+            r"with \[Bt, T\] = \[2, 5\]",
+        ),
         ({"B": torch.randn(2, 5, 2, 5)}, TypeError, "x, B and C must share one dtype"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
         ({"chunk_size": 4.0}, ValueError, "chunk_size must be a positive int"),
         ({"chunk_size": True}, ValueError, "chunk_size must be a positive int"),
         ({"mask": torch.ones(2, 4, dtype=torch.bool)}, ValueError, r"mask must be \[Bt, T\]"),
         ({"mask": torch.ones(2, 5)}, TypeError, "mask must be bool"),
-        ({"initial_state": torch.zeros(2, 4, 5, 3, dtype=DOUBLE)}, ValueError, r"initial_state must be \[Bt, H, P, N\] = \[2, 4, 3, 5\]"),
-        ({"initial_state": torch.zeros(2, 4, 3, 5, dtype=torch.long)}, TypeError, "initial_state must be floating point"),
+        (
+            {"initial_state": torch.zeros(2, 4, 5, 3, dtype=DOUBLE)},
+            ValueError,
+            r"initial_state must be \[Bt, H, P, N\] = \[2, 4, 3, 5\]",
+        ),
+        (
+            {"initial_state": torch.zeros(2, 4, 3, 5, dtype=torch.long)},
+            TypeError,
+            "initial_state must be floating point",
+        ),
         ({"initial_state": (torch.zeros(2, 4, 3, 5),)}, TypeError, "initial_state must be a tensor"),
     ],
 )

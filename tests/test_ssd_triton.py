@@ -14,6 +14,7 @@ float32 against the float64 reference, relative to each tensor's scale (see `ass
 A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile` (no GPU needed):
 the interpreter does not run the GPU compiler.
 """
+
 import json
 import math
 import os
@@ -32,9 +33,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
-from hf_seqplugins.kernels.ssd import OPERATOR, reference, ssd, triton_impl
-
 from hf_seqplugins.core.backends import BackendUnavailableError
+from hf_seqplugins.kernels.ssd import OPERATOR, reference, ssd, triton_impl
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}
@@ -42,8 +42,20 @@ FLOAT32_RELATIVE = 2e-5
 GRAD_NAMES = ("x", "dt", "log_decay", "B", "C", "initial_state")
 
 
-def make_inputs(batch=1, steps=40, heads=2, groups=1, head_dim=8, state_size=16, *, seed, dtype=torch.float64,
-                with_state=True, decay_scale=1.0, dt_scale=1.0):
+def make_inputs(
+    batch=1,
+    steps=40,
+    heads=2,
+    groups=1,
+    head_dim=8,
+    state_size=16,
+    *,
+    seed,
+    dtype=torch.float64,
+    with_state=True,
+    decay_scale=1.0,
+    dt_scale=1.0,
+):
     """Random (x, dt, log_decay, B, C, initial_state): dt = softplus(normal) * dt_scale and
     log_decay = -dt * A with A uniform in (0, decay_scale), as Mamba-2 forms them."""
     generator = torch.Generator().manual_seed(seed)
@@ -54,8 +66,14 @@ def make_inputs(batch=1, steps=40, heads=2, groups=1, head_dim=8, state_size=16,
     dt = F.softplus(randn(batch, steps, heads)) * dt_scale
     log_decay = -dt * torch.rand(batch, steps, heads, generator=generator, dtype=dtype) * decay_scale
     state = randn(batch, heads, head_dim, state_size) if with_state else None
-    return (randn(batch, steps, heads, head_dim), dt, log_decay, randn(batch, steps, groups, state_size),
-            randn(batch, steps, groups, state_size), state)
+    return (
+        randn(batch, steps, heads, head_dim),
+        dt,
+        log_decay,
+        randn(batch, steps, groups, state_size),
+        randn(batch, steps, groups, state_size),
+        state,
+    )
 
 
 def run(kernel, inputs, mask=None, chunk_size=32, seed=99, **kwargs):
@@ -67,7 +85,10 @@ def run(kernel, inputs, mask=None, chunk_size=32, seed=99, **kwargs):
     args, _ = OPERATOR.validate(*leaves[:5], initial, None if mask is None else mask.to(DEVICE), chunk_size)
     y, final_state = kernel(*args, **kwargs)
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum() for t in (y, final_state))
+    loss = sum(
+        (t * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(DEVICE, t.dtype)).sum()
+        for t in (y, final_state)
+    )
     grads = torch.autograd.grad(loss, leaves)
     return y.detach(), final_state.detach(), dict(zip(GRAD_NAMES, grads))
 
@@ -96,13 +117,17 @@ def assert_matches_reference(inputs, mask=None, *, relative=None, **options):
     relative = FLOAT32_RELATIVE if relative is None else relative
     for name, tensor in named_results(got).items():
         if dtype == torch.float64:
-            torch.testing.assert_close(tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                tensor, expected[name], **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}"
+            )
             continue
         scale = expected[name].abs().max()
         if name == "grad of log_decay":
             # The weight of y in `run`'s loss, and X_t . dX_t = x_t . grad_x_t.
             d_y = torch.randn(got[0].shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64).to(DEVICE)
-            terms = (d_y * expected["y"]).sum(-1).abs() + (as_float64[0].to(DEVICE) * expected["grad of x"]).sum(-1).abs()
+            terms = (d_y * expected["y"]).sum(-1).abs() + (as_float64[0].to(DEVICE) * expected["grad of x"]).sum(
+                -1
+            ).abs()
             scale = torch.maximum(scale, terms.sum(1).max())
         error = (tensor.double() - expected[name]).abs().max()
         assert error <= relative * scale + 1e-7, f"{name}: error {error:.3g} for a scale of {scale:.3g}"
@@ -118,9 +143,11 @@ def attention_form(x, dt, log_decay, B, C, initial_state):
     y = torch.zeros_like(x)
     for t in range(steps):
         for s in range(t + 1):
-            weight = torch.exp(log_decay[:, s + 1:t + 1].sum(1)) * (C[:, t] * B[:, s]).sum(-1) * dt[:, s]
+            weight = torch.exp(log_decay[:, s + 1 : t + 1].sum(1)) * (C[:, t] * B[:, s]).sum(-1) * dt[:, s]
             y[:, t] += weight[..., None] * x[:, s]
-        y[:, t] += torch.exp(log_decay[:, :t + 1].sum(1))[..., None] * torch.einsum("bhpn,bhn->bhp", initial_state, C[:, t])
+        y[:, t] += torch.exp(log_decay[:, : t + 1].sum(1))[..., None] * torch.einsum(
+            "bhpn,bhn->bhp", initial_state, C[:, t]
+        )
     return y
 
 
@@ -154,8 +181,16 @@ def test_matches_reference_float32():
 )
 def test_property_shapes_and_chunks(steps, chunk_size, heads_groups, head_dim, state_size, with_state, seed):
     heads, groups = heads_groups
-    inputs = make_inputs(steps=steps, heads=heads, groups=groups, head_dim=head_dim, state_size=state_size, seed=seed,
-                         with_state=with_state, decay_scale=3.0)
+    inputs = make_inputs(
+        steps=steps,
+        heads=heads,
+        groups=groups,
+        head_dim=head_dim,
+        state_size=state_size,
+        seed=seed,
+        with_state=with_state,
+        decay_scale=3.0,
+    )
     assert_matches_reference(inputs, chunk_size=chunk_size)
 
 
@@ -179,7 +214,9 @@ def test_gradients_through_the_final_state_alone():
         grads.append(torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True))
     assert (grads[1][4] == 0).all(), "C does not reach the final state"
     for name, got, expected in zip(GRAD_NAMES, grads[1], grads[0]):
-        torch.testing.assert_close(got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}")
+        torch.testing.assert_close(
+            got, expected, **TOLERANCES[torch.float64], msg=lambda msg, name=name: f"{name}: {msg}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -188,7 +225,9 @@ def test_strong_decays_and_large_steps_stay_finite(dtype):
     inputs = make_inputs(heads=1, steps=40, seed=5, dtype=dtype, dt_scale=30.0, decay_scale=10.0)
     y, state, grads = assert_matches_reference(inputs)
     assert inputs[2].min() < -200
-    assert torch.isfinite(y).all() and torch.isfinite(state).all() and all(torch.isfinite(g).all() for g in grads.values())
+    assert (
+        torch.isfinite(y).all() and torch.isfinite(state).all() and all(torch.isfinite(g).all() for g in grads.values())
+    )
 
 
 def test_decays_keep_their_relative_accuracy_in_float32():
@@ -283,7 +322,9 @@ def test_refusals():
 
     assert "'meta'" in triton_impl.unsupported_reason(*(t.to("meta") for t in tensors), None, None, 64)
     x, dt, log_decay, B, C = tensors
-    assert "complex64 for x" in triton_impl.unsupported_reason(x.to(torch.complex64), dt, log_decay, B, C, None, None, 64)
+    assert "complex64 for x" in triton_impl.unsupported_reason(
+        x.to(torch.complex64), dt, log_decay, B, C, None, None, 64
+    )
     for name, index in (("x", 0), ("B", 3)):
         empty = list(tensors)
         empty[index] = empty[index][..., :0]
@@ -348,8 +389,14 @@ def compile_for_gpus(capabilities, dtype, tiles):
     without TRITON_INTERPRET."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["kernels"] == result["compiled"], "a kernel is missing from the compile check"
@@ -372,12 +419,24 @@ def test_kernels_compile_with_production_tiles(dtype, tiles):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("steps, chunk_size, block_intra, head_dim, state_size, groups",
-                         [(100, 64, 16, 16, 48, 1), (130, 128, 32, 40, 16, 2), (64, 16, 16, 80, 16, 2)])
+@pytest.mark.parametrize(
+    "steps, chunk_size, block_intra, head_dim, state_size, groups",
+    [(100, 64, 16, 16, 48, 1), (130, 128, 32, 40, 16, 2), (64, 16, 16, 80, 16, 2)],
+)
 def test_matches_reference_wider(steps, chunk_size, block_intra, head_dim, state_size, groups):
-    inputs = make_inputs(batch=2, heads=2, groups=groups, steps=steps, head_dim=head_dim, state_size=state_size,
-                         seed=steps + head_dim, decay_scale=3.0)
+    inputs = make_inputs(
+        batch=2,
+        heads=2,
+        groups=groups,
+        steps=steps,
+        head_dim=head_dim,
+        state_size=state_size,
+        seed=steps + head_dim,
+        decay_scale=3.0,
+    )
     expected = named_results(run(reference.ssd, inputs, chunk_size=chunk_size))
     got = named_results(run(triton_kernel, inputs, chunk_size=chunk_size, block_intra=block_intra))
     for name, tensor in got.items():
-        torch.testing.assert_close(tensor, expected[name], **TOLERANCES[torch.float64], msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            tensor, expected[name], **TOLERANCES[torch.float64], msg=lambda m, name=name: f"{name}: {m}"
+        )

@@ -1,4 +1,5 @@
 """Stuffed Mamba's sliding-window state (method 3): what it guarantees, exactly, and that it streams."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
@@ -43,8 +44,14 @@ def test_streams_across_calls_and_counts_only_real_tokens():
 @torch.no_grad()
 def test_model_forgets_tokens_beyond_the_window_and_decodes_from_its_cache():
     window, kernel = 6, 3
-    config = tiny_config("seqp_mamba2", num_hidden_layers=1, attention_layers=[], sc_sliding_window=window, conv_kernel=kernel,
-                         initializer_range=0.3)
+    config = tiny_config(
+        "seqp_mamba2",
+        num_hidden_layers=1,
+        attention_layers=[],
+        sc_sliding_window=window,
+        conv_kernel=kernel,
+        initializer_range=0.3,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     ids = torch.randint(0, config.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
     changed = ids.clone()
@@ -59,24 +66,35 @@ def test_model_forgets_tokens_beyond_the_window_and_decodes_from_its_cache():
 
 @torch.no_grad()
 def test_state_norm_clamps_per_real_tokens_so_left_padding_changes_nothing():
-    config = tiny_config("seqp_mamba2", num_hidden_layers=1, attention_layers=[], sc_state_norm_threshold=0.01,
-                         sc_state_norm_chunk=4, initializer_range=0.3)
+    config = tiny_config(
+        "seqp_mamba2",
+        num_hidden_layers=1,
+        attention_layers=[],
+        sc_state_norm_threshold=0.01,
+        sc_state_norm_chunk=4,
+        initializer_range=0.3,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     ids = torch.randint(0, config.vocab_size, (1, 11), generator=torch.Generator().manual_seed(3))
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 11)], dim=1).long()
-    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits, atol=1e-6, rtol=1e-5
+    )
     cache = DynamicCache(config=model.config)
     model(ids, cache=cache, use_cache=True)
     assert torch.linalg.matrix_norm(model.model.layers[0].mixer.cached_ssm_state(cache)).max() <= 0.01 * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("sc_decay_scale", 1.5, "sc_decay_scale must be <= 1"),
-    ("sc_decay_scale", 0, "sc_decay_scale must be a finite number > 0"),
-    ("sc_sliding_window", 0, "sc_sliding_window"),
-    ("sc_state_norm_threshold", -1, "sc_state_norm_threshold must be None, a number > 0"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("sc_decay_scale", 1.5, "sc_decay_scale must be <= 1"),
+        ("sc_decay_scale", 0, "sc_decay_scale must be a finite number > 0"),
+        ("sc_sliding_window", 0, "sc_sliding_window"),
+        ("sc_state_norm_threshold", -1, "sc_state_norm_threshold must be None, a number > 0"),
+    ],
+)
 def test_options_edited_on_a_built_model_are_validated_where_they_are_read(field, value, message):
     """The README invites switching the sc_ options on a trained model: a bad value is refused at the next
     forward with the construction-time message, instead of NaN logits or a silently ignored setting."""

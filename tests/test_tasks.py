@@ -1,4 +1,5 @@
 """Synthetic probes: shapes, seeding, and that the labelled answers are what the task defines."""
+
 import math
 import statistics
 from collections import Counter
@@ -15,8 +16,8 @@ from hf_seqplugins.app.tasks import (
     REGBENCH_PAD,
     REGBENCH_SEPARATOR,
     TASKS,
-    modular_counting,
     listops,
+    modular_counting,
     mqar,
     num_labels,
     pad_token_id,
@@ -30,7 +31,11 @@ from hf_seqplugins.app.tasks import (
 
 @pytest.mark.parametrize("name", sorted(set(TASKS) - CLASSIFICATION_TASKS))
 def test_rows_are_seeded_and_of_one_length(name):
-    first, again, other = TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=1), TASKS[name](num_examples=4, seed=2)
+    first, again, other = (
+        TASKS[name](num_examples=4, seed=1),
+        TASKS[name](num_examples=4, seed=1),
+        TASKS[name](num_examples=4, seed=2),
+    )
     assert first["input_ids"] == again["input_ids"] and first["input_ids"] != other["input_ids"]
     assert len({len(row) for row in first["input_ids"]}) == 1
     assert max(max(row) for row in first["input_ids"]) < vocab_size(first), "the recorded vocabulary covers every id"
@@ -131,7 +136,9 @@ def test_listops_reference_evaluator():
     assert parse_listops("[SM 9 8 [MAX 1 7 ] ]".split()) == (4, 2, [2, 3])
 
 
-@pytest.mark.parametrize("length, max_depth, max_args", [(16, 2, 3), (64, 3, 5), (64, 1, 10), (600, 10, 10), (1500, 4, 4)])
+@pytest.mark.parametrize(
+    "length, max_depth, max_args", [(16, 2, 3), (64, 3, 5), (64, 1, 10), (600, 10, 10), (1500, 4, 4)]
+)
 def test_listops_labels_are_the_expression_values(length, max_depth, max_args):
     data = listops(num_examples=40, length=length, max_depth=max_depth, max_args=max_args, seed=7)
     filled = []
@@ -146,13 +153,22 @@ def test_listops_labels_are_the_expression_values(length, max_depth, max_args):
     most = 1
     for _ in range(max_depth):
         most = 2 + max_args * most
-    assert statistics.mean(filled) >= 0.6 * min(length, most), "expressions fill a good part of the row (or of what the limits allow)"
+    assert statistics.mean(filled) >= 0.6 * min(length, most), (
+        "expressions fill a good part of the row (or of what the limits allow)"
+    )
 
 
 def test_listops_columns_vocabulary_and_balanced_labels():
     data = listops(num_examples=1000, length=32, seed=3)
     assert vocab_size(data) == len(LISTOPS_VOCAB) == 16 and num_labels(data) == 10 and pad_token_id(data) == LISTOPS_PAD
-    assert LISTOPS_VOCAB[:10] == tuple("0123456789") and LISTOPS_VOCAB[10:] == ("[MAX", "[MIN", "[MED", "[SM", "]", "<pad>")
+    assert LISTOPS_VOCAB[:10] == tuple("0123456789") and LISTOPS_VOCAB[10:] == (
+        "[MAX",
+        "[MIN",
+        "[MED",
+        "[SM",
+        "]",
+        "<pad>",
+    )
     assert set(data.column_names) == {"input_ids", "attention_mask", "labels"}
     counts = Counter(data["labels"])
     assert sorted(counts) == list(range(10)) and all(70 <= n <= 130 for n in counts.values()), counts
@@ -165,7 +181,11 @@ def test_listops_is_seeded_and_split():
     assert first["input_ids"] == again["input_ids"] and first["labels"] == again["labels"]
     assert first["input_ids"] != other["input_ids"]
     data = splits("listops", num_train=20, num_test=10, length=48)
-    assert len(data["train"]) == 20 and len(data["test"]) == 10 and data["train"]["input_ids"][:10] != data["test"]["input_ids"]
+    assert (
+        len(data["train"]) == 20
+        and len(data["test"]) == 10
+        and data["train"]["input_ids"][:10] != data["test"]["input_ids"]
+    )
     assert {len(row) for split in data.values() for row in split["input_ids"]} == {48}
     assert "listops" in CLASSIFICATION_TASKS and num_labels(mqar(num_examples=2)) is None
 

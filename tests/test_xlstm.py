@@ -1,5 +1,6 @@
 """seqp_xlstm against transformers' own xLSTM (`transformers.xLSTMForCausalLM`, native PyTorch kernels on CPU):
 checkpoint conversion both ways (logits, round trip, generate, save/load, refusals) and the xLSTM-7B init."""
+
 import math
 
 import pytest
@@ -31,8 +32,17 @@ def hf_config(weight_mode: str = "single", **overrides) -> xLSTMConfig:
     caps so both caps act on unit-scale activations. mode "inference" (transformers' default) runs the native
     chunkwise kernel on whole chunks and its native recurrent kernel on the rest, so any length works on CPU."""
     fields = dict(
-        vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_heads=2, chunk_size=4, qk_dim_factor=0.5,
-        v_dim_factor=1.0, gate_soft_cap=3.0, output_logit_soft_cap=5.0, weight_mode=weight_mode, mode="inference",
+        vocab_size=VOCAB,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_heads=2,
+        chunk_size=4,
+        qk_dim_factor=0.5,
+        v_dim_factor=1.0,
+        gate_soft_cap=3.0,
+        output_logit_soft_cap=5.0,
+        weight_mode=weight_mode,
+        mode="inference",
     )
     return xLSTMConfig(**{**fields, **overrides})
 
@@ -78,7 +88,9 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("weight_mode", WEIGHT_MODES)
 @pytest.mark.parametrize("hidden_size, use_bias", [(32, True), (128, False)])
 @pytest.mark.parametrize("mode, lengths", [("inference", (8, 11)), ("train", (8,))])
-def test_converted_model_matches_transformers_and_converts_back_exactly(weight_mode, hidden_size, use_bias, mode, lengths):
+def test_converted_model_matches_transformers_and_converts_back_exactly(
+    weight_mode, hidden_size, use_bias, mode, lengths
+):
     """Lengths 8 (whole chunks of 4) and 11 (not: transformers' train mode refuses it); hidden_size 32 has
     D_qk = 16, a width transformers' cache cannot hold, so this runs without cache and converting back is refused."""
     hf = random_hf_model(hf_config(weight_mode, hidden_size=hidden_size, use_bias=use_bias, mode=mode))
@@ -102,7 +114,15 @@ def test_converted_model_matches_transformers_and_converts_back_exactly(weight_m
 
 
 def test_round_trip_from_our_side_keeps_config_and_weights():
-    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_heads=2, chunk_size=4, intermediate_size=384, use_bias=True)
+    config = XLSTMConfig(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_heads=2,
+        chunk_size=4,
+        intermediate_size=384,
+        use_bias=True,
+    )
     ours = XLSTMForCausalLM(config).eval()
     for weight_mode in WEIGHT_MODES:
         hf_state = state_dict_to_transformers(ours.state_dict(), config, weight_mode)
@@ -112,8 +132,20 @@ def test_round_trip_from_our_side_keeps_config_and_weights():
         assert all(torch.equal(back[key], value) for key, value in ours.state_dict().items())
         again = config_from_transformers(hf_cfg)
         assert again.intermediate_size == 384
-        for field in ("hidden_size", "num_hidden_layers", "num_heads", "qk_dim_factor", "v_dim_factor", "gate_soft_cap",
-                      "output_logit_soft_cap", "norm_eps", "mlstm_eps", "chunk_size", "use_bias", "tie_word_embeddings"):
+        for field in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_heads",
+            "qk_dim_factor",
+            "v_dim_factor",
+            "gate_soft_cap",
+            "output_logit_soft_cap",
+            "norm_eps",
+            "mlstm_eps",
+            "chunk_size",
+            "use_bias",
+            "tie_word_embeddings",
+        ):
             assert getattr(again, field) == getattr(config, field), field
 
 
@@ -121,13 +153,21 @@ def test_seven_b_config_converts_both_ways_unchanged():
     hf = xLSTMConfig()
     ours = config_from_transformers(hf)
     assert (ours.hidden_size, ours.num_hidden_layers, ours.num_heads, ours.intermediate_size) == (4096, 32, 8, 10944)
-    assert (ours.qk_head_dim, ours.v_head_dim, ours.pad_token_id, ours.bos_token_id, ours.eos_token_id) == (256, 512, 1, 0, 2)
+    assert (ours.qk_head_dim, ours.v_head_dim, ours.pad_token_id, ours.bos_token_id, ours.eos_token_id) == (
+        256,
+        512,
+        1,
+        0,
+        2,
+    )
     assert not ours.tie_word_embeddings
     assert config_to_transformers(ours).to_dict() == hf.to_dict()
 
 
 def test_tied_model_exports_an_equal_lm_head_and_comes_back_tied():
-    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1, num_heads=2, chunk_size=4, tie_word_embeddings=True)
+    config = XLSTMConfig(
+        vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1, num_heads=2, chunk_size=4, tie_word_embeddings=True
+    )
     ours = XLSTMForCausalLM(config).eval()
     hf = to_transformers(ours)
     assert hf.lm_head.weight is not hf.backbone.embeddings.weight
@@ -184,8 +224,16 @@ def test_from_transformers_loads_saved_checkpoints(weight_mode, tmp_path):
     ],
 )
 def test_export_refuses_what_transformers_cannot_represent(overrides, field):
-    config = XLSTMConfig(**{"vocab_size": VOCAB, "hidden_size": 128, "num_hidden_layers": 2, "num_heads": 2, "chunk_size": 4,
-                            **overrides})
+    config = XLSTMConfig(
+        **{
+            "vocab_size": VOCAB,
+            "hidden_size": 128,
+            "num_hidden_layers": 2,
+            "num_heads": 2,
+            "chunk_size": 4,
+            **overrides,
+        }
+    )
     with pytest.raises(ValueError, match=rf"XLSTMConfig\.{field}="):
         config_to_transformers(config)
     with pytest.raises(ValueError, match=rf"XLSTMConfig\.{field}="):
@@ -214,7 +262,9 @@ def test_import_refuses_configs_seqp_xlstm_cannot_represent(overrides, field):
 def test_import_refuses_weights_seqp_xlstm_cannot_represent():
     hf = random_hf_model(hf_config(use_bias=True))
     state = hf.state_dict()
-    state["backbone.blocks.1.mlstm_layer.multihead_norm.bias"] = torch.full_like(state["backbone.blocks.1.mlstm_layer.multihead_norm.bias"], 0.1)
+    state["backbone.blocks.1.mlstm_layer.multihead_norm.bias"] = torch.full_like(
+        state["backbone.blocks.1.mlstm_layer.multihead_norm.bias"], 0.1
+    )
     with pytest.raises(ValueError, match=r"use_bias=True.*blocks\.1\.mlstm_layer\.multihead_norm\.bias"):
         state_dict_from_transformers(state, hf.config)
 
@@ -258,7 +308,9 @@ def test_fresh_model_has_the_wang_init_on_down_proj(fresh_model):
 
 
 def test_logits_are_soft_capped():
-    config = XLSTMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2, chunk_size=4, output_logit_soft_cap=2.0)
+    config = XLSTMConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_heads=2, chunk_size=4, output_logit_soft_cap=2.0
+    )
     model = XLSTMForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(100)

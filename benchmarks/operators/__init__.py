@@ -3,6 +3,7 @@
 A case runs the same computation (same inputs, same weights) through our backends and the peer libraries
 installed here; the harness times each implementation and reports ratios to the case's first entry.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

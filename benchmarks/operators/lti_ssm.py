@@ -1,5 +1,6 @@
 """`lti_ssm` (S4D, S4, LSSL): convolution mode (SSM kernel + FFT) vs the step recurrence, kernel generation
 included, on CUDA also with the Triton Vandermonde / Cauchy kernels; H channels, state size N, one output."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,19 @@ def _parameters(device: torch.device, generator: torch.Generator) -> dict[str, t
     lam, p, b, _ = nplr_legs(STATE)
     log_dt = torch.empty(CHANNELS, dtype=torch.float64).uniform_(math.log(1e-3), math.log(1e-1), generator=generator)
     c = torch.randn(1, CHANNELS, STATE // 2, dtype=torch.complex64, generator=generator)
-    leaves = {"lam": lam.expand(CHANNELS, -1), "p": p.expand(1, CHANNELS, -1), "b": b.expand(CHANNELS, -1), "c": c, "log_dt": log_dt}
-    return {name: t.to(device=device, dtype=torch.complex64 if t.is_complex() else torch.float32).contiguous().requires_grad_() for name, t in leaves.items()}
+    leaves = {
+        "lam": lam.expand(CHANNELS, -1),
+        "p": p.expand(1, CHANNELS, -1),
+        "b": b.expand(CHANNELS, -1),
+        "c": c,
+        "log_dt": log_dt,
+    }
+    return {
+        name: t.to(device=device, dtype=torch.complex64 if t.is_complex() else torch.float32)
+        .contiguous()
+        .requires_grad_()
+        for name, t in leaves.items()
+    }
 
 
 def case(structure: str, steps: int, device: torch.device) -> Case:
@@ -54,7 +66,9 @@ def case(structure: str, steps: int, device: torch.device) -> Case:
     log_steps = math.log2(2 * steps)
     # FFT convolution (3 real FFTs of length 2T per channel, ~2.5 n log2 n flops each) plus the kernel:
     # Vandermonde / Cauchy ~ 8 real flops per (mode, step) and pair; Krylov ~ 2 N^2 per step
-    kernel = {"S4D": 8 * STATE // 2 * steps, "S4": 4 * 8 * STATE // 2 * steps // 2, "LSSL": 2 * STATE**2 * steps}[structure]
+    kernel = {"S4D": 8 * STATE // 2 * steps, "S4": 4 * 8 * STATE // 2 * steps // 2, "LSSL": 2 * STATE**2 * steps}[
+        structure
+    ]
     flops = CHANNELS * (3 * 2.5 * 2 * steps * log_steps + kernel)
     inputs = [u, c_real] + list(leaves.values())
     return Case(f"lti_ssm ({structure})", f"B1 H{CHANNELS} T{steps} N={STATE}", flops, inputs, implementations)

@@ -1,4 +1,5 @@
 """`headwise_rnn` (LSTM / GRU cells) vs torch.nn's fused kernels and FlashRNN's vanilla kernels."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +23,9 @@ def operator_call(layer, cell: str, backend: str, x: torch.Tensor):
     def run():
         gates_x = F.linear(x, layer.weight_ih_l0, layer.bias_ih_l0).view(x.shape[0], x.shape[1], gates, 1, hidden)
         recurrent_weight = layer.weight_hh_l0.view(gates, 1, hidden, hidden)
-        return headwise_rnn(cell, gates_x, recurrent_weight, layer.bias_hh_l0.view(gates, 1, hidden), backend=backend)[0]
+        return headwise_rnn(cell, gates_x, recurrent_weight, layer.bias_hh_l0.view(gates, 1, hidden), backend=backend)[
+            0
+        ]
 
     return run
 
@@ -35,10 +38,19 @@ def case(cell: str, batch: int, steps: int, hidden: int, device: torch.device) -
     theirs = theirs_class(hidden, hidden, batch_first=True).to(device)
     drop_in = ours_class(hidden, hidden, batch_first=True, backend="reference").to(device)
     drop_in.load_state_dict(theirs.state_dict())
-    implementations = {f"torch.nn.{cell.upper()} (fused)": lambda: theirs(x)[0], "ours: reference": lambda: drop_in(x)[0]}
-    backends = ["torch"] + (["triton"] if device.type == "cuda" else []) + (["flashrnn"] if importlib.util.find_spec("flashrnn") else [])
+    implementations = {
+        f"torch.nn.{cell.upper()} (fused)": lambda: theirs(x)[0],
+        "ours: reference": lambda: drop_in(x)[0],
+    }
+    backends = (
+        ["torch"]
+        + (["triton"] if device.type == "cuda" else [])
+        + (["flashrnn"] if importlib.util.find_spec("flashrnn") else [])
+    )
     for backend in backends:
-        implementations["peer: flashrnn vanilla" if backend == "flashrnn" else f"ours: {backend}"] = operator_call(theirs, cell, backend, x)
+        implementations["peer: flashrnn vanilla" if backend == "flashrnn" else f"ours: {backend}"] = operator_call(
+            theirs, cell, backend, x
+        )
     gates = 4 if cell == "lstm" else 3
     flops = 2 * 2 * batch * steps * gates * hidden * hidden  # input and recurrent matmuls
     return Case(f"headwise_rnn ({cell})", f"B{batch} T{steps} H{hidden}", flops, [x], implementations)

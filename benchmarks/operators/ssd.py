@@ -1,5 +1,6 @@
 """`ssd` (Mamba-2): chunked torch vs the step loop and transformers' pure-torch chunk scan (on CUDA also our
 Triton kernels and mamba_ssm's when it is installed), at equal inputs."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,10 @@ def case(steps: int, device: torch.device) -> Case:
     def ours(backend):
         return lambda: ssd(x, dt, dt * A, B, C, chunk_size=CHUNK, backend=backend)[0]
 
-    implementations = {"ours: torch (chunked)": ours("torch"), "peer: transformers mamba2_chunk_scan": ours("transformers")}
+    implementations = {
+        "ours: torch (chunked)": ours("torch"),
+        "peer: transformers mamba2_chunk_scan": ours("transformers"),
+    }
     if steps <= 1024:
         implementations["ours: reference (step loop)"] = ours("reference")
     if device.type == "cuda":
@@ -32,7 +36,9 @@ def case(steps: int, device: torch.device) -> Case:
         if importlib.util.find_spec("mamba_ssm") is not None:
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
-            implementations["peer: mamba_ssm chunk scan"] = lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=CHUNK)
+            implementations["peer: mamba_ssm chunk scan"] = lambda: mamba_chunk_scan_combined(
+                x, dt, A, B, C, chunk_size=CHUNK
+            )
     # multiply-adds per token and head of the chunked form: C.B and the weighted sum of x over the causal half of
     # a chunk, plus writing the chunk state and reading it back (P x N each)
     flops = 2 * HEADS * steps * (CHUNK * (STATE + HEAD_DIM) // 2 + 2 * HEAD_DIM * STATE)

@@ -12,6 +12,7 @@ ours / the baseline's at the same length (for training throughput > 1 is faster,
 The machine's matmul rate (GFLOP/s) is measured in the same run so numbers can be read against it.
 Used by ``hf-seqplugins bench`` and by ``benchmarks/harness.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,7 +90,9 @@ def build_model(model_type: str, width: dict, device: str | torch.device = "cpu"
     if model_type == BASELINE:
         heads = max(1, width["hidden_size"] // 32)
         sizes = {key: width[key] for key in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")}
-        config = LlamaConfig(**sizes, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1 << 17)
+        config = LlamaConfig(
+            **sizes, num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1 << 17
+        )
         return LlamaForCausalLM(config).to(device)
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **width)).to(device)
 
@@ -110,11 +113,14 @@ def measure(model, batch_size: int, length: int, decode_steps: int, repeats: int
     train_ms = median_ms(train_step, repeats, device)
     model.eval()
     with torch.no_grad():
-        prefill_ms = median_ms(lambda: model(prompt, cache=DynamicCache(config=model.config), use_cache=True), repeats, device)
+        prefill_ms = median_ms(
+            lambda: model(prompt, cache=DynamicCache(config=model.config), use_cache=True), repeats, device
+        )
         cache = model(prompt, cache=DynamicCache(config=model.config), use_cache=True).cache
         size = cache_bytes(cache)
         decode_times = [
-            elapsed_ms(lambda t=t: model(ids[:, t : t + 1], cache=cache, use_cache=True), device) for t in range(length, length + decode_steps)
+            elapsed_ms(lambda t=t: model(ids[:, t : t + 1], cache=cache, use_cache=True), device)
+            for t in range(length, length + decode_steps)
         ]
         decode_ms = statistics.median(decode_times[1:])  # the first step warms up
     return {
@@ -152,22 +158,29 @@ def compare(
                 with use_backend(backend if backend != "auto" else None):
                     scores = measure(model, batch_size, length, decode_steps, repeats, device)
             reference = baseline[length]
-            rows.append({
-                "model": model_type,
-                "backend": backend,
-                "params": params,
-                "length": length,
-                **scores,
-                "train_speed_vs_attention": scores["train_tokens_per_s"] / reference["train_tokens_per_s"],
-                "prefill_time_vs_attention": scores["prefill_ms"] / reference["prefill_ms"],
-                "decode_time_vs_attention": scores["decode_ms_per_token"] / reference["decode_ms_per_token"],
-            })
+            rows.append(
+                {
+                    "model": model_type,
+                    "backend": backend,
+                    "params": params,
+                    "length": length,
+                    **scores,
+                    "train_speed_vs_attention": scores["train_tokens_per_s"] / reference["train_tokens_per_s"],
+                    "prefill_time_vs_attention": scores["prefill_ms"] / reference["prefill_ms"],
+                    "decode_time_vs_attention": scores["decode_ms_per_token"] / reference["decode_ms_per_token"],
+                }
+            )
             progress.update()
     progress.close()
     return rows
 
 
-def write_report(rows: list[dict], output_dir: str | Path, device: str | torch.device = "cpu", title: str = "Architectures side by side") -> list[Path]:
+def write_report(
+    rows: list[dict],
+    output_dir: str | Path,
+    device: str | torch.device = "cpu",
+    title: str = "Architectures side by side",
+) -> list[Path]:
     """`bench.json` / `bench.md` (with the machine and its matmul ceiling) and three PNGs against length."""
     output_dir = Path(output_dir)
     preamble = (
@@ -184,7 +197,28 @@ def write_report(rows: list[dict], output_dir: str | Path, device: str | torch.d
             lines.setdefault(label, []).append((row["length"], row[key] * scale))
         return lines
 
-    written.append(against_length(series("decode_ms_per_token"), output_dir / "decode_latency.png", "ms per decoded token", "decode latency vs context"))
-    written.append(against_length(series("cache_bytes", 1 / 1024), output_dir / "decode_cache.png", "cache size (KiB)", "cache size vs context"))
-    written.append(against_length(series("train_tokens_per_s"), output_dir / "train_throughput.png", "training tokens / s", "training throughput vs length"))
+    written.append(
+        against_length(
+            series("decode_ms_per_token"),
+            output_dir / "decode_latency.png",
+            "ms per decoded token",
+            "decode latency vs context",
+        )
+    )
+    written.append(
+        against_length(
+            series("cache_bytes", 1 / 1024),
+            output_dir / "decode_cache.png",
+            "cache size (KiB)",
+            "cache size vs context",
+        )
+    )
+    written.append(
+        against_length(
+            series("train_tokens_per_s"),
+            output_dir / "train_throughput.png",
+            "training tokens / s",
+            "training throughput vs length",
+        )
+    )
     return written

@@ -7,6 +7,7 @@ row per operator backend or architecture and one column per check: "pass", "n/a"
 these inputs; the reasons are listed) or "FAIL" (the reasons are listed). The exit status is 1 when anything
 fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,10 @@ def model_rows(model_types: list[str]) -> list[Row]:
     previous = os.environ.get(conformance.CONFORMANCE_ENV_VAR)
     os.environ[conformance.CONFORMANCE_ENV_VAR] = ",".join(model_types)
     try:
-        pytest.main([str(Path(conformance.__file__)), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore"],
-                    plugins=[collector])
+        pytest.main(
+            [str(Path(conformance.__file__)), "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore"],
+            plugins=[collector],
+        )
     finally:
         if previous is None:
             os.environ.pop(conformance.CONFORMANCE_ENV_VAR)
@@ -107,8 +110,9 @@ def render(title: str, rows: list[Row]) -> tuple[str, bool]:
             failed |= status == FAIL
             notes += [f"  {status:4} {row.label} {name}: {reason}" for reason in reasons]
         lines.append(f"{row.label:{width}}  " + " ".join(cells))
-    lines += textwrap.wrap("; ".join(f"{i + 1} {name}" for i, name in enumerate(checks)), 110, initial_indent="  ",
-                           subsequent_indent="  ")
+    lines += textwrap.wrap(
+        "; ".join(f"{i + 1} {name}" for i, name in enumerate(checks)), 110, initial_indent="  ", subsequent_indent="  "
+    )
     failures = [n for n in notes if n.startswith(f"  {FAIL}")]
     not_applicable = [n for n in notes if not n.startswith(f"  {FAIL}")]
     if failures:

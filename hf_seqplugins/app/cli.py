@@ -1,4 +1,5 @@
 """`hf-seqplugins` command line: list, check, demo, train, evaluate, generate, bench, export, push."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def _card_fields(args) -> dict:
 
 
 def _card_results(task: str, results: dict) -> list[dict]:
-    return [{"dataset": task, "metric": name, "value": value} for name, value in results.items() if name != "perplexity"]
+    return [
+        {"dataset": task, "metric": name, "value": value} for name, value in results.items() if name != "perplexity"
+    ]
 
 
 TASK_ARGS_HELP = (
@@ -59,19 +62,27 @@ TASK_ARGS_HELP = (
 def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     from .workflows import TASK_CHOICES
 
-    parser = argparse.ArgumentParser(prog="hf-seqplugins", description="Recurrent and state-space models for transformers.")
+    parser = argparse.ArgumentParser(
+        prog="hf-seqplugins", description="Recurrent and state-space models for transformers."
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("list", help="installed architectures, their backends and source packages")
-    check = verbs.add_parser("check", help="the operator and model conformance kits over installed architectures, as tables")
+    check = verbs.add_parser(
+        "check", help="the operator and model conformance kits over installed architectures, as tables"
+    )
     check.add_argument("model_types", nargs="*", metavar="MODEL_TYPE", help="default: every installed architecture")
     check.add_argument("--operators-only", action="store_true", help="run the operator kit only (seconds, not minutes)")
 
     def training_arguments(verb, max_steps, output_dir):
         verb.add_argument("--model-type", default="seqp_lstm", choices=model_types)
-        verb.add_argument("--task", default="pydoc", help=f"one of {', '.join(TASK_CHOICES)}, or a saved dataset folder")
+        verb.add_argument(
+            "--task", default="pydoc", help=f"one of {', '.join(TASK_CHOICES)}, or a saved dataset folder"
+        )
         verb.add_argument("--text-files", nargs="+", help="train on these UTF-8 text files instead (byte-level)")
         verb.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
-        verb.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=64")
+        verb.add_argument(
+            "--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=64"
+        )
         verb.add_argument("--max-steps", type=int, default=max_steps)
         verb.add_argument("--batch-size", type=int, default=16)
         verb.add_argument("--learning-rate", type=float, default=3e-3)
@@ -82,9 +93,15 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="train a model with the transformers Trainer, evaluate and export it")
     training_arguments(train, 300, "outputs/run")
     train.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them back")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir (same flags, --lora included)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --output-dir (same flags, --lora included)",
+    )
 
-    demo = verbs.add_parser("demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)")
+    demo = verbs.add_parser(
+        "demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)"
+    )
     training_arguments(demo, 1000, "outputs/demo")
 
     evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON, Markdown, plot)")
@@ -92,8 +109,12 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--task", default="pydoc")
     evaluate.add_argument("--block-size", type=int, default=128)
     evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
-    evaluate.add_argument("--lengths", type=int, nargs="+", help="evaluate fresh rows at each of these lengths (accuracy vs length plot)")
-    evaluate.add_argument("--output-dir", default="outputs/eval", help="where eval_<task>.json/.md (and .png with --lengths) go")
+    evaluate.add_argument(
+        "--lengths", type=int, nargs="+", help="evaluate fresh rows at each of these lengths (accuracy vs length plot)"
+    )
+    evaluate.add_argument(
+        "--output-dir", default="outputs/eval", help="where eval_<task>.json/.md (and .png with --lengths) go"
+    )
 
     generate = verbs.add_parser("generate", help="continue a prompt with a saved model")
     generate.add_argument("model")
@@ -102,17 +123,25 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     generate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
     generate.add_argument("--temperature", type=float, default=1.0)
 
-    bench = verbs.add_parser("bench", help="speed and memory side by side: architectures x backends vs an attention baseline")
+    bench = verbs.add_parser(
+        "bench", help="speed and memory side by side: architectures x backends vs an attention baseline"
+    )
     bench.add_argument("--model-types", nargs="+", choices=model_types, default=model_types, metavar="MODEL_TYPE")
-    bench.add_argument("--backends", nargs="+", default=["auto"], help="kernel backends to compare, e.g. torch reference triton")
+    bench.add_argument(
+        "--backends", nargs="+", default=["auto"], help="kernel backends to compare, e.g. torch reference triton"
+    )
     bench.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     bench.add_argument("--batch-size", type=int, default=4)
-    bench.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="width of every model, e.g. hidden_size=256")
+    bench.add_argument(
+        "--config", nargs="*", default=[], metavar="KEY=VALUE", help="width of every model, e.g. hidden_size=256"
+    )
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--device", help="default: cuda when available, else cpu")
     bench.add_argument("--output-dir", default="outputs/bench", help="bench.json, bench.md and PNG plots go here")
 
-    export = verbs.add_parser("export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model")
+    export = verbs.add_parser(
+        "export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model"
+    )
     export.add_argument("model", help="folder written by save_pretrained")
     export.add_argument("output", help="folder to write")
     export.add_argument("--repo-id", help="Hub repository id shown in the model card")
@@ -136,12 +165,23 @@ def _train(args, reload_check: bool) -> int:
     from . import workflows
     from .plots import training_curve
 
-    data, tokenizer = workflows.load_task(args.task, args.block_size, args.text_files, args.seed, workflows.parse_overrides(args.task_args))
+    data, tokenizer = workflows.load_task(
+        args.task, args.block_size, args.text_files, args.seed, workflows.parse_overrides(args.task_args)
+    )
     task_name = "text files" if args.text_files else args.task
     print(f"{task_name}: {len(data['train'])} training and {len(data['test'])} held-out rows")
     model, trainer = workflows.train(
-        args.model_type, data, tokenizer, args.output_dir, args.max_steps, args.batch_size, args.learning_rate,
-        workflows.parse_overrides(args.config), getattr(args, "lora", False), getattr(args, "resume", False), args.seed,
+        args.model_type,
+        data,
+        tokenizer,
+        args.output_dir,
+        args.max_steps,
+        args.batch_size,
+        args.learning_rate,
+        workflows.parse_overrides(args.config),
+        getattr(args, "lora", False),
+        getattr(args, "resume", False),
+        args.seed,
     )
     results = workflows.evaluate(model, data["test"], tokenizer)
     classifier = workflows.is_classifier(model)
@@ -149,26 +189,44 @@ def _train(args, reload_check: bool) -> int:
     if tokenizer is not None:
         print(f"sample: {workflows.generate_text(model, tokenizer, 'The function ', 80, do_sample=False)!r}")
     export_dir = hf_seqplugins.export(
-        model, Path(args.output_dir) / "model", tokenizer=tokenizer, results=_card_results(task_name, results),
+        model,
+        Path(args.output_dir) / "model",
+        tokenizer=tokenizer,
+        results=_card_results(task_name, results),
         training=f"{args.max_steps} steps of the transformers Trainer on {task_name} (batch {args.batch_size}, lr {args.learning_rate}).",
     )
     (export_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    curve = training_curve(trainer.state.log_history, Path(args.output_dir) / "training_curve.png", f"{args.model_type} on {task_name}")
+    curve = training_curve(
+        trainer.state.log_history, Path(args.output_dir) / "training_curve.png", f"{args.model_type} on {task_name}"
+    )
     print(f"exported to {export_dir} (weights, remote code, model card, results.json); training curve: {curve}")
     if reload_check and classifier:
         import torch
 
-        reloaded = AutoModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=True).to(model.device).eval()
+        reloaded = (
+            AutoModelForSequenceClassification.from_pretrained(export_dir, trust_remote_code=True)
+            .to(model.device)
+            .eval()
+        )
         rows = data["test"][:8]
-        inputs = {name: torch.tensor(rows[name], device=model.device) for name in ("input_ids", "attention_mask") if name in rows}
+        inputs = {
+            name: torch.tensor(rows[name], device=model.device)
+            for name in ("input_ids", "attention_mask")
+            if name in rows
+        }
         with torch.no_grad():
             same = torch.allclose(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
         print(f"reloaded with trust_remote_code: {'identical' if same else 'DIFFERENT'} logits")
         return 0 if same else 1
     if reload_check:
         reloaded = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
-        ids = AutoTokenizer.from_pretrained(export_dir)("The function ", add_special_tokens=False, return_tensors="pt").input_ids
-        same = (reloaded.generate(ids, max_new_tokens=40, do_sample=False) == model.generate(ids, max_new_tokens=40, do_sample=False)).all()
+        ids = AutoTokenizer.from_pretrained(export_dir)(
+            "The function ", add_special_tokens=False, return_tensors="pt"
+        ).input_ids
+        same = (
+            reloaded.generate(ids, max_new_tokens=40, do_sample=False)
+            == model.generate(ids, max_new_tokens=40, do_sample=False)
+        ).all()
         print(f"reloaded with trust_remote_code: {'identical' if same else 'DIFFERENT'} generations")
         return 0 if same else 1
     return 0
@@ -236,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         rows = bench.compare(
-            args.model_types, args.lengths, args.backends, parse_overrides(args.config), args.batch_size, repeats=args.repeats, device=args.device
+            args.model_types,
+            args.lengths,
+            args.backends,
+            parse_overrides(args.config),
+            args.batch_size,
+            repeats=args.repeats,
+            device=args.device,
         )
         written = bench.write_report(rows, args.output_dir, args.device)
         print(Path(written[1]).read_text())
@@ -258,14 +322,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = _load(args.model)
     if args.verb == "export":
-        folder = hf_seqplugins.export(model, args.output, repo_id=args.repo_id, tokenizer=_saved_tokenizer(args.model),
-                                      **_card_fields(args))
+        folder = hf_seqplugins.export(
+            model, args.output, repo_id=args.repo_id, tokenizer=_saved_tokenizer(args.model), **_card_fields(args)
+        )
         print(f"exported {model.config.model_type} to {folder}")
         return 0
     try:
         result = hf_seqplugins.push_to_hub(
-            model, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message,
-            dry_run=args.dry_run, tokenizer=_saved_tokenizer(args.model), **_card_fields(args),
+            model,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.message,
+            dry_run=args.dry_run,
+            tokenizer=_saved_tokenizer(args.model),
+            **_card_fields(args),
         )
     except hf_seqplugins.PushError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,13 +7,14 @@ ends where it ends, so `pipeline("text-generation")` continues it as `generate()
 and loads with `AutoTokenizer` in plain transformers, so `pipeline("text-generation", model=folder,
 trust_remote_code=True)` works on an exported folder.
 """
+
 from __future__ import annotations
 
 import pydoc_data.topics
+
 from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
 
 SPECIAL_TOKENS = {"<pad>": 0, "</s>": 1, "<unk>": 2}
 BYTE_OFFSET = len(SPECIAL_TOKENS)

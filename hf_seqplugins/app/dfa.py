@@ -4,6 +4,7 @@
 A `DFA` here is partial: a missing transition rejects. All states accept, so a string is in the
 language exactly when the walk from state 0 never falls off the transition table.
 """
+
 from __future__ import annotations
 
 import random
@@ -36,7 +37,7 @@ class DFA:
         return sorted([state, symbol, target] for (state, symbol), target in self.transitions.items())
 
     @classmethod
-    def from_table(cls, table: list[list[int]]) -> "DFA":
+    def from_table(cls, table: list[list[int]]) -> DFA:
         return cls({(state, symbol): target for state, symbol, target in table})
 
     def random_string(self, rng: random.Random, length: int) -> list[int]:

@@ -1,4 +1,5 @@
 """PNG plots with matplotlib (headless): training curves and measurements against sequence length."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,14 @@ def training_curve(log_history: list[dict], path: str | Path, title: str = "trai
     return _save(figure, path)
 
 
-def against_length(series: dict[str, list[tuple[int, float]]], path: str | Path, ylabel: str, title: str, log_x: bool = True,
-                   log_y: bool = False) -> Path:
+def against_length(
+    series: dict[str, list[tuple[int, float]]],
+    path: str | Path,
+    ylabel: str,
+    title: str,
+    log_x: bool = True,
+    log_y: bool = False,
+) -> Path:
     """One line per name of (length, value) points, e.g. decode latency or accuracy vs context length (log-log
     axes show power laws as straight lines: slope 1 linear, 2 quadratic)."""
     plt = _pyplot()

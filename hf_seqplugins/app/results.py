@@ -1,4 +1,5 @@
 """Results as files: every measurement table is written as JSON (for programs) and Markdown (for people)."""
+
 from __future__ import annotations
 
 import json

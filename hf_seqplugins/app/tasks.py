@@ -18,10 +18,10 @@ Sequence classification (`CLASSIFICATION_TASKS`; rows carry `attention_mask` and
 
 `splits(task, ...)` gives train/test splits; for `regbench` the held-out rows come from unseen DFAs.
 """
+
 from __future__ import annotations
 
 import inspect
-
 import math
 import random
 
@@ -66,7 +66,14 @@ def pad_token_id(data: Dataset) -> int | None:
     return names.index(PAD_TOKEN) if PAD_TOKEN in names else None
 
 
-def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_keys: int = 32, num_values: int = 32, seed: int = 0) -> Dataset:
+def mqar(
+    num_examples: int = 256,
+    num_pairs: int = 8,
+    num_queries: int = 4,
+    num_keys: int = 32,
+    num_values: int = 32,
+    seed: int = 0,
+) -> Dataset:
     """Tokens: keys `[0, num_keys)`, values `[num_keys, num_keys + num_values)`. Row: `k1 v1 ... kN vN q1 a1 ... qQ aQ`
     with distinct keys; each query is one of the keys and its answer the paired value. Vocabulary: keys + values."""
     if num_queries > num_pairs or num_pairs > num_keys:
@@ -85,7 +92,9 @@ def mqar(num_examples: int = 256, num_pairs: int = 8, num_queries: int = 4, num_
     return _dataset(rows, num_keys + num_values)
 
 
-def selective_copying(num_examples: int = 256, length: int = 32, num_data: int = 4, num_symbols: int = 8, seed: int = 0) -> Dataset:
+def selective_copying(
+    num_examples: int = 256, length: int = 32, num_data: int = 4, num_symbols: int = 8, seed: int = 0
+) -> Dataset:
     """Tokens: 0 blank, 1 marker, data symbols `[2, 2 + num_symbols)`. Row: `length` positions holding `num_data`
     symbols at random places among blanks, the marker, then the symbols in order (the answers)."""
     if num_data > length:
@@ -128,7 +137,9 @@ def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: in
         question = tokenizer(f" What is the passkey? {key}", add_special_tokens=False)["input_ids"]
         room = length - len(needle) - len(question)
         if room < 0:
-            raise ValueError(f"length {length} is too short for the passkey prompt ({len(needle) + len(question)} tokens)")
+            raise ValueError(
+                f"length {length} is too short for the passkey prompt ({len(needle) + len(question)} tokens)"
+            )
         start = rng.randrange(len(filler) - room)
         text = filler[start : start + room]
         cut = rng.randrange(room + 1)
@@ -171,18 +182,30 @@ def _arguments_evaluating_to(operator: int, value: int, count: int, rng: random.
         values = [int(uniform() * 10) for _ in range(count - 1)]
         return [*values, (value - sum(values)) % 10]
     if operator in (LISTOPS_MAX, LISTOPS_MIN):
-        values = [int(uniform() * (value + 1)) if operator == LISTOPS_MAX else 9 - int(uniform() * (10 - value)) for _ in range(count - 1)]
+        values = [
+            int(uniform() * (value + 1)) if operator == LISTOPS_MAX else 9 - int(uniform() * (10 - value))
+            for _ in range(count - 1)
+        ]
         values.insert(int(uniform() * count), value)
         return values
     if count % 2:
         side = count // 2
-        values = [value, *(int(uniform() * (value + 1)) for _ in range(side)), *(9 - int(uniform() * (10 - value)) for _ in range(side))]
+        values = [
+            value,
+            *(int(uniform() * (value + 1)) for _ in range(side)),
+            *(9 - int(uniform() * (10 - value)) for _ in range(side)),
+        ]
     else:
         total = 2 * value + int(uniform() * 2) if value < 9 else 18
         lower = rng.randint(max(0, total - 9), total // 2)
         upper = total - lower
         side = count // 2 - 1
-        values = [lower, upper, *(int(uniform() * (lower + 1)) for _ in range(side)), *(9 - int(uniform() * (10 - upper)) for _ in range(side))]
+        values = [
+            lower,
+            upper,
+            *(int(uniform() * (lower + 1)) for _ in range(side)),
+            *(9 - int(uniform() * (10 - upper)) for _ in range(side)),
+        ]
     rng.shuffle(values)
     return values
 
@@ -229,7 +252,9 @@ def _write_expression(
     operator = LISTOPS_MAX + int(rng.random() * 4)
     tokens.append(operator)
     written, unused = 2, 0
-    for size, argument in zip(_split(budget - 2, count, child_capacity, rng), _arguments_evaluating_to(operator, value, count, rng)):
+    for size, argument in zip(
+        _split(budget - 2, count, child_capacity, rng), _arguments_evaluating_to(operator, value, count, rng)
+    ):
         size = min(child_capacity, size + unused)
         if size < 4 or depth == 1:
             tokens.append(argument)
@@ -242,7 +267,9 @@ def _write_expression(
     return written
 
 
-def listops(num_examples: int = 256, length: int = 512, max_depth: int = 10, max_args: int = 10, seed: int = 0) -> Dataset:
+def listops(
+    num_examples: int = 256, length: int = 512, max_depth: int = 10, max_args: int = 10, seed: int = 0
+) -> Dataset:
     """ListOps (Long Range Arena): classify the value (0-9) of a nested prefix expression, e.g. `[MAX 4 3 [MIN 2 3 ] 1 0 ]` -> 4.
 
     Operators: `[MAX`, `[MIN`, `[MED` (median; of an even count, the floor of the mean of the two middle values) and
@@ -256,7 +283,12 @@ def listops(num_examples: int = 256, length: int = 512, max_depth: int = 10, max
     Labels are balanced: each row's value is drawn uniformly and the expression is built top-down to evaluate to it
     (LRA's bottom-up random trees skew towards some values), every operator drawn uniformly at every node.
     """
-    for name, value, least in (("num_examples", num_examples, 1), ("length", length, 4), ("max_depth", max_depth, 1), ("max_args", max_args, 2)):
+    for name, value, least in (
+        ("num_examples", num_examples, 1),
+        ("length", length, 4),
+        ("max_depth", max_depth, 1),
+        ("max_args", max_args, 2),
+    ):
         if not isinstance(value, int) or value < least:
             raise ValueError(f"listops: {name} must be an integer >= {least}, got {value!r}")
     rng = random.Random(f"listops {seed}")
@@ -272,9 +304,15 @@ def listops(num_examples: int = 256, length: int = 512, max_depth: int = 10, max
         attention_mask.append([1] * len(tokens) + [0] * padding)
         labels.append(value)
     features = Features(
-        {"input_ids": List(ClassLabel(names=list(LISTOPS_VOCAB))), "attention_mask": List(Value("int8")), "labels": ClassLabel(num_classes=LISTOPS_NUM_CLASSES)}
+        {
+            "input_ids": List(ClassLabel(names=list(LISTOPS_VOCAB))),
+            "attention_mask": List(Value("int8")),
+            "labels": ClassLabel(num_classes=LISTOPS_NUM_CLASSES),
+        }
     )
-    return Dataset.from_dict({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, features=features)
+    return Dataset.from_dict(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, features=features
+    )
 
 
 TASKS = {
@@ -291,7 +329,9 @@ CLASSIFICATION_TASKS = frozenset({"listops"})
 def splits(task: str, num_train: int = 2048, num_test: int = 256, seed: int = 0, **task_kwargs) -> DatasetDict:
     """Train and test splits of a task, drawn with different seeds (RegBench: from disjoint sets of DFAs)."""
     make = TASKS[task]
-    accepted = sorted({"num_train", "num_test", *inspect.signature(make).parameters} - {"num_examples", "seed", "skip_dfas"})
+    accepted = sorted(
+        {"num_train", "num_test", *inspect.signature(make).parameters} - {"num_examples", "seed", "skip_dfas"}
+    )
     unknown = sorted(set(task_kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"task {task!r} takes no argument {unknown}; it takes {accepted}")

@@ -3,6 +3,7 @@
 Used by the `hf-seqplugins train | evaluate | generate | demo` verbs; everything runs through the
 unmodified transformers `Trainer`, `generate()` and the shipped `evaluate` modules.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -12,19 +13,30 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
 
-from . import metrics, tasks
-from .data import byte_tokenizer, is_byte_tokenizer, language_modeling_dataset
 from ..core.optim import optimizer_cls_and_kwargs
 from ..core.registry import load_plugins
+from . import metrics, tasks
+from .data import byte_tokenizer, is_byte_tokenizer, language_modeling_dataset
 
 TEXT_TASK = "pydoc"
 TASK_CHOICES = (TEXT_TASK, *sorted(tasks.TASKS))
 
 
 def load_task(
-    task: str, block_size: int = 128, text_files: list[str] | None = None, seed: int = 0, task_kwargs: dict | None = None
+    task: str,
+    block_size: int = 128,
+    text_files: list[str] | None = None,
+    seed: int = 0,
+    task_kwargs: dict | None = None,
 ) -> tuple[DatasetDict, object | None]:
     """`(DatasetDict with train/test, tokenizer or None)` for a task name, text files, or a saved dataset folder.
 
@@ -33,7 +45,9 @@ def load_task(
     A folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
     """
     if task_kwargs and task not in tasks.TASKS:
-        raise ValueError(f"task arguments {sorted(task_kwargs)} apply to the synthetic tasks ({', '.join(sorted(tasks.TASKS))}), not to {task!r}")
+        raise ValueError(
+            f"task arguments {sorted(task_kwargs)} apply to the synthetic tasks ({', '.join(sorted(tasks.TASKS))}), not to {task!r}"
+        )
     if text_files:
         text = "\n\n".join(Path(f).read_text(encoding="utf-8") for f in text_files)
         tokenizer = byte_tokenizer()
@@ -45,7 +59,9 @@ def load_task(
         return tasks.splits(task, seed=seed, **(task_kwargs or {})), None
     if Path(task).is_dir():
         return load_from_disk(task), None
-    raise ValueError(f"unknown task {task!r}: choose from {list(TASK_CHOICES)}, pass text files, or a saved dataset folder")
+    raise ValueError(
+        f"unknown task {task!r}: choose from {list(TASK_CHOICES)}, pass text files, or a saved dataset folder"
+    )
 
 
 def vocab_size_of(data: DatasetDict, tokenizer) -> int:
@@ -144,7 +160,9 @@ def train(
         import peft
 
         task_type = None if classes is None else peft.TaskType.SEQ_CLS  # SEQ_CLS also trains the new `score` head
-        trained = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type=task_type))
+        trained = peft.get_peft_model(
+            model, peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type=task_type)
+        )
     checkpoints = Path(output_dir) / "checkpoints"
     args = TrainingArguments(
         output_dir=str(checkpoints),
@@ -162,8 +180,12 @@ def train(
         seed=seed,
     )
     trainer = Trainer(
-        model=trained, args=args, train_dataset=data["train"], eval_dataset=data["test"],
-        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(trained, args), **metrics.trainer_metrics(data["test"]),
+        model=trained,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(trained, args),
+        **metrics.trainer_metrics(data["test"]),
     )
     for callback in reversed(load_plugins()[model_type].trainer_callbacks):
         trainer.callback_handler.callbacks.insert(0, callback())  # first, so printed logs include what they add
@@ -182,7 +204,11 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
     classification = tasks.num_labels(data) is not None
     if classification != is_classifier(model):
         model_kind = "a sequence classifier" if is_classifier(model) else "a causal LM"
-        data_kind = "classification rows (one label per row)" if classification else "language-modelling rows (a label per token)"
+        data_kind = (
+            "classification rows (one label per row)"
+            if classification
+            else "language-modelling rows (a label per token)"
+        )
         raise ValueError(f"cannot evaluate {type(model).__name__}, {model_kind}, on {data_kind}")
     if classification:
         return _evaluate_classifier(model, data, batch_size)
@@ -208,7 +234,9 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
     if is_byte_tokenizer(tokenizer):
         results.update(metrics.load("bits_per_byte").compute(nll=[total_nll], num_bytes=[total_tokens]))
     if "dfa" in data.column_names:
-        results.update(metrics.load("dfa_accuracy").compute(predictions=next_tokens, references=data["input_ids"], dfa=data["dfa"]))
+        results.update(
+            metrics.load("dfa_accuracy").compute(predictions=next_tokens, references=data["input_ids"], dfa=data["dfa"])
+        )
     return results
 
 
@@ -242,8 +270,10 @@ def evaluate_lengths(
     accepted = set(inspect.signature(make).parameters) - {"num_examples", "length", "seed"}
     refused = sorted(set(task_kwargs) - accepted)
     if refused:
-        raise ValueError(f"task arguments {refused} do not apply when evaluating {task!r} at several lengths "
-                         f"(the lengths and row counts are set here); accepted: {sorted(accepted)}")
+        raise ValueError(
+            f"task arguments {refused} do not apply when evaluating {task!r} at several lengths "
+            f"(the lengths and row counts are set here); accepted: {sorted(accepted)}"
+        )
     return {
         length: evaluate(model, make(num_examples=num_examples, length=length, seed=seed, **task_kwargs))
         for length in tqdm(lengths, desc=f"{task} lengths")
@@ -256,8 +286,10 @@ def generate_text(model: PreTrainedModel, tokenizer, prompt: str, max_new_tokens
     vocabulary = model.config.vocab_size
     if ids.numel() and int(ids.max()) >= vocabulary:
         outside = sorted({int(i) for i in ids[ids >= vocabulary]})
-        raise ValueError(f"the prompt has token ids {outside[:5]} outside the model's vocabulary of {vocabulary}: "
-                         "the tokenizer does not match the model (or the text uses characters it never saw)")
+        raise ValueError(
+            f"the prompt has token ids {outside[:5]} outside the model's vocabulary of {vocabulary}: "
+            "the tokenizer does not match the model (or the text uses characters it never saw)"
+        )
     output = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
     return tokenizer.decode(output[0], skip_special_tokens=True)
 

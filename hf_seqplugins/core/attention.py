@@ -13,6 +13,7 @@ Positions count real tokens only (left padding shifts nothing: position = number
 tokens), as transformers does for Llama in `generate`. With `resets` (packed sequences) a query sees only
 keys of its own sequence, and positions restart at 0 at every sequence start.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,9 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.attention_head_dim
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
+            raise ValueError(
+                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})"
+            )
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
@@ -50,7 +53,9 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         self.rope_theta = config.rope_theta
 
-    def positions(self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device) -> torch.Tensor:
+    def positions(
+        self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device
+    ) -> torch.Tensor:
         """`[B, T]` rotary positions of the current tokens."""
         if history_mask is not None:
             return (history_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -steps:]
@@ -75,7 +80,9 @@ class CausalSelfAttention(nn.Module):
             k, v = torch.where(real, k, 0), torch.where(real, v, 0)
         # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
         dtype = compute_dtype(hidden.dtype)
-        inverse_frequency = 1.0 / self.rope_theta ** (torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim)
+        inverse_frequency = 1.0 / self.rope_theta ** (
+            torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim
+        )
         positions = self.positions(attention_mask, batch, steps, cache, hidden.device)
         if resets is not None:
             positions = positions - torch.where(resets, positions, 0).cummax(1).values

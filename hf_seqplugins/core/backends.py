@@ -16,6 +16,7 @@ Which backend runs, first match wins:
 
 An explicit choice that cannot run here is an error that says why, never a silent fallback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ from .sequences import compute_dtype, run_by_segments
 ENV_VAR = "HF_SEQPLUGINS_BACKEND"
 AUTO = "auto"
 DEFAULT = "*"
-OPERATORS: dict[str, "Operator"] = {}
-_override: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("hf_seqplugins_backend", default={})
+OPERATORS: dict[str, Operator] = {}
+_override: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("hf_seqplugins_backend", default=None)
 
 __all__ = [
     "AUTO",
@@ -73,13 +74,17 @@ def triton_device_reason(device: torch.device, interpreted: bool, module: str) -
     if device.type == "cuda":
         capability = torch.cuda.get_device_capability(device)
         if capability < TRITON_MIN_CAPABILITY:
-            return (f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
-                    "and checked for sm_80 and sm_90; use backend 'torch'")
+            return (
+                f"compute capability {capability[0]}.{capability[1]} is below 8.0; the kernels are only built "
+                "and checked for sm_80 and sm_90; use backend 'torch'"
+            )
         return None
     if device.type == "cpu":
         if not interpreted:
-            return (f"the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when {module} was first "
-                    "imported); set it before that import to run on CPU")
+            return (
+                f"the Triton kernels were defined for CUDA (TRITON_INTERPRET was not 1 when {module} was first "
+                "imported); set it before that import to run on CPU"
+            )
         return None
     return f"Triton kernels run on CUDA devices (or interpreted on CPU), not on {device.type!r}"
 
@@ -163,7 +168,9 @@ class Operator:
 
     def unavailable_reason(self, backend: str, device: torch.device) -> str | None:
         if backend not in self.backends:
-            return f"unknown backend {backend!r} for operator {self.name!r}; choose from {sorted(self.backends)} or 'auto'"
+            return (
+                f"unknown backend {backend!r} for operator {self.name!r}; choose from {sorted(self.backends)} or 'auto'"
+            )
         check = self.requirements.get(backend)
         return None if check is None else check(device)
 
@@ -173,7 +180,7 @@ class Operator:
 
     def choice(self, requested: str | Mapping[str, str] | None) -> str:
         """The backend name asked for this operator (overrides, environment, then `requested`), or "auto"."""
-        overrides = _override.get()
+        overrides = _override.get() or {}
         environment = backend_choices(os.environ.get(ENV_VAR, ""))
         for choices in (overrides, environment, backend_choices(requested)):
             name = choices.get(self.name) or choices.get(DEFAULT)
@@ -181,7 +188,13 @@ class Operator:
                 return name
         return AUTO
 
-    def resolve(self, requested: str | Mapping[str, str] | None, device: torch.device, args: tuple = (), kwargs: dict | None = None) -> str:
+    def resolve(
+        self,
+        requested: str | Mapping[str, str] | None,
+        device: torch.device,
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> str:
         """The backend that runs for a request (None or "auto" for automatic) on `device`.
 
         With the (validated) inputs given, backends that refuse them are passed over by "auto" and
@@ -217,7 +230,9 @@ class Operator:
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def __call__(self, *args, backend: str | Mapping[str, str] | None = None, resets: torch.Tensor | None = None, **kwargs):
+    def __call__(
+        self, *args, backend: str | Mapping[str, str] | None = None, resets: torch.Tensor | None = None, **kwargs
+    ):
         """Run the operator on public arguments; see the class docstring for `resets` and the T = 1 rule."""
         arguments = self.arguments(args, kwargs)
         args, kwargs = self.validate(**arguments)
@@ -236,7 +251,9 @@ class Operator:
             each = {**arguments, **dict(zip(self.sequences, sequences)), self.state: initial_state, self.mask: mask}
             return self(**each, backend=backend)
 
-        return run_by_segments(alone, [arguments[n] for n in self.sequences], resets, arguments[self.mask], arguments[self.state])
+        return run_by_segments(
+            alone, [arguments[n] for n in self.sequences], resets, arguments[self.mask], arguments[self.state]
+        )
 
     def backend_for(self, requested, first: torch.Tensor, args: tuple, kwargs: dict) -> str:
         """The backend that runs validated inputs whose first sequence is `first`: `step` for one token, else `resolve`."""
@@ -254,7 +271,9 @@ class Operator:
     def _check_resets(self, resets: torch.Tensor, first: torch.Tensor) -> torch.Tensor | None:
         expected = tuple(first.shape[:2])
         if not isinstance(resets, torch.Tensor) or tuple(resets.shape) != expected:
-            raise ValueError(f"{self.name}: resets must be [B, T] = {list(expected)}, got {list(getattr(resets, 'shape', [type(resets).__name__]))}")
+            raise ValueError(
+                f"{self.name}: resets must be [B, T] = {list(expected)}, got {list(getattr(resets, 'shape', [type(resets).__name__]))}"
+            )
         if resets.dtype != torch.bool:
             raise TypeError(f"{self.name}: resets must be bool (True where a sequence starts), got {resets.dtype}")
         resets = resets.to(first.device).clone()
@@ -282,7 +301,7 @@ def backend_choices(value: str | Mapping[str, str] | None) -> dict[str, str]:
 @contextlib.contextmanager
 def use_backend(default: str | None = None, **per_operator: str) -> Iterator[None]:
     """Force backends inside a block: ``use_backend("reference")`` or ``use_backend(headwise_rnn="triton")``."""
-    choices = dict(_override.get())
+    choices = dict(_override.get() or {})
     if default is not None:
         choices[DEFAULT] = default
     choices.update(per_operator)

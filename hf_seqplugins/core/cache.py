@@ -7,6 +7,7 @@ unmodified. A state tuple is packed as one tensor with the batch first: tensors 
 stacked along dimension 1 (`[B, S, ...]`); tensors of different shapes (e.g. mLSTM's `C`, `n`, `m`)
 are flattened and concatenated (`[B, total]`), and the reader passes their shapes to unpack them.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,9 @@ import torch
 from transformers import Cache
 
 
-def read_state(cache: Cache | None, layer_idx: int, shapes: list[tuple[int, ...]] | None = None) -> tuple[torch.Tensor, ...] | None:
+def read_state(
+    cache: Cache | None, layer_idx: int, shapes: list[tuple[int, ...]] | None = None
+) -> tuple[torch.Tensor, ...] | None:
     """The state tuple stored for `layer_idx`, or None before the first write (prefill).
 
     `shapes`: the per-row shapes (batch left out) of a tuple whose tensors differ in shape; None for a

@@ -1,4 +1,5 @@
 """Base config shared by every architecture: backbone sizes, the kernel backend and validation."""
+
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
@@ -87,7 +88,9 @@ class SeqConfig(PreTrainedConfig):
             raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
         choices = backend_choices(self.kernel_backend) if isinstance(self.kernel_backend, (str, dict)) else None
         if choices is None:
-            raise ValueError(f"{type(self).__name__}.kernel_backend must be a string or a dict, got {self.kernel_backend!r}")
+            raise ValueError(
+                f"{type(self).__name__}.kernel_backend must be a string or a dict, got {self.kernel_backend!r}"
+            )
         by_name = {operator.name: operator for operator in self.operators}
         for key, backend in choices.items():
             if key != DEFAULT and key not in by_name:
@@ -101,6 +104,7 @@ class SeqConfig(PreTrainedConfig):
                         f"{type(self).__name__}.kernel_backend {backend!r} is not a backend of operator {operator.name!r}; "
                         f"it has {sorted(operator.backends)} (or 'auto'); per operator: '{operator.name}:<backend>,...'"
                     )
+
 
 def require_positive_int(config: PreTrainedConfig, name: str, allow_zero: bool = False) -> None:
     value = getattr(config, name)

@@ -18,6 +18,7 @@ A plugin declares its classes by subclassing, e.g.::
         config_class = MyConfig
         backbone_class = MyModel
 """
+
 from __future__ import annotations
 
 import inspect
@@ -187,7 +188,9 @@ class SeqModel(SeqPreTrainedModel):
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         batch, length = inputs_embeds.shape[:2]
         if length == 0:
             raise ValueError(f"the input has no tokens (shape {list(inputs_embeds.shape[:2])}); pass at least one")
@@ -195,7 +198,12 @@ class SeqModel(SeqPreTrainedModel):
         if cached is not None and cached != batch:
             raise ValueError(f"the cache holds states of batch size {cached}, the input has batch size {batch}")
         mask, resets = boundaries(
-            length, attention_mask, position_ids, kwargs.get("seq_idx"), kwargs.get("cu_seq_lens_q"), batch=batch,
+            length,
+            attention_mask,
+            position_ids,
+            kwargs.get("seq_idx"),
+            kwargs.get("cu_seq_lens_q"),
+            batch=batch,
             history=cached is not None,
         )
         history_mask = None
@@ -272,7 +280,9 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
         return output if return_dict is not False else output.to_tuple()
 
 

@@ -9,6 +9,7 @@ rule: weight decay except for biases and norms.
     trainer = Trainer(model=model, args=args, train_dataset=...,
                       optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(model, args))
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -9,6 +9,7 @@ architectures are declared the same way in this package's own `pyproject.toml`.
 - Two plugins claiming one `model_type` raise :class:`DuplicateModelTypeError` naming both.
 - ``HF_SEQPLUGINS_PLUGINS=name1,name2`` loads only those entry-point or distribution names.
 """
+
 from __future__ import annotations
 
 import os
@@ -134,7 +135,11 @@ def discover(entry_points_to_load: list[EntryPoint] | None = None) -> dict[str, 
         try:
             module = entry_point.load()
             manager.register(module, name=entry_point.name)
-            impls = [impl for impl in manager.hook.seqplugins_architectures.get_hookimpls() if impl.plugin_name == entry_point.name]
+            impls = [
+                impl
+                for impl in manager.hook.seqplugins_architectures.get_hookimpls()
+                if impl.plugin_name == entry_point.name
+            ]
             if not impls:
                 raise TypeError("the module implements no `seqplugins_architectures` hook")
             architectures = [_check(a) for impl in impls for a in (impl.function() or [])]

@@ -15,6 +15,7 @@ restarting at 0, `seq_idx`, `cu_seq_lens_q`) into `(mask, resets)`. `Segments` r
 row per sequence and back; `Operator` uses it for every backend that does not handle `resets` itself, and a
 mixer can use it around anything else that runs along the sequence.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -56,10 +57,15 @@ def boundaries(
     mask = None
     if attention_mask is not None:
         columns = attention_mask.shape[1] if attention_mask.dim() == 2 else None
-        if columns is None or columns < length or (columns > length and not history) or (
-            batch is not None and attention_mask.shape[0] != batch
+        if (
+            columns is None
+            or columns < length
+            or (columns > length and not history)
+            or (batch is not None and attention_mask.shape[0] != batch)
         ):
-            expected = f"[{batch if batch is not None else 'B'}, {length}]" + (f" or [B, past + {length}]" if history else "")
+            expected = f"[{batch if batch is not None else 'B'}, {length}]" + (
+                f" or [B, past + {length}]" if history else ""
+            )
             raise ValueError(f"attention_mask must be {expected}, got shape {list(attention_mask.shape)}")
         mask = attention_mask[:, -length:].bool()
     starts = None
@@ -75,7 +81,9 @@ def boundaries(
     if cu_seq_lens_q is not None:
         offsets = cu_seq_lens_q.long()
         if offsets.dim() != 1 or int(offsets[-1]) != length:
-            raise ValueError(f"cu_seq_lens_q must be [S + 1] cumulative lengths ending at {length}, got {offsets.tolist()}")
+            raise ValueError(
+                f"cu_seq_lens_q must be [S + 1] cumulative lengths ending at {length}, got {offsets.tolist()}"
+            )
         from_lengths = torch.zeros(1, length, dtype=torch.bool, device=offsets.device)
         from_lengths[0, offsets[:-1]] = True
         starts = from_lengths if starts is None else starts | from_lengths

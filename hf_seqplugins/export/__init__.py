@@ -2,6 +2,7 @@
 
 Importing it registers the remote-code writer with `SeqPreTrainedModel.save_pretrained` (`core.modeling.SAVE_HOOKS`).
 """
+
 from __future__ import annotations
 
 from ..core.modeling import SAVE_HOOKS

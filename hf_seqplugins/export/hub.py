@@ -1,4 +1,5 @@
 """Push a model to the Hugging Face Hub: export it, then `create_repo` + `upload_folder`."""
+
 from __future__ import annotations
 
 import tempfile
@@ -46,7 +47,9 @@ def _explain(error: Exception, repo_id: str) -> PushError:
     if isinstance(error, OfflineModeIsEnabled):
         return PushError(f"cannot push {repo_id!r}: HF_HUB_OFFLINE=1 is set; unset it to reach the Hub")
     if isinstance(error, LocalTokenNotFoundError):
-        return PushError(f"cannot push {repo_id!r}: no Hugging Face token; log in with `hf auth login` or pass token=...")
+        return PushError(
+            f"cannot push {repo_id!r}: no Hugging Face token; log in with `hf auth login` or pass token=..."
+        )
     if isinstance(error, HFValidationError):
         return PushError(f"invalid repo_id {repo_id!r}: {error}")
     status = getattr(getattr(error, "response", None), "status_code", None)
@@ -92,6 +95,8 @@ def push_to_hub(
         except Exception as error:
             if not _unreachable(error):
                 raise
-            raise PushError(f"cannot push {repo_id!r}: the Hub is unreachable ({type(error).__name__}: {error}); "
-                            "check the network, or set HF_HUB_OFFLINE=1 to work offline") from error
+            raise PushError(
+                f"cannot push {repo_id!r}: the Hub is unreachable ({type(error).__name__}: {error}); "
+                "check the network, or set HF_HUB_OFFLINE=1 to work offline"
+            ) from error
     return PushResult(repo_id, revision, files, str(url))

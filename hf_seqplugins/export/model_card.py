@@ -3,6 +3,7 @@
 `default.md` is the whole card; `<model_type>.md` (or a plugin's `Architecture.model_card_template`)
 is a Jinja template of the architecture section, rendered with the model's `config`.
 """
+
 from __future__ import annotations
 
 from importlib.resources import files
@@ -95,7 +96,11 @@ def render_model_card(
         repo_id=repo_id,
         summary=f"A `{config.model_type}` model ({type(model).__name__}, {model.num_parameters():,} parameters).",
         architecture_section=architecture_section,
-        config_rows=sorted((k, v) for k, v in config.to_diff_dict().items() if k not in ("auto_map", "architectures", "transformers_version")),
+        config_rows=sorted(
+            (k, v)
+            for k, v in config.to_diff_dict().items()
+            if k not in ("auto_map", "architectures", "transformers_version")
+        ),
         training_section=training or "No training details were recorded with this export.",
         results_section=results_section,
         limitations=LIMITATIONS,

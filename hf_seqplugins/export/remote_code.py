@@ -16,6 +16,7 @@ The flat texts are computed once per process and reused by every later save (eac
 calls `write_remote_code`): the cache is keyed on the classes' modules and checked against the path,
 mtime and size of every source file it read, so editing one of them recomputes it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,8 +29,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from .model_card import render_model_card
 from ..core.registry import load_plugins
+from .model_card import render_model_card
 
 PACKAGE = "hf_seqplugins"
 FLAT_PREFIX = "seqp_"
@@ -89,7 +90,9 @@ def _package_imports(module: str, packages: set[str]) -> list[tuple[ast.ImportFr
     found = []
     for node in _nodes_outside_try(tree):
         if isinstance(node, ast.Import) and any(_is_exported(alias.name, packages) for alias in node.names):
-            raise ValueError(f"{module}: write `from x import name` instead of `import x` for {packages} so it can be exported")
+            raise ValueError(
+                f"{module}: write `from x import name` instead of `import x` for {packages} so it can be exported"
+            )
         if isinstance(node, ast.ImportFrom):
             target = _absolute(node, module, is_package)
             if target and _is_exported(target, packages):
@@ -122,7 +125,9 @@ def flatten_source(module: str, packages: set[str]) -> str:
         by_module: dict[str, list[str]] = {}
         for target, alias in names:
             by_module.setdefault(target, []).append(alias.name + (f" as {alias.asname}" if alias.asname else ""))
-        statements = [f"{indent}from .{flat_name(target)} import {', '.join(aliases)}\n" for target, aliases in by_module.items()]
+        statements = [
+            f"{indent}from .{flat_name(target)} import {', '.join(aliases)}\n" for target, aliases in by_module.items()
+        ]
         lines[node.lineno - 1 : node.end_lineno] = statements
     return "".join(lines)
 
@@ -152,7 +157,10 @@ def flat_sources(classes: list[type]) -> dict[str, str]:
     modules = collect_modules(classes)
     # Taken before the texts are read, so an edit landing while they are read invalidates the entry.
     fingerprint = _fingerprint(importlib.import_module(module).__file__ for module in modules)
-    files = {f"{flat_name(module)}.py": GENERATED_MARK + module + "\n" + flatten_source(module, packages) for module in modules}
+    files = {
+        f"{flat_name(module)}.py": GENERATED_MARK + module + "\n" + flatten_source(module, packages)
+        for module in modules
+    }
     _FLAT_CACHE[key] = (fingerprint, files)
     return dict(files)
 
@@ -180,7 +188,9 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
     return auto_map
 
 
-def export(model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, tokenizer=None, **card_fields) -> Path:
+def export(
+    model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, tokenizer=None, **card_fields
+) -> Path:
     """Save `model` (safetensors weights, config, self-contained remote code), its `tokenizer` if given, and a model card.
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the

@@ -6,6 +6,7 @@ A third-party plugin runs the same suite on its architectures with a one-line te
 
 (restrict it to some model types with ``HF_SEQPLUGINS_CONFORMANCE=seqp_mine``).
 """
+
 from __future__ import annotations
 
 from transformers import AutoConfig

@@ -5,6 +5,7 @@ Each test builds a tiny model (`tiny_config`) and checks one contract of the fra
 equal to a full forward, greedy `generate()`, constant cache size, beam search, left padding, packed
 (padding-free) batches, save/load, PEFT LoRA, `Trainer`, gradient checkpointing and config validation.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,11 @@ def test_forward_backward(model_type):
     assert out.logits.shape == (*ids.shape, model.config.vocab_size)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, f"no finite gradient for {missing}"
     assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "mixer" in n)
 
@@ -78,7 +83,9 @@ def test_forward_backward(model_type):
 def _backend_cases(model_type) -> list[tuple[str, str]]:
     """(operator, backend) for every non-reference backend available here of every operator the model runs."""
     operators = load_plugins()[model_type].config_class.operators
-    return sorted((op.name, backend) for op in operators for backend in op.available_backends() if backend != "reference")
+    return sorted(
+        (op.name, backend) for op in operators for backend in op.available_backends() if backend != "reference"
+    )
 
 
 def test_every_backend_matches_reference(model_type):
@@ -103,10 +110,18 @@ def test_every_backend_matches_reference(model_type):
             warnings.warn(f"{model_type}: {refusal}", stacklevel=1)
             continue
         label = f"{operator}:{backend}"
-        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=1e-4, msg=lambda m: f"{label} logits: {m}")
+        torch.testing.assert_close(
+            logits, ref_logits, atol=2e-5, rtol=1e-4, msg=lambda m, label=label: f"{label} logits: {m}"
+        )
         assert grads.keys() == ref_grads.keys()
         for name in grads:
-            torch.testing.assert_close(grads[name], ref_grads[name], atol=2e-5, rtol=1e-4, msg=lambda m: f"{label} grad {name}: {m}")
+            torch.testing.assert_close(
+                grads[name],
+                ref_grads[name],
+                atol=2e-5,
+                rtol=1e-4,
+                msg=lambda m, label=label, name=name: f"{label} grad {name}: {m}",
+            )
 
 
 @torch.no_grad()
@@ -138,7 +153,9 @@ def test_cache_size_is_constant_in_generated_tokens(model_type):
     prompt = _tokens(model.config, length=4)
     sizes = []
     for new_tokens in (2, 12):
-        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True)
+        out = model.generate(
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True
+        )
         sizes.append(_cache_bytes(out.cache))
     assert sizes[0] == sizes[1] > 0
 
@@ -150,8 +167,15 @@ def test_beam_search_scores_match_full_forward(model_type):
     model = _causal_lm(model_type)
     prompt = _tokens(model.config, batch=1, length=4)
     out = model.generate(
-        prompt, num_beams=3, num_return_sequences=2, max_new_tokens=5, min_new_tokens=5, do_sample=False,
-        length_penalty=0.0, return_dict_in_generate=True, output_scores=True,
+        prompt,
+        num_beams=3,
+        num_return_sequences=2,
+        max_new_tokens=5,
+        min_new_tokens=5,
+        do_sample=False,
+        length_penalty=0.0,
+        return_dict_in_generate=True,
+        output_scores=True,
     )
     assert out.sequences.shape == (2, 9)
     logprobs = model(out.sequences, use_cache=False).logits.log_softmax(-1)
@@ -196,10 +220,14 @@ def test_packed_sequences_equal_each_alone(model_type):
     model = _causal_lm(model_type)
     sequences = _packed_sequences(model.config)
     alone = torch.cat([model(torch.tensor([s])).logits for s in sequences], dim=1)
-    batch = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True)([{"input_ids": s} for s in sequences])
+    batch = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True)(
+        [{"input_ids": s} for s in sequences]
+    )
     for boundary in ("position_ids", "seq_idx", "cu_seq_lens_q"):
         logits = model(batch["input_ids"], **{boundary: batch[boundary]}).logits
-        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4, msg=lambda m: f"packed by {boundary}: {m}")
+        torch.testing.assert_close(
+            logits, alone, atol=1e-5, rtol=1e-4, msg=lambda m, boundary=boundary: f"packed by {boundary}: {m}"
+        )
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4, msg=lambda m: f"the collator's whole batch: {m}")
 
@@ -227,9 +255,16 @@ def test_trainer_on_flattened_batches_gives_the_padded_loss(model_type, tmp_path
     dataset = Dataset.from_dict({"input_ids": _packed_sequences(model.config)})
     losses = {}
     for name, collator in (("flattened", DataCollatorWithFlattening()), ("padded", _left_padded)):
-        args = TrainingArguments(output_dir=str(tmp_path / name), per_device_eval_batch_size=len(PACKED_LENGTHS),
-                                 report_to=[], use_cpu=True, disable_tqdm=True)
-        losses[name] = Trainer(model=model, args=args, data_collator=collator, eval_dataset=dataset).evaluate()["eval_loss"]
+        args = TrainingArguments(
+            output_dir=str(tmp_path / name),
+            per_device_eval_batch_size=len(PACKED_LENGTHS),
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        losses[name] = Trainer(model=model, args=args, data_collator=collator, eval_dataset=dataset).evaluate()[
+            "eval_loss"
+        ]
     assert abs(losses["flattened"] - losses["padded"]) <= 1e-5 * max(1.0, abs(losses["padded"])), losses
 
 
@@ -239,7 +274,9 @@ def test_save_and_load_round_trip(model_type, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     auto_map = AutoConfig.from_pretrained(tmp_path).auto_map
-    assert set(load_plugins()[model_type].model_classes) | {"AutoConfig"} <= set(auto_map), "save_pretrained must write remote code"
+    assert set(load_plugins()[model_type].model_classes) | {"AutoConfig"} <= set(auto_map), (
+        "save_pretrained must write remote code"
+    )
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     ids = _tokens(model.config)
@@ -310,8 +347,16 @@ def test_trainer_loss_falls_on_a_learnable_pattern(model_type, tmp_path):
     rows = [[(start + t) % period for t in range(16)] for start in range(period)] * 8
     dataset = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=1e-2, num_train_epochs=6,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        num_train_epochs=6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()

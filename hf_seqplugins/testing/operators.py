@@ -20,6 +20,7 @@ that can run here and returns one `Check` per (case, backend, check):
 A backend that refuses some inputs (`BackendUnavailableError`) gets "n/a" with its reason for that check, not
 a failure. `assert_operator_conforms` raises on any failure; `hf-seqplugins check` prints the table.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -121,7 +122,9 @@ def _map(value, function: Callable[[torch.Tensor], torch.Tensor]):
     if isinstance(value, (tuple, list)):
         return type(value)(_map(item, function) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _map(getattr(value, f.name), function) for f in dataclasses.fields(value)})
+        return dataclasses.replace(
+            value, **{f.name: _map(getattr(value, f.name), function) for f in dataclasses.fields(value)}
+        )
     return value
 
 
@@ -323,9 +326,13 @@ class _Kit:
             steps = slice(begin, begin + size)
             state = "keep" if index == 0 else None
             alone, alone_final = self.run(self.rows(arguments, slice(0, 1), steps, state=state), "reference")
-            _close(outputs[:1, steps], alone, self.bound, f"packed sequence {index} (steps {begin}..{begin + size - 1})")
+            _close(
+                outputs[:1, steps], alone, self.bound, f"packed sequence {index} (steps {begin}..{begin + size - 1})"
+            )
             begin += size
-        _close(_map(final, lambda t: t[:1]), alone_final, self.bound, "the packed row's final state (its last sequence's)")
+        _close(
+            _map(final, lambda t: t[:1]), alone_final, self.bound, "the packed row's final state (its last sequence's)"
+        )
         whole = self.run(self.rows(arguments, slice(1, 2), slice(None)), "reference")
         _close((outputs[1:], _map(final, lambda t: t[1:])), whole, self.bound, "the unpacked row")
 
@@ -343,5 +350,3 @@ class _Kit:
 
 def _detached(result):
     return _map(result, lambda t: t.detach())
-
-

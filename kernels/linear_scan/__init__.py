@@ -22,6 +22,7 @@ them natively. A backend returns
 default on CPU), "chunked" (work-efficient two-level scan in PyTorch, O(T) work: usually the fastest on a CPU),
 "triton" (chunked scan kernel with `tl.associative_scan`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,14 +35,20 @@ __all__ = ["OPERATOR", "compute_dtype", "linear_scan"]
 def _validate(a, b, initial_state=None, mask=None):
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"linear_scan: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+            raise TypeError(
+                f"linear_scan: {name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}"
+            )
     if b.dim() not in (3, 4):
-        raise ValueError(f"linear_scan: b must be [B, T, D] (diagonal) or [B, T, D, m] (blocks), got shape {list(b.shape)}")
+        raise ValueError(
+            f"linear_scan: b must be [B, T, D] (diagonal) or [B, T, D, m] (blocks), got shape {list(b.shape)}"
+        )
     blocks = b.dim() == 4
     expected = (*b.shape, b.shape[-1]) if blocks else tuple(b.shape)
     if tuple(a.shape) != expected:
         layout = "[B, T, D, m, m]" if blocks else "[B, T, D]"
-        raise ValueError(f"linear_scan: a must be {layout} = {list(expected)} for b of shape {list(b.shape)}, got {list(a.shape)}")
+        raise ValueError(
+            f"linear_scan: a must be {layout} = {list(expected)} for b of shape {list(b.shape)}, got {list(a.shape)}"
+        )
     if b.shape[1] == 0:
         raise ValueError("linear_scan: no time steps (T=0)")
     if a.device != b.device:
@@ -50,7 +57,9 @@ def _validate(a, b, initial_state=None, mask=None):
     if initial_state is not None:
         shape = (b.shape[0], *b.shape[2:])
         if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != shape:
-            raise ValueError(f"linear_scan: initial_state must be {list(shape)}, got {list(getattr(initial_state, 'shape', [type(initial_state).__name__]))}")
+            raise ValueError(
+                f"linear_scan: initial_state must be {list(shape)}, got {list(getattr(initial_state, 'shape', [type(initial_state).__name__]))}"
+            )
         if initial_state.device != b.device:
             raise ValueError(f"linear_scan: initial_state is on {initial_state.device}, b on {b.device}")
         initial_state = initial_state.to(dtype)
@@ -65,7 +74,9 @@ def _validate(a, b, initial_state=None, mask=None):
 def _per_token_flag(name: str, flag: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`flag` `[B, T]` bool, checked against `b`, on b's device."""
     if not isinstance(flag, torch.Tensor) or tuple(flag.shape) != tuple(b.shape[:2]):
-        raise ValueError(f"linear_scan: {name} must be [B, T] = {list(b.shape[:2])}, got {list(getattr(flag, 'shape', [type(flag).__name__]))}")
+        raise ValueError(
+            f"linear_scan: {name} must be [B, T] = {list(b.shape[:2])}, got {list(getattr(flag, 'shape', [type(flag).__name__]))}"
+        )
     if flag.dtype != torch.bool:
         raise TypeError(f"linear_scan: {name} must be bool, got {flag.dtype}")
     return flag.to(b.device)
@@ -76,7 +87,11 @@ def _broadcast(flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _identity(a: torch.Tensor, blocks: bool) -> torch.Tensor:
-    return torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) if blocks else torch.ones((), dtype=a.dtype, device=a.device)
+    return (
+        torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        if blocks
+        else torch.ones((), dtype=a.dtype, device=a.device)
+    )
 
 
 def _load_reference():

@@ -9,6 +9,7 @@ The log-depth `torch` backend does O(T log T) work in log2 T rounds, which suits
 this one does a third of the memory traffic of a single round. Padding steps at the end are identities.
 Differentiable by autograd (the loops use `unbind`, whose backward stays linear in T).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,11 @@ def linear_scan(a, b, initial_state, blocks):
     chunk = math.isqrt(steps - 1) + 1
     pad = -steps % chunk
     if pad:
-        identity = torch.ones_like(a[:, :1]) if not blocks else torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a[:, :1])
+        identity = (
+            torch.ones_like(a[:, :1])
+            if not blocks
+            else torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a[:, :1])
+        )
         a = torch.cat([a, identity.expand(batch, pad, *a.shape[2:])], dim=1)
         b = torch.cat([b, b.new_zeros(batch, pad, *b.shape[2:])], dim=1)
     chunks = a.shape[1] // chunk

@@ -25,6 +25,7 @@ run backwards in time); back-propagation through that one step then gives ``Σ_t
 
 States are computed in float32 for half-precision inputs (errors grow like eps · T; `docs/architectures/pararnn.md`, section 'Precision and convergence pitfalls').
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,9 @@ def _previous(states: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor
     return torch.cat([initial_state[:, None], states[:, :-1]], dim=1)
 
 
-def sequential_scan(step: Step, x: torch.Tensor, initial_state: torch.Tensor, mask: torch.Tensor | None = None,
-                    block: int | None = None) -> torch.Tensor:
+def sequential_scan(
+    step: Step, x: torch.Tensor, initial_state: torch.Tensor, mask: torch.Tensor | None = None, block: int | None = None
+) -> torch.Tensor:
     """The plain loop ``h_t = step(h_{t-1}, x_t)``: x `[B, T, ...]`, initial state `[B, D(, m)]` -> states `[B, T, D(, m)]`.
     Differentiable by ordinary back-propagation; what generation and the fallback run."""
     state, states = initial_state, []
@@ -130,7 +132,11 @@ def newton_scan(
         explicit = jacobian(prev, x)
         if mask is None:
             return explicit
-        identity = torch.ones_like(explicit) if block is None else torch.eye(block, dtype=dtype, device=x.device).expand_as(explicit)
+        identity = (
+            torch.ones_like(explicit)
+            if block is None
+            else torch.eye(block, dtype=dtype, device=x.device).expand_as(explicit)
+        )
         return torch.where(mask.reshape(*mask.shape, *[1] * (explicit.dim() - 2)), explicit, identity)
 
     with torch.no_grad():
@@ -149,8 +155,12 @@ def newton_scan(
     stats = NewtonStats(iterations, residual, residual <= tolerance)
     if not stats.converged:
         what = "falling back to the sequential loop" if fallback else "returning the last iterate"
-        warnings.warn(f"parallel Newton did not converge: residual {residual:.3g} > tolerance {tolerance:g} after "
-                      f"{iterations} iterations (T={x.shape[1]}); {what}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"parallel Newton did not converge: residual {residual:.3g} > tolerance {tolerance:g} after "
+            f"{iterations} iterations (T={x.shape[1]}); {what}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         if fallback:  # the loop's states, differentiated by ordinary back-propagation
             stats.fell_back = True
             return sequential_scan(step, x, initial_state, mask, block), stats
@@ -196,7 +206,11 @@ class NewtonStatsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:
-            values = {"newton_iterations": self.iterations, "newton_residual": self.residual, "newton_fallbacks": self.fallbacks}
+            values = {
+                "newton_iterations": self.iterations,
+                "newton_residual": self.residual,
+                "newton_fallbacks": self.fallbacks,
+            }
             logs.update(values)
             if state.log_history:
                 state.log_history[-1].update(values)

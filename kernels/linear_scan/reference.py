@@ -1,4 +1,5 @@
 """Reference backend: the linear recurrence one step at a time."""
+
 from __future__ import annotations
 
 import torch

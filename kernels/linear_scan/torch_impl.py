@@ -5,6 +5,7 @@ The initial state enters as the offset of the first step (`b_1 += a_1 s_0`). O(T
 autograd. Block transitions are split into m x m lists of `[B, T, D]` tensors (m^3 elementwise products per
 composition): on a CPU several times faster than batched matmuls of millions of tiny matrices.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ def linear_scan(a, b, initial_state, blocks):
     value = [a, b]
     shift = 1
     while shift < steps:
-        composed = _compose(_tree_map(lambda t: t[:, shift:], value), _tree_map(lambda t: t[:, :-shift], value), blocks)
-        value = _tree_map(lambda head, tail: torch.cat([head[:, :shift], tail], dim=1), value, composed)
+        later, earlier = _tree_map(lambda t, s=shift: t[:, s:], value), _tree_map(lambda t, s=shift: t[:, :-s], value)
+        composed = _compose(later, earlier, blocks)
+        value = _tree_map(lambda head, tail, s=shift: torch.cat([head[:, :s], tail], dim=1), value, composed)
         shift *= 2
     states = torch.stack(value[1], dim=-1) if blocks else value[1]
     return states, states[:, -1]

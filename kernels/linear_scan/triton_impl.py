@@ -29,6 +29,7 @@ diagonal transitions; a torch post-pass with s_0 = the initial state) and
 Computation runs in the (validated) input dtype, float32 or float64; the per-program tile holds
 ``(m^2 + m) BT BD`` values, sized by `TILE_VALUES` (halved in float64).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,14 +99,39 @@ def _combine4(*args):
 
 @triton.jit
 def _scan_kernel(
-    a_ptr, b_ptr, init_ptr, out_ptr, final_ptr,
-    steps, a_steps, channels, tiles,
-    sa_b, sa_t, sa_d, sa_i, sa_j,
-    sb_b, sb_t, sb_d, sb_i,
-    s0_b, s0_d, s0_i,
-    so_b, so_t, so_d, so_i,
-    sf_b, sf_d, sf_i,
-    M: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    init_ptr,
+    out_ptr,
+    final_ptr,
+    steps,
+    a_steps,
+    channels,
+    tiles,
+    sa_b,
+    sa_t,
+    sa_d,
+    sa_i,
+    sa_j,
+    sb_b,
+    sb_t,
+    sb_d,
+    sb_i,
+    s0_b,
+    s0_d,
+    s0_i,
+    so_b,
+    so_t,
+    so_d,
+    so_i,
+    sf_b,
+    sf_d,
+    sf_i,
+    M: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    REVERSE: tl.constexpr,
 ):
     """States of one batch row and `BD` channels: ``out[t] = a[t] out[t-1] + b[t]`` from `init` (zeros
     without HAS_INIT), final state to `final`. With REVERSE the program runs from t = steps - 1 down to 0,
@@ -197,10 +223,26 @@ def _scan(a5, b4, initial, *, reverse=False):
     init_strides = (0, 0, 0) if initial is None else initial.stride()
     with _device_context(b4.device):
         _scan_kernel[(batch * tiles,)](
-            a5, b4, init, out, final,
-            steps, a5.shape[1], channels, tiles,
-            *a5.stride(), *b4.stride(), *init_strides, *out.stride(), *final.stride(),
-            M=m, BT=chunk, BD=block, HAS_INIT=initial is not None, REVERSE=reverse, num_warps=4,
+            a5,
+            b4,
+            init,
+            out,
+            final,
+            steps,
+            a5.shape[1],
+            channels,
+            tiles,
+            *a5.stride(),
+            *b4.stride(),
+            *init_strides,
+            *out.stride(),
+            *final.stride(),
+            M=m,
+            BT=chunk,
+            BD=block,
+            HAS_INIT=initial is not None,
+            REVERSE=reverse,
+            num_warps=4,
         )
     return out, final
 
@@ -272,8 +314,10 @@ def unsupported_reason(a, b, initial_state, blocks) -> str | None:
         if tensor is not None and tensor.dtype not in (torch.float32, torch.float64):
             return f"the kernel computes in float32 or float64, got {tensor.dtype} for {name}"
     if blocks and b.shape[-1] > MAX_BLOCK:
-        return (f"block size m = {b.shape[-1]} exceeds {MAX_BLOCK}, the largest the kernel's scan holds "
-                "(m^2 + m values per step and channel); use backend 'torch'")
+        return (
+            f"block size m = {b.shape[-1]} exceeds {MAX_BLOCK}, the largest the kernel's scan holds "
+            "(m^2 + m values per step and channel); use backend 'torch'"
+        )
     channels = b.shape[2]
     m = b.shape[-1] if blocks else 1
     _, block = _tiles(m, b.shape[1], channels, b.dtype)

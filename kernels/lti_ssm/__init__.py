@@ -34,6 +34,7 @@ Packed rows (`resets`) run one sequence per row (`hf_seqplugins.Segments`), left
 convolution backends take them. A call with T = 1 runs one reference step; `lti_ssm_step(u, system, state)`
 is the same step on `[Bt, H]` for O(1) decoding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,16 @@ from hf_seqplugins import Operator, compute_dtype, triton_unavailable_reason
 
 from .systems import DenseSystem, DiagonalSystem, DPLRSystem, System, select_outputs
 
-__all__ = ["OPERATOR", "DPLRSystem", "DenseSystem", "DiagonalSystem", "System", "lti_ssm", "lti_ssm_step", "select_outputs"]
+__all__ = [
+    "OPERATOR",
+    "DPLRSystem",
+    "DenseSystem",
+    "DiagonalSystem",
+    "System",
+    "lti_ssm",
+    "lti_ssm_step",
+    "select_outputs",
+]
 
 SYSTEMS = (DiagonalSystem, DenseSystem, DPLRSystem)
 
@@ -69,7 +79,9 @@ def _real_dtype(system) -> torch.dtype:
 def _validate(u, system, initial_state=None, mask=None, return_final_state=True):
     _check_system("lti_ssm", system)
     if not isinstance(u, torch.Tensor) or not u.is_floating_point():
-        raise TypeError(f"lti_ssm: u must be a floating-point tensor [Bt, T, H], got {getattr(u, 'dtype', type(u).__name__)}")
+        raise TypeError(
+            f"lti_ssm: u must be a floating-point tensor [Bt, T, H], got {getattr(u, 'dtype', type(u).__name__)}"
+        )
     if u.dim() != 3:
         raise ValueError(f"lti_ssm: u must be [Bt, T, H], got shape {list(u.shape)}")
     batch, steps, channels = u.shape
@@ -79,10 +91,14 @@ def _validate(u, system, initial_state=None, mask=None, return_final_state=True)
         raise ValueError(f"lti_ssm: u has H={channels} channels, the system {system.shape[1]}")
     u = u.to(_real_dtype(system))
     if initial_state is not None:
-        initial_state = _check_state("lti_ssm: initial_state", initial_state, system.state_shape(batch), system, u.device)
+        initial_state = _check_state(
+            "lti_ssm: initial_state", initial_state, system.state_shape(batch), system, u.device
+        )
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
-            raise ValueError(f"lti_ssm: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}")
+            raise ValueError(
+                f"lti_ssm: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+            )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"lti_ssm: mask must be bool (False = padding), got {mask.dtype}")
         u = torch.where(mask.to(device=u.device, dtype=torch.bool)[..., None], u, 0)
@@ -155,19 +171,38 @@ def _example(kind: str):
         def crandn(*shape):
             return torch.complex(randn(*shape), randn(*shape)).to(complex_dtype)
 
-        lam = torch.complex(-0.1 - 0.5 * torch.rand(channels, modes, generator=generator, dtype=torch.float64),
-                            3 * randn(channels, modes)).to(complex_dtype)
+        lam = torch.complex(
+            -0.1 - 0.5 * torch.rand(channels, modes, generator=generator, dtype=torch.float64),
+            3 * randn(channels, modes),
+        ).to(complex_dtype)
         dt = (0.05 + 0.4 * torch.rand(channels, generator=generator, dtype=torch.float64)).to(real)
         if kind == "diagonal":
             system = DiagonalSystem(dt[:, None] * lam, crandn(channels, modes), crandn(outputs, channels, modes))
         elif kind == "dplr":
-            system = DPLRSystem(lam, 0.5 * crandn(1, channels, modes), crandn(channels, modes),
-                                crandn(outputs, channels, modes), dt, length)
+            system = DPLRSystem(
+                lam,
+                0.5 * crandn(1, channels, modes),
+                crandn(channels, modes),
+                crandn(outputs, channels, modes),
+                dt,
+                length,
+            )
         else:
-            system = DenseSystem((0.3 * randn(channels, modes, modes)).to(real), randn(channels, modes).to(real),
-                                 randn(outputs, channels, modes).to(real))
-        state = randn(*system.state_shape(batch)) if not system.state_dtype.is_complex else crandn(*system.state_shape(batch))
-        return {"u": randn(batch, length, channels).to(dtype), "system": system, "initial_state": state.to(system.state_dtype)}
+            system = DenseSystem(
+                (0.3 * randn(channels, modes, modes)).to(real),
+                randn(channels, modes).to(real),
+                randn(outputs, channels, modes).to(real),
+            )
+        state = (
+            randn(*system.state_shape(batch))
+            if not system.state_dtype.is_complex
+            else crandn(*system.state_shape(batch))
+        )
+        return {
+            "u": randn(batch, length, channels).to(dtype),
+            "system": system,
+            "initial_state": state.to(system.state_dtype),
+        }
 
     return example
 
@@ -211,7 +246,9 @@ def lti_ssm_step(u: torch.Tensor, system: System, state: torch.Tensor | None) ->
     u's dtype, new state). O(1) in the sequence length (S4 builds its dense Ā: pass `system.dense()` to reuse it)."""
     _check_system("lti_ssm_step", system)
     if not isinstance(u, torch.Tensor) or not u.is_floating_point() or u.dim() != 2:
-        raise ValueError(f"lti_ssm_step: u must be a floating-point tensor [Bt, H], got {getattr(u, 'shape', type(u).__name__)}")
+        raise ValueError(
+            f"lti_ssm_step: u must be a floating-point tensor [Bt, H], got {getattr(u, 'shape', type(u).__name__)}"
+        )
     if u.shape[1] != system.shape[1]:
         raise ValueError(f"lti_ssm_step: u has H={u.shape[1]} channels, the system {system.shape[1]}")
     shape = system.state_shape(u.shape[0])

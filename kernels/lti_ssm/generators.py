@@ -4,9 +4,11 @@ These are the two reductions (`docs/architectures/s4.md`, section 'Convolution k
 functions with the same contracts), plus the Krylov matrix of LSSL (dense matmuls, no Triton needed).
 They materialise `[rows, N/2, L]` (Vandermonde) or `[rows, L', N/2]` (Cauchy) complex intermediates.
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

@@ -12,6 +12,7 @@ operator's backends need:
 
 Complex states keep one mode of each conjugate pair where the class says so; outputs are always real.
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,7 +80,7 @@ class DiagonalSystem:
         within = torch.exp(self.log_a[:, None, :] * lags[:, None])  # [H, C, N2]: Ā^(C-1-l)
 
         def chunk_sums(chunks):  # [Bt, J, C, H] -> [Bt, J, H, N2]
-            return self.b * torch.einsum("bjlh,hln->bjhn", chunks.to(within.dtype), within[:, -chunks.shape[2]:])
+            return self.b * torch.einsum("bjlh,hln->bjhn", chunks.to(within.dtype), within[:, -chunks.shape[2] :])
 
         across = torch.exp(self.log_a * min(FINAL_STATE_CHUNK, u.shape[1]))
         final = _chunked_final_state(u, chunk_sums, lambda x: across * x)
@@ -205,7 +206,11 @@ class DPLRSystem:
         """The same system with a dense Ā and C = C̃ (I - Ā^length)^-1 (solved, never inverted)."""
         a_bar, b_bar = self.discretised()
         identity = torch.eye(a_bar.shape[-1], dtype=a_bar.dtype, device=a_bar.device)
-        c = torch.linalg.solve(identity - torch.linalg.matrix_power(a_bar, self.length), _both_halves(self.c_tilde)[:, :, None, :], left=False)
+        c = torch.linalg.solve(
+            identity - torch.linalg.matrix_power(a_bar, self.length),
+            _both_halves(self.c_tilde)[:, :, None, :],
+            left=False,
+        )
         return DenseSystem(a_bar, b_bar, c[:, :, 0, :])
 
     def c_tilde_of(self, c: torch.Tensor) -> torch.Tensor:
@@ -238,7 +243,12 @@ class DPLRSystem:
         right = torch.cat([self.b[None], self.p])  # B and P_s
         v = self.dt[:, None] * left[:, None] * right[None]  # [M + R, 1 + R, H, N2], all with the poles w [H, N2]
         sums = generators.cauchy(v, z, w).permute(2, 3, 0, 1)  # [H, K, M + R, 1 + R]
-        r00, r01, r10, r11 = sums[..., :outputs, :1], sums[..., :outputs, 1:], sums[..., outputs:, :1], sums[..., outputs:, 1:]
+        r00, r01, r10, r11 = (
+            sums[..., :outputs, :1],
+            sums[..., :outputs, 1:],
+            sums[..., outputs:, :1],
+            sums[..., outputs:, 1:],
+        )
         identity = torch.eye(rank, dtype=sums.dtype, device=sums.device)
         woodbury = r00 - r01 @ torch.linalg.solve(identity + r11, r10)
         spectrum = (2 / (1 + regular)).to(sums.dtype) * woodbury[..., 0].permute(2, 0, 1)  # [M, H, K]

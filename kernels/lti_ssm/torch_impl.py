@@ -4,6 +4,7 @@ initial state and the final state in closed form; kernels from the plain-PyTorch
 The FFT length is 2T >= 2T - 1, so the circular convolution never wraps. Padding arrives as zero inputs, and
 the operator only sends padding where the held state is zero anyway (left padding, no initial state).
 """
+
 from __future__ import annotations
 
 import torch

@@ -40,6 +40,7 @@ float32, an error the complex64 PyTorch version shares. The Cauchy terms are for
 which must neither overflow nor underflow (1e-19 < |z - w| < 1e19 in float32: S4's bilinear nodes are
 at most about 1e16 when computed in float64).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,16 @@ BACKWARD_BLOCK_STEPS = {torch.float32: 64, torch.float64: 32}
 
 @triton.jit
 def _vandermonde_kernel(
-    rho_ptr, phi_ptr, xr_ptr, xi_ptr, out_ptr, rows, modes, length,
-    BR: tl.constexpr, BL: tl.constexpr,
+    rho_ptr,
+    phi_ptr,
+    xr_ptr,
+    xi_ptr,
+    out_ptr,
+    rows,
+    modes,
+    length,
+    BR: tl.constexpr,
+    BL: tl.constexpr,
 ):
     """`out[r, l] = 2 sum_n exp(l xr + rho) cos(l xi + phi)`; inputs `[R, N2]`, out `[R, length]`."""
     pid = tl.program_id(0)
@@ -100,8 +109,19 @@ def _vandermonde_kernel(
 
 @triton.jit
 def _vandermonde_backward_kernel(
-    vr_ptr, vi_ptr, xr_ptr, xi_ptr, dk_ptr, dvr_ptr, dvi_ptr, dxr_ptr, dxi_ptr, modes, length,
-    BN: tl.constexpr, BL: tl.constexpr,
+    vr_ptr,
+    vi_ptr,
+    xr_ptr,
+    xi_ptr,
+    dk_ptr,
+    dvr_ptr,
+    dvi_ptr,
+    dxr_ptr,
+    dxi_ptr,
+    modes,
+    length,
+    BN: tl.constexpr,
+    BL: tl.constexpr,
 ):
     """Gradients `[R, N2]` of vr, vi, xr, xi from dK `[R, length]` (module docstring)."""
     pid = tl.program_id(0)
@@ -144,8 +164,19 @@ def _vandermonde_backward_kernel(
 
 @triton.jit
 def _cauchy_kernel(
-    vr_ptr, vi_ptr, wr_ptr, wi_ptr, zr_ptr, zi_ptr, outr_ptr, outi_ptr, rows, modes, nodes,
-    BR: tl.constexpr, BK: tl.constexpr,
+    vr_ptr,
+    vi_ptr,
+    wr_ptr,
+    wi_ptr,
+    zr_ptr,
+    zi_ptr,
+    outr_ptr,
+    outi_ptr,
+    rows,
+    modes,
+    nodes,
+    BR: tl.constexpr,
+    BK: tl.constexpr,
 ):
     """`out[r, k] = sum_n v / (z_k - w) + conj(v) / (z_k - conj(w))`; v, w `[R, N2]`, z `[K]`, out `[R, K]`."""
     pid = tl.program_id(0)
@@ -179,9 +210,22 @@ def _cauchy_kernel(
 
 @triton.jit
 def _cauchy_backward_kernel(
-    vr_ptr, vi_ptr, wr_ptr, wi_ptr, zr_ptr, zi_ptr, gr_ptr, gi_ptr, dvr_ptr, dvi_ptr, dwr_ptr, dwi_ptr,
-    modes, nodes,
-    BN: tl.constexpr, BK: tl.constexpr,
+    vr_ptr,
+    vi_ptr,
+    wr_ptr,
+    wi_ptr,
+    zr_ptr,
+    zi_ptr,
+    gr_ptr,
+    gi_ptr,
+    dvr_ptr,
+    dvi_ptr,
+    dwr_ptr,
+    dwi_ptr,
+    modes,
+    nodes,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
 ):
     """Gradients `[R, N2]` of vr, vi, wr, wi from the gradients `[R, K]` of Re out, Im out (module docstring)."""
     pid = tl.program_id(0)
@@ -248,7 +292,9 @@ def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tens
     `BackendUnavailableError` where `generator_unsupported_reason` refuses the device."""
     dtype = _compute_dtype("vandermonde", v, log_a)
     if v.dim() != 2 or v.shape != log_a.shape:
-        raise ValueError(f"vandermonde needs v and log_a of one shape [R, N2], got {list(v.shape)} and {list(log_a.shape)}")
+        raise ValueError(
+            f"vandermonde needs v and log_a of one shape [R, N2], got {list(v.shape)} and {list(log_a.shape)}"
+        )
     length = int(length)
     if length < 0:
         raise ValueError(f"vandermonde needs length >= 0, got {length}")
@@ -267,8 +313,10 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     `generator_unsupported_reason` refuses the device."""
     dtype = _compute_dtype("cauchy", v, z, w)
     if v.dim() < 2 or w.dim() != 2 or v.shape[-2:] != w.shape or z.dim() != 1:
-        raise ValueError(f"cauchy needs v [..., R, N2], w [R, N2] and z [K], got v {list(v.shape)}, "
-                         f"w {list(w.shape)}, z {list(z.shape)}")
+        raise ValueError(
+            f"cauchy needs v [..., R, N2], w [R, N2] and z [K], got v {list(v.shape)}, "
+            f"w {list(w.shape)}, z {list(z.shape)}"
+        )
     leading, poles, rows = v.shape[:-2], w.shape[0], v.shape[:-1].numel()
     v, w = v.reshape(rows, w.shape[-1]), w.expand(*leading, *w.shape).reshape(rows, w.shape[-1])
     if z.requires_grad and torch.is_grad_enabled():
@@ -311,8 +359,9 @@ class _Vandermonde(torch.autograd.Function):
             block_steps = _block(length, BACKWARD_BLOCK_STEPS[vr.dtype])
             grid = (rows * triton.cdiv(modes, block_modes),)
             with _device_guard(vr.device):
-                _vandermonde_backward_kernel[grid](vr, vi, xr, xi, grad, *grads, modes, length,
-                                                   BN=block_modes, BL=block_steps)
+                _vandermonde_backward_kernel[grid](
+                    vr, vi, xr, xi, grad, *grads, modes, length, BN=block_modes, BL=block_steps
+                )
         return (*grads, None)
 
 
@@ -330,8 +379,9 @@ class _Cauchy(torch.autograd.Function):
             block_nodes = _block(nodes, CAUCHY_BLOCK_NODES)
             grid = (triton.cdiv(rows, block_rows) * triton.cdiv(nodes, block_nodes),)
             with _device_guard(vr.device):
-                _cauchy_kernel[grid](vr, vi, wr, wi, zr, zi, real, imag, rows, modes, nodes,
-                                     BR=block_rows, BK=block_nodes)
+                _cauchy_kernel[grid](
+                    vr, vi, wr, wi, zr, zi, real, imag, rows, modes, nodes, BR=block_rows, BK=block_nodes
+                )
         return real, imag
 
     @staticmethod
@@ -347,8 +397,9 @@ class _Cauchy(torch.autograd.Function):
             block_nodes = _block(nodes, BACKWARD_BLOCK_STEPS[vr.dtype])
             grid = (rows * triton.cdiv(modes, block_modes),)
             with _device_guard(vr.device):
-                _cauchy_backward_kernel[grid](vr, vi, wr, wi, zr, zi, grad_real, grad_imag, *grads, modes, nodes,
-                                              BN=block_modes, BK=block_nodes)
+                _cauchy_backward_kernel[grid](
+                    vr, vi, wr, wi, zr, zi, grad_real, grad_imag, *grads, modes, nodes, BN=block_modes, BK=block_nodes
+                )
         return (*grads, None, None)
 
 

@@ -43,6 +43,7 @@ gate only), "triton"; all but the reference get packed rows one sequence per row
 A call with T = 1 (decoding) runs one reference step; `mlstm_step(q, k, v, igate, fgate, state, ...)` is the
 same step on per-token tensors without the time axis.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,9 @@ def _check_options(name: str, input_gate: str, normalize: bool, eps: float) -> N
         raise ValueError(f"{name}: eps must be a finite real number >= 0, got {eps!r}")
 
 
-def _check_state(name: str, state: State, shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype) -> State:
+def _check_state(
+    name: str, state: State, shapes: list[tuple[int, ...]], device: torch.device, dtype: torch.dtype
+) -> State:
     if not isinstance(state, (tuple, list)) or len(state) != 3:
         raise ValueError(f"{name}: the state must be a tuple (C, n, m), got {type(state).__name__}")
     got = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in state]
@@ -118,12 +121,16 @@ def _validate(
     if tuple(k.shape) != tuple(q.shape):
         raise ValueError(f"mlstm: k must have q's shape [B, T, NH, DK] = {list(q.shape)}, got {list(k.shape)}")
     if v.dim() != 4 or tuple(v.shape[:3]) != (batch, steps, heads):
-        raise ValueError(f"mlstm: v must be [B, T, NH, DV] with [B, T, NH] = {[batch, steps, heads]}, got {list(v.shape)}")
+        raise ValueError(
+            f"mlstm: v must be [B, T, NH, DV] with [B, T, NH] = {[batch, steps, heads]}, got {list(v.shape)}"
+        )
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"mlstm: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     for label in ("igate", "fgate"):
         if tuple(named[label].shape) != (batch, steps, heads):
-            raise ValueError(f"mlstm: {label} must be [B, T, NH] = {[batch, steps, heads]}, got {list(named[label].shape)}")
+            raise ValueError(
+                f"mlstm: {label} must be [B, T, NH] = {[batch, steps, heads]}, got {list(named[label].shape)}"
+            )
     _check_options("mlstm", input_gate, normalize, eps)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"mlstm: chunk_size must be a positive int, got {chunk_size!r}")
@@ -131,10 +138,14 @@ def _validate(
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     igate, fgate = (g.to(dtype).transpose(1, 2) for g in (igate, fgate))
     if initial_state is not None:
-        initial_state = _check_state("mlstm: initial_state", initial_state, state_shapes(batch, heads, dk, v.shape[-1]), q.device, dtype)
+        initial_state = _check_state(
+            "mlstm: initial_state", initial_state, state_shapes(batch, heads, dk, v.shape[-1]), q.device, dtype
+        )
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
-            raise ValueError(f"mlstm: mask must be [B, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}")
+            raise ValueError(
+                f"mlstm: mask must be [B, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+            )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"mlstm: mask must be bool (False = padding), got {mask.dtype}")
         keep = mask.to(device=q.device, dtype=torch.bool)[:, None, :]
@@ -186,8 +197,14 @@ def _triton_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
-def _example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator, input_gate: str = "exp",
-             normalize: bool = True) -> dict:
+def _example(
+    batch: int,
+    length: int,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    input_gate: str = "exp",
+    normalize: bool = True,
+) -> dict:
     """Random inputs: NH = 2 heads, DK = 4, DV = 3, gate pre-activations ~ N(0, 3), a non-zero initial state."""
     heads, dk, dv = 2, 4, 3
 
@@ -196,9 +213,14 @@ def _example(batch: int, length: int, dtype: torch.dtype, generator: torch.Gener
 
     state = (randn(batch, heads, dk, dv), randn(batch, heads, dk).abs(), randn(batch, heads))
     return {
-        "q": randn(batch, length, heads, dk), "k": randn(batch, length, heads, dk), "v": randn(batch, length, heads, dv),
-        "igate": randn(batch, length, heads, scale=3.0), "fgate": randn(batch, length, heads, scale=3.0) + 2,
-        "initial_state": state, "input_gate": input_gate, "normalize": normalize,
+        "q": randn(batch, length, heads, dk),
+        "k": randn(batch, length, heads, dk),
+        "v": randn(batch, length, heads, dv),
+        "igate": randn(batch, length, heads, scale=3.0),
+        "fgate": randn(batch, length, heads, scale=3.0) + 2,
+        "initial_state": state,
+        "input_gate": input_gate,
+        "normalize": normalize,
     }
 
 
@@ -248,7 +270,19 @@ def mlstm(
 ) -> tuple[torch.Tensor, State]:
     """Run the mLSTM over a sequence; see the module docstring. `backend`: None/"auto" or a name."""
     return OPERATOR(
-        q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size, backend=backend, resets=resets
+        q,
+        k,
+        v,
+        igate,
+        fgate,
+        initial_state,
+        mask,
+        input_gate,
+        normalize,
+        eps,
+        chunk_size,
+        backend=backend,
+        resets=resets,
     )
 
 
@@ -270,7 +304,9 @@ def mlstm_step(
     (None = zeros). Returns `(h [B, NH, DV] in q's dtype, new state in the compute dtype)`.
     """
     if q.dim() != 3 or tuple(k.shape) != tuple(q.shape):
-        raise ValueError(f"mlstm_step: q and k must be [B, NH, DK] of one shape, got {list(q.shape)} and {list(k.shape)}")
+        raise ValueError(
+            f"mlstm_step: q and k must be [B, NH, DK] of one shape, got {list(q.shape)} and {list(k.shape)}"
+        )
     batch, heads, dk = q.shape
     if v.dim() != 3 or tuple(v.shape[:2]) != (batch, heads):
         raise ValueError(f"mlstm_step: v must be [B, NH, DV] with [B, NH] = {[batch, heads]}, got {list(v.shape)}")
@@ -284,5 +320,7 @@ def mlstm_step(
         state = tuple(q.new_zeros(shape, dtype=dtype) for shape in shapes)
     else:
         state = _check_state("mlstm_step: state", state, shapes, q.device, dtype)
-    h, state = step(q.to(dtype), k.to(dtype), v.to(dtype), igate.to(dtype), fgate.to(dtype), state, input_gate, normalize, eps)
+    h, state = step(
+        q.to(dtype), k.to(dtype), v.to(dtype), igate.to(dtype), fgate.to(dtype), state, input_gate, normalize, eps
+    )
     return h.to(q.dtype), state

@@ -7,6 +7,7 @@ chunk size: the sequence is extended at the end with identity steps of the same 
 final state exact. It refuses the sigmoid input gate (the peer's sigmoid-gate torch kernel is
 parallel-only, without states).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps
     try:  # optional peer; a `try` also keeps it out of exported remote code's requirements
         from mlstm_kernels.torch.chunkwise.native import mlstm_chunkwise__native_autograd
     except ImportError as error:
-        raise BackendUnavailableError("the peer library `mlstm_kernels` is not installed (pip install mlstm-kernels)") from error
+        raise BackendUnavailableError(
+            "the peer library `mlstm_kernels` is not installed (pip install mlstm-kernels)"
+        ) from error
 
     reason = unsupported_reason(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size)
     if reason is not None:
@@ -44,5 +47,7 @@ def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps
     igate = F.pad(igate, (0, pad), value=-math.inf)
     fgate = F.pad(fgate, (0, pad), value=math.inf)
     c, n, m = (None, None, None) if initial_state is None else (*initial_state[:2], initial_state[2][..., None])
-    h, (c, n, m) = mlstm_chunkwise__native_autograd(q, k, v, igate, fgate, c, n, m, return_last_states=True, eps=eps, chunk_size=length)
+    h, (c, n, m) = mlstm_chunkwise__native_autograd(
+        q, k, v, igate, fgate, c, n, m, return_last_states=True, eps=eps, chunk_size=length
+    )
     return h[:, :, :steps], (c, n, m[..., 0])

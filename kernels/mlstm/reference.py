@@ -1,5 +1,6 @@
 """Reference backend: the plain step-by-step recurrence, exp or sigmoid input gate (`docs/architectures/xlstm.md`, sections
 'Recurrence (exponential input gate)' and 'Sigmoid input gate (mLSTMsig)')."""
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,11 @@ def mlstm(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps
     dtype = igate.dtype
     batch, heads, steps, dk = q.shape
     dv = v.shape[-1]
-    zeros = (q.new_zeros(batch, heads, dk, dv, dtype=dtype), q.new_zeros(batch, heads, dk, dtype=dtype), q.new_zeros(batch, heads, dtype=dtype))
+    zeros = (
+        q.new_zeros(batch, heads, dk, dv, dtype=dtype),
+        q.new_zeros(batch, heads, dk, dtype=dtype),
+        q.new_zeros(batch, heads, dtype=dtype),
+    )
     state = zeros if initial_state is None else initial_state
     starts = [None] * steps if resets is None else resets.unbind(1)
     outputs = []

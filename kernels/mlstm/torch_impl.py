@@ -13,13 +13,13 @@ the step loop's m exactly (both are the unrolled max of the step recurrence), he
 match the reference at eps > 0 too. With the sigmoid gate every log-weight is <= 0: no stabiliser is
 used (m = 0 throughout; the state's m is returned unchanged) and the normalizer's floor is 1.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn.functional as F
-
 
 
 def _decay_matrix(log_f: torch.Tensor, log_i: torch.Tensor) -> torch.Tensor:

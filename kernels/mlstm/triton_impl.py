@@ -35,6 +35,7 @@ Half-precision inputs are upcast to float32 before the kernels; float64 inputs a
 In float32 the in-chunk decays `b_j - b_l` are differences of prefix sums, as in TFLA: a weight loses
 about `|b_l| * 6e-8` of relative accuracy (the torch backend sums the decays directly instead).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,6 @@ except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
 from hf_seqplugins import BackendUnavailableError, triton_device_reason
-
 
 __all__ = ["mlstm", "unsupported_reason"]
 
@@ -101,9 +101,26 @@ def _log_decay(b_query, b_key, log_i_key, rows_query, rows_key):
 
 @triton.jit
 def _fw_recurrent_kernel(
-    k_ptr, v_ptr, a_ptr, g_ptr, a_max_ptr, c0_ptr, n0_ptr, m0_ptr, c_ptr, n_ptr, m_ptr,
-    steps, chunks, dk, dv,
-    SIGMOID: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    g_ptr,
+    a_max_ptr,
+    c0_ptr,
+    n0_ptr,
+    m0_ptr,
+    c_ptr,
+    n_ptr,
+    m_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    SIGMOID: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """States entering every chunk. k `[BH, T, DK]`, v `[BH, T, DV]`, a `[BH, T]`, g and a_max `[BH, NC]`,
     initial c0 `[BH, DK, DV]`, n0 `[BH, DK]`, m0 `[BH]`; writes c `[BH, NC+1, DK, DV]`, n `[BH, NC+1, DK]`
@@ -157,10 +174,29 @@ def _fw_recurrent_kernel(
 
 @triton.jit
 def _fw_parallel_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, log_i_ptr, c_ptr, n_ptr, m_ptr, h_ptr, m_step_ptr, den_ptr,
-    steps, chunks, dk, dv, scale, eps,
-    SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
-    BDK: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    b_ptr,
+    log_i_ptr,
+    c_ptr,
+    n_ptr,
+    m_ptr,
+    h_ptr,
+    m_step_ptr,
+    den_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    scale,
+    eps,
+    SIGMOID: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """Outputs h `[BH, T, DV]` of one query block and DV tile, plus (DV tile 0) the per-step max state
     m `[BH, T]` (exp gate) and signed normalizer den `[BH, T]`, both in the stabilised units of m."""
@@ -195,7 +231,9 @@ def _fw_parallel_kernel(
             offs_k = k0 + tl.arange(0, BDK)
             q = _load_rows(q_ptr, bh, rows_q, offs_k, steps, dk) * scale
             scores += _dot(q, tl.trans(_load_rows(k_ptr, bh, rows_k, offs_k, steps, dk)))
-        log_d = _log_decay(b_q, tl.load(b_ptr + bh * steps + rows_k), tl.load(log_i_ptr + bh * steps + rows_k), rows_q, rows_k)
+        log_d = _log_decay(
+            b_q, tl.load(b_ptr + bh * steps + rows_k), tl.load(log_i_ptr + bh * steps + rows_k), rows_q, rows_k
+        )
         values = _load_rows(v_ptr, bh, rows_k, offs_v, steps, dv)
         if SIGMOID:
             scores = scores * tl.exp(log_d)
@@ -226,9 +264,27 @@ def _fw_parallel_kernel(
 
 @triton.jit
 def _bw_recurrent_kernel(
-    q_ptr, b_ptr, g_ptr, m_ptr, m_step_ptr, dnum_ptr, dden_ptr, dc_last_ptr, dn_last_ptr, dc_ptr, dn_ptr,
-    steps, chunks, dk, dv, scale,
-    SIGMOID: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    b_ptr,
+    g_ptr,
+    m_ptr,
+    m_step_ptr,
+    dnum_ptr,
+    dden_ptr,
+    dc_last_ptr,
+    dn_last_ptr,
+    dc_ptr,
+    dn_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    scale,
+    SIGMOID: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """Gradients of the states entering every chunk, from the last (the final state's, dc_last `[BH, DK, DV]`,
     dn_last `[BH, DK]`) back to slot 0 (the initial state's): writes dc `[BH, NC+1, DK, DV]`, dn `[BH, NC+1, DK]`.
@@ -272,9 +328,27 @@ def _bw_recurrent_kernel(
 
 @triton.jit
 def _bw_dq_kernel(
-    k_ptr, v_ptr, b_ptr, log_i_ptr, c_ptr, n_ptr, m_ptr, m_step_ptr, dnum_ptr, dden_ptr, dq_ptr,
-    steps, chunks, dk, dv, scale,
-    SIGMOID: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+    k_ptr,
+    v_ptr,
+    b_ptr,
+    log_i_ptr,
+    c_ptr,
+    n_ptr,
+    m_ptr,
+    m_step_ptr,
+    dnum_ptr,
+    dden_ptr,
+    dq_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    scale,
+    SIGMOID: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """dq `[BH, T, DK]` (gradient of the unscaled q) of one query block and DK tile:
     `dq_j / scale = w_j (C_c dnum_j + n_c dden_j) + sum_{l<=j} D_jl (dnum_j . v_l + dden_j) k_l`."""
@@ -309,7 +383,9 @@ def _bw_dq_kernel(
             offs_v = v0 + tl.arange(0, BDV)
             dnum = _load_rows(dnum_ptr, bh, rows_q, offs_v, steps, dv)
             grad_scores += _dot(dnum, tl.trans(_load_rows(v_ptr, bh, rows_k, offs_v, steps, dv)))
-        log_d = _log_decay(b_q, tl.load(b_ptr + bh * steps + rows_k), tl.load(log_i_ptr + bh * steps + rows_k), rows_q, rows_k)
+        log_d = _log_decay(
+            b_q, tl.load(b_ptr + bh * steps + rows_k), tl.load(log_i_ptr + bh * steps + rows_k), rows_q, rows_k
+        )
         if SIGMOID:
             grad_scores = grad_scores * tl.exp(log_d)
         else:
@@ -320,9 +396,28 @@ def _bw_dq_kernel(
 
 @triton.jit
 def _bw_dk_kernel(
-    q_ptr, v_ptr, b_ptr, log_i_ptr, a_ptr, m_ptr, m_step_ptr, dnum_ptr, dden_ptr, dc_ptr, dn_ptr, dk_ptr,
-    steps, chunks, dk, dv, scale,
-    SIGMOID: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    v_ptr,
+    b_ptr,
+    log_i_ptr,
+    a_ptr,
+    m_ptr,
+    m_step_ptr,
+    dnum_ptr,
+    dden_ptr,
+    dc_ptr,
+    dn_ptr,
+    dk_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    scale,
+    SIGMOID: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """dk `[BH, T, DK]` of one key block and DK tile: `sum_{j>=l} D_jl (dnum_j . v_l + dden_j) q^_j`
     plus `e^{a_l - m_{c+1}} (dC_{c+1} v_l + dn_{c+1})` from the state leaving the chunk."""
@@ -341,7 +436,9 @@ def _bw_dk_kernel(
     for query_block in range(key_block, blocks):
         rows_q = chunk * L + query_block * BT + tl.arange(0, BT)
         b_q = tl.load(b_ptr + bh * steps + rows_q)
-        grad_scores_t = tl.zeros([BT, BT], dtype=dc_ptr.dtype.element_ty) + tl.load(dden_ptr + bh * steps + rows_q)[None, :]
+        grad_scores_t = (
+            tl.zeros([BT, BT], dtype=dc_ptr.dtype.element_ty) + tl.load(dden_ptr + bh * steps + rows_q)[None, :]
+        )
         for v0 in range(0, dv, BDV):
             offs_v = v0 + tl.arange(0, BDV)
             values = _load_rows(v_ptr, bh, rows_k, offs_v, steps, dv)
@@ -361,7 +458,10 @@ def _bw_dk_kernel(
     inter = tl.zeros([BT, BDK], dtype=dc_ptr.dtype.element_ty)
     for v0 in range(0, dv, BDV):
         offs_v = v0 + tl.arange(0, BDV)
-        inter += _dot(_load_rows(v_ptr, bh, rows_k, offs_v, steps, dv), tl.trans(_load_state(dc_ptr, slot_out, offs_k, offs_v, dk, dv)))
+        inter += _dot(
+            _load_rows(v_ptr, bh, rows_k, offs_v, steps, dv),
+            tl.trans(_load_state(dc_ptr, slot_out, offs_k, offs_v, dk, dv)),
+        )
     inter += tl.load(dn_ptr + slot_out * dk + offs_k, mask=offs_k < dk, other=0.0)[None, :]
     dk_acc += k_factor[:, None] * inter
     tl.store(dk_ptr + (bh * steps + rows_k[:, None]) * dk + offs_k[None, :], dk_acc, mask=(offs_k < dk)[None, :])
@@ -369,9 +469,26 @@ def _bw_dk_kernel(
 
 @triton.jit
 def _bw_dv_kernel(
-    q_ptr, k_ptr, b_ptr, log_i_ptr, a_ptr, m_ptr, m_step_ptr, dnum_ptr, dc_ptr, dv_ptr,
-    steps, chunks, dk, dv, scale,
-    SIGMOID: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    b_ptr,
+    log_i_ptr,
+    a_ptr,
+    m_ptr,
+    m_step_ptr,
+    dnum_ptr,
+    dc_ptr,
+    dv_ptr,
+    steps,
+    chunks,
+    dk,
+    dv,
+    scale,
+    SIGMOID: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BDK: tl.constexpr,
+    BDV: tl.constexpr,
 ):
     """dv `[BH, T, DV]` of one key block and DV tile: `sum_{j>=l} D_jl (q^_j . k_l) dnum_j`
     plus `e^{a_l - m_{c+1}} dC_{c+1}^T k_l`."""
@@ -410,12 +527,16 @@ def _bw_dv_kernel(
     inter = tl.zeros([BT, BDV], dtype=dc_ptr.dtype.element_ty)
     for k0 in range(0, dk, BDK):
         offs_k = k0 + tl.arange(0, BDK)
-        inter += _dot(_load_rows(k_ptr, bh, rows_k, offs_k, steps, dk), _load_state(dc_ptr, slot_out, offs_k, offs_v, dk, dv))
+        inter += _dot(
+            _load_rows(k_ptr, bh, rows_k, offs_k, steps, dk), _load_state(dc_ptr, slot_out, offs_k, offs_v, dk, dv)
+        )
     dv_acc += k_factor[:, None] * inter
     tl.store(dv_ptr + (bh * steps + rows_k[:, None]) * dv + offs_v[None, :], dv_acc, mask=(offs_v < dv)[None, :])
 
 
-def unsupported_reason(q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size) -> str | None:
+def unsupported_reason(
+    q, k, v, igate, fgate, initial_state, mask, input_gate, normalize, eps, chunk_size
+) -> str | None:
     """None when the Triton kernels compute these (validated) inputs, else why not.
 
     The check for a -inf forget gate reads a flag back from the device (one synchronisation).
@@ -479,10 +600,14 @@ class _Config:
     @classmethod
     def make(cls, steps, dk, dv, chunk_size, block_intra, sigmoid, normalize, eps, dtype):
         max_tile = MAX_TILE_FLOAT64 if dtype == torch.float64 else MAX_HEAD_TILE
-        chunk = min(max(MIN_DOT_SIZE, triton.next_power_of_2(chunk_size)), max(MIN_DOT_SIZE, triton.next_power_of_2(steps)))
+        chunk = min(
+            max(MIN_DOT_SIZE, triton.next_power_of_2(chunk_size)), max(MIN_DOT_SIZE, triton.next_power_of_2(steps))
+        )
         block = min(chunk, max_tile, MAX_INTRA_TILE) if block_intra is None else block_intra
         if block < MIN_DOT_SIZE or block & (block - 1) or chunk % block:
-            raise ValueError(f"block_intra must be a power of two >= {MIN_DOT_SIZE} dividing the chunk ({chunk}), got {block}")
+            raise ValueError(
+                f"block_intra must be a power of two >= {MIN_DOT_SIZE} dividing the chunk ({chunk}), got {block}"
+            )
 
         def head_tile(width):
             return min(max_tile, max(MIN_DOT_SIZE, triton.next_power_of_2(width)))
@@ -491,8 +616,14 @@ class _Config:
         return cls(chunk, block, head_tile(dk), head_tile(dv), sigmoid, normalize or not sigmoid, eps)
 
     def constants(self):
-        return {"SIGMOID": self.sigmoid, "L": self.chunk, "BT": self.block, "BDK": self.block_dk, "BDV": self.block_dv,
-                "num_warps": 4}
+        return {
+            "SIGMOID": self.sigmoid,
+            "L": self.chunk,
+            "BT": self.block,
+            "BDK": self.block_dk,
+            "BDV": self.block_dv,
+            "num_warps": 4,
+        }
 
 
 def _device_guard(device: torch.device):
@@ -534,17 +665,53 @@ def _forward(config, q, k, v, igate, fgate, c0, n0, m0):
     head_tiles = (triton.cdiv(dk, config.block_dk), triton.cdiv(dv, config.block_dv))
     with _device_guard(q.device):
         _fw_recurrent_kernel[(*head_tiles, bh)](
-            k, v, a, g, a_max, c0, n0, m0, c_states, n_states, m_states, padded, chunks, dk, dv, **constants)
+            k, v, a, g, a_max, c0, n0, m0, c_states, n_states, m_states, padded, chunks, dk, dv, **constants
+        )
         _fw_parallel_kernel[(chunks * (chunk // config.block), head_tiles[1], bh)](
-            q, k, v, b, log_i, c_states, n_states, m_states, h, m_step, den, padded, chunks, dk, dv, scale, config.eps,
-            NORMALIZE=config.normalize, **constants)
+            q,
+            k,
+            v,
+            b,
+            log_i,
+            c_states,
+            n_states,
+            m_states,
+            h,
+            m_step,
+            den,
+            padded,
+            chunks,
+            dk,
+            dv,
+            scale,
+            config.eps,
+            NORMALIZE=config.normalize,
+            **constants,
+        )
 
     m_final = m0.clone() if config.sigmoid else m_states[:, -1].clone()
-    final_state = (c_states[:, -1].reshape(batch, heads, dk, dv).clone(), n_states[:, -1].reshape(batch, heads, dk).clone(),
-                   m_final.reshape(batch, heads))
-    saved = {"q": q, "k": k, "v": v, "igate": igate.reshape(bh, padded), "fgate": fgate.reshape(bh, padded),
-             "b": b, "a": a, "g": g, "log_i": log_i, "c_states": c_states, "n_states": n_states, "m_states": m_states,
-             "h": h, "m_step": m_step, "den": den}
+    final_state = (
+        c_states[:, -1].reshape(batch, heads, dk, dv).clone(),
+        n_states[:, -1].reshape(batch, heads, dk).clone(),
+        m_final.reshape(batch, heads),
+    )
+    saved = {
+        "q": q,
+        "k": k,
+        "v": v,
+        "igate": igate.reshape(bh, padded),
+        "fgate": fgate.reshape(bh, padded),
+        "b": b,
+        "a": a,
+        "g": g,
+        "log_i": log_i,
+        "c_states": c_states,
+        "n_states": n_states,
+        "m_states": m_states,
+        "h": h,
+        "m_step": m_step,
+        "den": den,
+    }
     return h[:, :steps].reshape(batch, heads, steps, dv), final_state, saved
 
 
@@ -597,15 +764,66 @@ def _backward(config, saved, c0, n0, d_h, d_c_last, d_n_last, d_m_last):
     tiles_k, tiles_v = triton.cdiv(dk, config.block_dk), triton.cdiv(dv, config.block_dv)
     with _device_guard(q.device):
         _bw_recurrent_kernel[(tiles_k, tiles_v, bh)](
-            q, b, g, m_states, m_step, d_num, d_den, d_c_last, d_n_last, d_c_states, d_n_states,
-            padded, chunks, dk, dv, scale, **constants)
+            q,
+            b,
+            g,
+            m_states,
+            m_step,
+            d_num,
+            d_den,
+            d_c_last,
+            d_n_last,
+            d_c_states,
+            d_n_states,
+            padded,
+            chunks,
+            dk,
+            dv,
+            scale,
+            **constants,
+        )
         _bw_dq_kernel[(blocks, tiles_k, bh)](
-            k, v, b, log_i, c_states, n_states, m_states, m_step, d_num, d_den, dq, padded, chunks, dk, dv, scale, **constants)
+            k,
+            v,
+            b,
+            log_i,
+            c_states,
+            n_states,
+            m_states,
+            m_step,
+            d_num,
+            d_den,
+            dq,
+            padded,
+            chunks,
+            dk,
+            dv,
+            scale,
+            **constants,
+        )
         _bw_dk_kernel[(blocks, tiles_k, bh)](
-            q, v, b, log_i, a, m_states, m_step, d_num, d_den, d_c_states, d_n_states, dk_, padded, chunks, dk, dv, scale,
-            **constants)
+            q,
+            v,
+            b,
+            log_i,
+            a,
+            m_states,
+            m_step,
+            d_num,
+            d_den,
+            d_c_states,
+            d_n_states,
+            dk_,
+            padded,
+            chunks,
+            dk,
+            dv,
+            scale,
+            **constants,
+        )
         _bw_dv_kernel[(blocks, tiles_v, bh)](
-            q, k, b, log_i, a, m_states, m_step, d_num, d_c_states, dv_, padded, chunks, dk, dv, scale, **constants)
+            q, k, b, log_i, a, m_states, m_step, d_num, d_c_states, dv_, padded, chunks, dk, dv, scale, **constants
+        )
 
     q_dq = (q * dq).sum(-1)
     k_dk = (k * dk_).sum(-1)
@@ -634,9 +852,16 @@ def _backward(config, saved, c0, n0, d_h, d_c_last, d_n_last, d_m_last):
     def unpad(t, width):
         return t[:, :steps].reshape(batch, heads, steps, width)
 
-    return (unpad(dq, dk), unpad(dk_, dk), unpad(dv_, dv),
-            d_igate[:, :steps].reshape(batch, heads, steps), d_fgate[:, :steps].reshape(batch, heads, steps),
-            d_c0.reshape(batch, heads, dk, dv), d_n0.reshape(batch, heads, dk), d_m0.reshape(batch, heads))
+    return (
+        unpad(dq, dk),
+        unpad(dk_, dk),
+        unpad(dv_, dv),
+        d_igate[:, :steps].reshape(batch, heads, steps),
+        d_fgate[:, :steps].reshape(batch, heads, steps),
+        d_c0.reshape(batch, heads, dk, dv),
+        d_n0.reshape(batch, heads, dk),
+        d_m0.reshape(batch, heads),
+    )
 
 
 class _MLSTMFunction(torch.autograd.Function):

@@ -18,6 +18,7 @@ Half-precision inputs are computed with float32 states and gate math, outputs ca
 The "reference" and "torch" loops take `resets` themselves; "triton" and the "flashrnn" peer get one
 sequence per row. A call with T = 1 runs one reference step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,12 +61,18 @@ def _validate(
         raise ValueError(f"headwise_rnn: a projection is only defined for the lstm cell, not {cell!r}")
     proj_size = 0 if projection is None else projection.shape[1]
     if projection is not None and tuple(projection.shape) != (heads, proj_size, head_dim):
-        raise ValueError(f"headwise_rnn: projection must be [NH, P, DH] = [{heads}, P, {head_dim}], got {tuple(projection.shape)}")
+        raise ValueError(
+            f"headwise_rnn: projection must be [NH, P, DH] = [{heads}, P, {head_dim}], got {tuple(projection.shape)}"
+        )
     expected = (gates, heads, head_dim, proj_size or head_dim)
     if tuple(recurrent_weight.shape) != expected:
-        raise ValueError(f"headwise_rnn: recurrent_weight must be [G, NH, DH, DR] = {list(expected)}, got {list(recurrent_weight.shape)}")
+        raise ValueError(
+            f"headwise_rnn: recurrent_weight must be [G, NH, DH, DR] = {list(expected)}, got {list(recurrent_weight.shape)}"
+        )
     if recurrent_bias is not None and tuple(recurrent_bias.shape) != expected[:3]:
-        raise ValueError(f"headwise_rnn: recurrent_bias must be [G, NH, DH] = {list(expected[:3])}, got {list(recurrent_bias.shape)}")
+        raise ValueError(
+            f"headwise_rnn: recurrent_bias must be [G, NH, DH] = {list(expected[:3])}, got {list(recurrent_bias.shape)}"
+        )
     if mask is not None:
         if tuple(mask.shape) != tuple(gates_x.shape[:2]):
             raise ValueError(f"headwise_rnn: mask must be [B, T] = {list(gates_x.shape[:2])}, got {list(mask.shape)}")
@@ -78,13 +85,24 @@ def _validate(
         initial_state = tuple(initial_state)
         got = [tuple(s.shape) for s in initial_state]
         if got != shapes:
-            raise ValueError(f"headwise_rnn: initial_state for {cell!r} must be {len(shapes)} tensors of shapes {shapes}, got {got}")
+            raise ValueError(
+                f"headwise_rnn: initial_state for {cell!r} must be {len(shapes)} tensors of shapes {shapes}, got {got}"
+            )
         initial_state = tuple(s.to(dtype) for s in initial_state)
 
     def cast(t):
         return None if t is None else t.to(dtype)
 
-    args = (cell, cast(gates_x), cast(recurrent_weight), cast(recurrent_bias), initial_state, mask, cast(projection), normalizer_clamp)
+    args = (
+        cell,
+        cast(gates_x),
+        cast(recurrent_weight),
+        cast(recurrent_bias),
+        initial_state,
+        mask,
+        cast(projection),
+        normalizer_clamp,
+    )
     return args, {}
 
 
@@ -139,8 +157,10 @@ def _example(cell: str, projection: bool = False):
             "gates_x": randn(batch, length, gates, heads, head_dim),
             "recurrent_weight": randn(gates, heads, head_dim, proj_size or head_dim, scale=0.5),
             "recurrent_bias": randn(gates, heads, head_dim, scale=0.1),
-            "initial_state": tuple(randn(*shape, scale=0.5).abs() + (1 if i == 2 and cell == "slstm" else 0)
-                                   for i, shape in enumerate(state_shapes(cell, batch, heads, head_dim, proj_size))),
+            "initial_state": tuple(
+                randn(*shape, scale=0.5).abs() + (1 if i == 2 and cell == "slstm" else 0)
+                for i, shape in enumerate(state_shapes(cell, batch, heads, head_dim, proj_size))
+            ),
             "projection": randn(heads, proj_size, head_dim, scale=0.5) if projection else None,
         }
 
@@ -183,6 +203,14 @@ def headwise_rnn(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Run the recurrence; see the module docstring for shapes. `backend`: None/"auto" or a name."""
     return OPERATOR(
-        cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp,
-        backend=backend, resets=resets,
+        cell,
+        gates_x,
+        recurrent_weight,
+        recurrent_bias,
+        initial_state,
+        mask,
+        projection,
+        normalizer_clamp,
+        backend=backend,
+        resets=resets,
     )

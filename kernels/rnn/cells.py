@@ -3,6 +3,7 @@
 Gate orders follow PyTorch and FlashRNN: Elman `[a]`, LSTM `[i, f, g, o]`, GRU `[r, z, n]`,
 sLSTM `[i, f, z, o]`. States: Elman and GRU `(h,)`, LSTM `(h, c)`, sLSTM `(h, c, n, m)`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,9 @@ NUM_GATES = {"elman_tanh": 1, "elman_relu": 1, "lstm": 4, "gru": 3, "slstm": 4}
 NUM_STATES = {"elman_tanh": 1, "elman_relu": 1, "lstm": 2, "gru": 1, "slstm": 4}
 
 
-def recurrent_part(recurrent_weight: torch.Tensor, h: torch.Tensor, recurrent_bias: torch.Tensor | None) -> torch.Tensor:
+def recurrent_part(
+    recurrent_weight: torch.Tensor, h: torch.Tensor, recurrent_bias: torch.Tensor | None
+) -> torch.Tensor:
     """`R h (+ b)` per gate and head: R `[G, NH, DH, DR]`, h `[B, NH, DR]` -> `[B, G, NH, DH]`."""
     out = torch.einsum("gndp,bnp->bgnd", recurrent_weight, h)
     return out if recurrent_bias is None else out + recurrent_bias

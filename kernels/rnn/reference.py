@@ -1,4 +1,5 @@
 """Reference backend: the plain step-by-step recurrence, written for reading, used as ground truth."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ There is no time-parallel form for these nonlinear cells (see `docs/architecture
 comes from hoisting everything that does not depend on h out of the loop and issuing a single
 `bmm` per step for the block-diagonal recurrent matrix.
 """
+
 from __future__ import annotations
 
 import torch

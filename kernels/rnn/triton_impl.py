@@ -17,6 +17,7 @@ with masked loads; padded rows and columns stay exactly zero through both loops.
 ``input_precision="ieee"``: TF32 would cost about three decimal digits of the float32 result.
 Gate math and states use the dtype of the (validated) inputs: float32, or float64 when given float64.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -108,10 +109,26 @@ def _load_keep(mask_ptr, offs_b, t, steps, batch):
 
 
 @triton.jit
-def _load_previous(history_ptr, slot, slots, initial_ptr, initial_slot, num_states,
-                   offs_b, offs_d, t, steps, head, heads, head_dim, valid):
+def _load_previous(
+    history_ptr,
+    slot,
+    slots,
+    initial_ptr,
+    initial_slot,
+    num_states,
+    offs_b,
+    offs_d,
+    t,
+    steps,
+    head,
+    heads,
+    head_dim,
+    valid,
+):
     """A state before step t: entry t-1 of its `[B, T, slots, NH, DH]` history, or the initial state at t = 0."""
-    from_history = _load_step(history_ptr, offs_b, offs_d, tl.maximum(t - 1, 0), steps, slot, slots, head, heads, head_dim, valid)
+    from_history = _load_step(
+        history_ptr, offs_b, offs_d, tl.maximum(t - 1, 0), steps, slot, slots, head, heads, head_dim, valid
+    )
     from_initial = _load_step(initial_ptr, offs_b, offs_d, 0, 1, initial_slot, num_states, head, heads, head_dim, valid)
     return tl.where(t > 0, from_history, from_initial)
 
@@ -217,11 +234,28 @@ def _slstm_backward(i_pre, f_pre, z_pre, o_pre, c, n, m, dh, dc, dn, dm, NORMALI
 
 @triton.jit
 def _forward_kernel(
-    gates_x_ptr, weight_ptr, bias_ptr, initial_ptr, mask_ptr, outputs_ptr, final_ptr, state_history_ptr, recurrent_history_ptr,
-    batch, steps, heads, head_dim,
-    CELL: tl.constexpr, NUM_GATES: tl.constexpr, NUM_STATES: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, NORMALIZER_CLAMP: tl.constexpr, STORE_HISTORY: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    gates_x_ptr,
+    weight_ptr,
+    bias_ptr,
+    initial_ptr,
+    mask_ptr,
+    outputs_ptr,
+    final_ptr,
+    state_history_ptr,
+    recurrent_history_ptr,
+    batch,
+    steps,
+    heads,
+    head_dim,
+    CELL: tl.constexpr,
+    NUM_GATES: tl.constexpr,
+    NUM_STATES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NORMALIZER_CLAMP: tl.constexpr,
+    STORE_HISTORY: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Pointers: gates_x `[B, T, G, NH, DH]`, weight `[G, NH, DH, DH]`, bias `[G, NH, DH]`, initial and final
     `[B, S, NH, DH]`, mask `[B, T]` int8, outputs `[B, T, NH, DH]`; with STORE_HISTORY, for the backward, the
@@ -267,7 +301,9 @@ def _forward_kernel(
         elif CELL == "lstm":
             h_new, c_new = _lstm_forward(x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c)
         else:
-            h_new, c_new, n_new, m_new = _slstm_forward(x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c, n, m, NORMALIZER_CLAMP)
+            h_new, c_new, n_new, m_new = _slstm_forward(
+                x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c, n, m, NORMALIZER_CLAMP
+            )
 
         if HAS_MASK:
             keep = _load_keep(mask_ptr, offs_b, t, steps, batch)
@@ -286,17 +322,31 @@ def _forward_kernel(
 
         _store_step(outputs_ptr, h, offs_b, offs_d, t, steps, 0, 1, head, heads, head_dim, valid)
         if STORE_HISTORY:
-            _store_step(recurrent_history_ptr, rec0, offs_b, offs_d, t, steps, 0, NUM_GATES, head, heads, head_dim, valid)
+            _store_step(
+                recurrent_history_ptr, rec0, offs_b, offs_d, t, steps, 0, NUM_GATES, head, heads, head_dim, valid
+            )
             if NUM_GATES > 1:
-                _store_step(recurrent_history_ptr, rec1, offs_b, offs_d, t, steps, 1, NUM_GATES, head, heads, head_dim, valid)
-                _store_step(recurrent_history_ptr, rec2, offs_b, offs_d, t, steps, 2, NUM_GATES, head, heads, head_dim, valid)
+                _store_step(
+                    recurrent_history_ptr, rec1, offs_b, offs_d, t, steps, 1, NUM_GATES, head, heads, head_dim, valid
+                )
+                _store_step(
+                    recurrent_history_ptr, rec2, offs_b, offs_d, t, steps, 2, NUM_GATES, head, heads, head_dim, valid
+                )
             if NUM_GATES > 3:
-                _store_step(recurrent_history_ptr, rec3, offs_b, offs_d, t, steps, 3, NUM_GATES, head, heads, head_dim, valid)
+                _store_step(
+                    recurrent_history_ptr, rec3, offs_b, offs_d, t, steps, 3, NUM_GATES, head, heads, head_dim, valid
+                )
             if NUM_STATES > 1:
-                _store_step(state_history_ptr, c, offs_b, offs_d, t, steps, 0, NUM_STATES - 1, head, heads, head_dim, valid)
+                _store_step(
+                    state_history_ptr, c, offs_b, offs_d, t, steps, 0, NUM_STATES - 1, head, heads, head_dim, valid
+                )
             if NUM_STATES > 2:
-                _store_step(state_history_ptr, n, offs_b, offs_d, t, steps, 1, NUM_STATES - 1, head, heads, head_dim, valid)
-                _store_step(state_history_ptr, m, offs_b, offs_d, t, steps, 2, NUM_STATES - 1, head, heads, head_dim, valid)
+                _store_step(
+                    state_history_ptr, n, offs_b, offs_d, t, steps, 1, NUM_STATES - 1, head, heads, head_dim, valid
+                )
+                _store_step(
+                    state_history_ptr, m, offs_b, offs_d, t, steps, 2, NUM_STATES - 1, head, heads, head_dim, valid
+                )
 
     _store_step(final_ptr, h, offs_b, offs_d, 0, 1, 0, NUM_STATES, head, heads, head_dim, valid)
     if NUM_STATES > 1:
@@ -315,22 +365,46 @@ def _accumulate_gate(grad_weight, grad_bias, d_recurrent, h_previous):
 
 
 @triton.jit
-def _store_gate_grads(grad_weight_ptr, grad_bias_ptr, grad_weight, grad_bias, tile, gate, num_gates, head, heads, head_dim, offs_d):
+def _store_gate_grads(
+    grad_weight_ptr, grad_bias_ptr, grad_weight, grad_bias, tile, gate, num_gates, head, heads, head_dim, offs_d
+):
     """Stores a program's partial dR block and db of one gate into `[tiles, G, NH, DH, DH]` and `[tiles, G, NH, DH]`."""
     block = (tile.to(tl.int64) * num_gates + gate) * heads + head
     inside = offs_d < head_dim
-    tl.store(grad_weight_ptr + block * head_dim * head_dim + offs_d[:, None] * head_dim + offs_d[None, :], grad_weight,
-             mask=inside[:, None] & inside[None, :])
+    tl.store(
+        grad_weight_ptr + block * head_dim * head_dim + offs_d[:, None] * head_dim + offs_d[None, :],
+        grad_weight,
+        mask=inside[:, None] & inside[None, :],
+    )
     tl.store(grad_bias_ptr + block * head_dim + offs_d, grad_bias, mask=inside)
 
 
 @triton.jit
 def _backward_kernel(
-    gates_x_ptr, weight_ptr, initial_ptr, mask_ptr, outputs_ptr, state_history_ptr, recurrent_history_ptr,
-    grad_outputs_ptr, grad_final_ptr, grad_gates_x_ptr, grad_weight_ptr, grad_bias_ptr, grad_initial_ptr,
-    batch, steps, heads, head_dim,
-    CELL: tl.constexpr, NUM_GATES: tl.constexpr, NUM_STATES: tl.constexpr,
-    HAS_MASK: tl.constexpr, NORMALIZER_CLAMP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    gates_x_ptr,
+    weight_ptr,
+    initial_ptr,
+    mask_ptr,
+    outputs_ptr,
+    state_history_ptr,
+    recurrent_history_ptr,
+    grad_outputs_ptr,
+    grad_final_ptr,
+    grad_gates_x_ptr,
+    grad_weight_ptr,
+    grad_bias_ptr,
+    grad_initial_ptr,
+    batch,
+    steps,
+    heads,
+    head_dim,
+    CELL: tl.constexpr,
+    NUM_GATES: tl.constexpr,
+    NUM_STATES: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    NORMALIZER_CLAMP: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Reverse-time loop. Inputs as in `_forward_kernel`; grad_outputs `[B, T, NH, DH]`, grad_final and
     grad_initial `[B, S, NH, DH]`, grad_gates_x `[B, T, G, NH, DH]`, partial grad_weight `[tiles, G, NH, DH, DH]`
@@ -368,15 +442,59 @@ def _backward_kernel(
     for step in range(steps):
         t = steps - 1 - step
         dh += _load_step(grad_outputs_ptr, offs_b, offs_d, t, steps, 0, 1, head, heads, head_dim, valid)
-        h = _load_previous(outputs_ptr, 0, 1, initial_ptr, 0, NUM_STATES, offs_b, offs_d, t, steps, head, heads, head_dim, valid)
+        h = _load_previous(
+            outputs_ptr, 0, 1, initial_ptr, 0, NUM_STATES, offs_b, offs_d, t, steps, head, heads, head_dim, valid
+        )
         if NUM_STATES > 1:
-            c = _load_previous(state_history_ptr, 0, NUM_STATES - 1, initial_ptr, 1, NUM_STATES,
-                               offs_b, offs_d, t, steps, head, heads, head_dim, valid)
+            c = _load_previous(
+                state_history_ptr,
+                0,
+                NUM_STATES - 1,
+                initial_ptr,
+                1,
+                NUM_STATES,
+                offs_b,
+                offs_d,
+                t,
+                steps,
+                head,
+                heads,
+                head_dim,
+                valid,
+            )
         if NUM_STATES > 2:
-            n = _load_previous(state_history_ptr, 1, NUM_STATES - 1, initial_ptr, 2, NUM_STATES,
-                               offs_b, offs_d, t, steps, head, heads, head_dim, valid)
-            m = _load_previous(state_history_ptr, 2, NUM_STATES - 1, initial_ptr, 3, NUM_STATES,
-                               offs_b, offs_d, t, steps, head, heads, head_dim, valid)
+            n = _load_previous(
+                state_history_ptr,
+                1,
+                NUM_STATES - 1,
+                initial_ptr,
+                2,
+                NUM_STATES,
+                offs_b,
+                offs_d,
+                t,
+                steps,
+                head,
+                heads,
+                head_dim,
+                valid,
+            )
+            m = _load_previous(
+                state_history_ptr,
+                2,
+                NUM_STATES - 1,
+                initial_ptr,
+                3,
+                NUM_STATES,
+                offs_b,
+                offs_d,
+                t,
+                steps,
+                head,
+                heads,
+                head_dim,
+                valid,
+            )
         if HAS_MASK:
             # A padding step is the identity: its state gradient bypasses the cell, which gets a zero gradient
             # (and so gives zero gate gradients). Selecting after the cell instead trips an assertion in LLVM's
@@ -398,11 +516,17 @@ def _backward_kernel(
         if NUM_GATES > 1:
             x1 = _load_step(gates_x_ptr, offs_b, offs_d, t, steps, 1, NUM_GATES, head, heads, head_dim, valid)
             x2 = _load_step(gates_x_ptr, offs_b, offs_d, t, steps, 2, NUM_GATES, head, heads, head_dim, valid)
-            rec1 = _load_step(recurrent_history_ptr, offs_b, offs_d, t, steps, 1, NUM_GATES, head, heads, head_dim, valid)
-            rec2 = _load_step(recurrent_history_ptr, offs_b, offs_d, t, steps, 2, NUM_GATES, head, heads, head_dim, valid)
+            rec1 = _load_step(
+                recurrent_history_ptr, offs_b, offs_d, t, steps, 1, NUM_GATES, head, heads, head_dim, valid
+            )
+            rec2 = _load_step(
+                recurrent_history_ptr, offs_b, offs_d, t, steps, 2, NUM_GATES, head, heads, head_dim, valid
+            )
         if NUM_GATES > 3:
             x3 = _load_step(gates_x_ptr, offs_b, offs_d, t, steps, 3, NUM_GATES, head, heads, head_dim, valid)
-            rec3 = _load_step(recurrent_history_ptr, offs_b, offs_d, t, steps, 3, NUM_GATES, head, heads, head_dim, valid)
+            rec3 = _load_step(
+                recurrent_history_ptr, offs_b, offs_d, t, steps, 3, NUM_GATES, head, heads, head_dim, valid
+            )
 
         # d0..d3: gradients of the recurrent parts; they equal those of gates_x except GRU's candidate (dx2).
         if CELL == "elman_tanh":
@@ -416,7 +540,8 @@ def _backward_kernel(
             d0, d1, d2, d3, dc_previous = _lstm_backward(x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c, dh, dc)
         else:
             d0, d1, d2, d3, dc_previous, dn_previous, dm_previous = _slstm_backward(
-                x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c, n, m, dh, dc, dn, dm, NORMALIZER_CLAMP)
+                x0 + rec0, x1 + rec1, x2 + rec2, x3 + rec3, c, n, m, dh, dc, dn, dm, NORMALIZER_CLAMP
+            )
 
         _store_step(grad_gates_x_ptr, d0, offs_b, offs_d, t, steps, 0, NUM_GATES, head, heads, head_dim, valid)
         dw0, db0 = _accumulate_gate(dw0, db0, d0, h)
@@ -483,8 +608,10 @@ def unsupported_reason(
         return f"the LSTM projection (proj_size={projection.shape[1]}) is not supported by the Triton kernel; use backend 'torch'"
     head_dim = gates_x.shape[-1]
     if head_dim > MAX_HEAD_DIM:
-        return (f"head size {head_dim} exceeds {MAX_HEAD_DIM}, the largest whose recurrent blocks fit on chip per program; "
-                "use backend 'torch' or more heads")
+        return (
+            f"head size {head_dim} exceeds {MAX_HEAD_DIM}, the largest whose recurrent blocks fit on chip per program; "
+            "use backend 'torch' or more heads"
+        )
     if gates_x.dtype not in (torch.float32, torch.float64):
         return f"the Triton kernel computes in float32 or float64, got {gates_x.dtype}"
     return None
@@ -504,7 +631,9 @@ def headwise_rnn(
 
     Raises `BackendUnavailableError` for inputs the kernel does not cover (see `unsupported_reason`).
     """
-    reason = unsupported_reason(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp)
+    reason = unsupported_reason(
+        cell, gates_x, recurrent_weight, recurrent_bias, initial_state, mask, projection, normalizer_clamp
+    )
     if reason is not None:
         raise BackendUnavailableError(f"backend 'triton' for 'headwise_rnn' cannot run these inputs: {reason}")
     keep = None if mask is None else mask.to(torch.int8).contiguous()
@@ -512,8 +641,9 @@ def headwise_rnn(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable):
         outputs, *final_state = _HeadwiseRNNFunction.apply(cell, normalizer_clamp, keep, *differentiable)
         return outputs, tuple(final_state)
-    outputs, final_state, _ = _forward(cell, gates_x, recurrent_weight, recurrent_bias, initial_state, keep,
-                                       normalizer_clamp, store_history=False)
+    outputs, final_state, _ = _forward(
+        cell, gates_x, recurrent_weight, recurrent_bias, initial_state, keep, normalizer_clamp, store_history=False
+    )
     return outputs, final_state
 
 
@@ -522,9 +652,12 @@ class _HeadwiseRNNFunction(torch.autograd.Function):
     def forward(ctx, cell, normalizer_clamp, keep, gates_x, recurrent_weight, recurrent_bias, *initial_state):
         gates_x, recurrent_weight = gates_x.contiguous(), recurrent_weight.contiguous()
         outputs, final_state, (state_history, recurrent_history) = _forward(
-            cell, gates_x, recurrent_weight, recurrent_bias, initial_state, keep, normalizer_clamp, store_history=True)
+            cell, gates_x, recurrent_weight, recurrent_bias, initial_state, keep, normalizer_clamp, store_history=True
+        )
         ctx.cell, ctx.normalizer_clamp, ctx.has_bias = cell, normalizer_clamp, recurrent_bias is not None
-        ctx.save_for_backward(gates_x, recurrent_weight, keep, outputs, state_history, recurrent_history, *initial_state)
+        ctx.save_for_backward(
+            gates_x, recurrent_weight, keep, outputs, state_history, recurrent_history, *initial_state
+        )
         return (outputs, *final_state)
 
     @staticmethod
@@ -532,8 +665,18 @@ class _HeadwiseRNNFunction(torch.autograd.Function):
     def backward(ctx, grad_outputs, *grad_final_state):
         gates_x, recurrent_weight, keep, outputs, state_history, recurrent_history, *initial_state = ctx.saved_tensors
         grad_gates_x, grad_weight, grad_bias, grad_initial = _backward(
-            ctx.cell, gates_x, recurrent_weight, initial_state, keep, ctx.normalizer_clamp,
-            outputs, state_history, recurrent_history, grad_outputs, grad_final_state)
+            ctx.cell,
+            gates_x,
+            recurrent_weight,
+            initial_state,
+            keep,
+            ctx.normalizer_clamp,
+            outputs,
+            state_history,
+            recurrent_history,
+            grad_outputs,
+            grad_final_state,
+        )
         return (None, None, None, grad_gates_x, grad_weight, grad_bias if ctx.has_bias else None, *grad_initial)
 
 
@@ -575,12 +718,27 @@ def _forward(
     grid = (heads, triton.cdiv(batch, BLOCK_B))
     with _device_guard(gates_x.device):
         _forward_kernel[grid](
-            gates_x, recurrent_weight.contiguous(), gates_x if recurrent_bias is None else recurrent_bias.contiguous(),
-            initial, gates_x if keep is None else keep, outputs, final, state_history, recurrent_history,
-            batch, steps, heads, head_dim,
-            CELL=cell, NUM_GATES=gates, NUM_STATES=num_states,
-            HAS_BIAS=recurrent_bias is not None, HAS_MASK=keep is not None, NORMALIZER_CLAMP=normalizer_clamp,
-            STORE_HISTORY=store_history, **_launch_config(head_dim),
+            gates_x,
+            recurrent_weight.contiguous(),
+            gates_x if recurrent_bias is None else recurrent_bias.contiguous(),
+            initial,
+            gates_x if keep is None else keep,
+            outputs,
+            final,
+            state_history,
+            recurrent_history,
+            batch,
+            steps,
+            heads,
+            head_dim,
+            CELL=cell,
+            NUM_GATES=gates,
+            NUM_STATES=num_states,
+            HAS_BIAS=recurrent_bias is not None,
+            HAS_MASK=keep is not None,
+            NORMALIZER_CLAMP=normalizer_clamp,
+            STORE_HISTORY=store_history,
+            **_launch_config(head_dim),
         )
     return outputs, tuple(state.clone() for state in final.unbind(1)), (state_history, recurrent_history)
 
@@ -611,11 +769,28 @@ def _backward(
     grad_initial = torch.empty_like(initial)
     with _device_guard(gates_x.device):
         _backward_kernel[(heads, tiles)](
-            gates_x, recurrent_weight, initial, gates_x if keep is None else keep, outputs, state_history, recurrent_history,
-            grad_outputs.to(gates_x.dtype).contiguous(), grad_final, grad_gates_x, grad_weight_partial, grad_bias_partial,
+            gates_x,
+            recurrent_weight,
+            initial,
+            gates_x if keep is None else keep,
+            outputs,
+            state_history,
+            recurrent_history,
+            grad_outputs.to(gates_x.dtype).contiguous(),
+            grad_final,
+            grad_gates_x,
+            grad_weight_partial,
+            grad_bias_partial,
             grad_initial,
-            batch, steps, heads, head_dim,
-            CELL=cell, NUM_GATES=gates, NUM_STATES=NUM_STATES[cell],
-            HAS_MASK=keep is not None, NORMALIZER_CLAMP=normalizer_clamp, **_launch_config(head_dim),
+            batch,
+            steps,
+            heads,
+            head_dim,
+            CELL=cell,
+            NUM_GATES=gates,
+            NUM_STATES=NUM_STATES[cell],
+            HAS_MASK=keep is not None,
+            NORMALIZER_CLAMP=normalizer_clamp,
+            **_launch_config(head_dim),
         )
     return grad_gates_x, grad_weight_partial.sum(0), grad_bias_partial.sum(0), grad_initial.unbind(1)

@@ -44,6 +44,7 @@ and "transformers" (peer: transformers' pure-torch `mamba2_chunk_scan`, float32 
 A call with T = 1 (decoding) runs one reference step. `ssd_step(x, dt, log_decay, B, C, state)` is the same
 step on per-token tensors without the time axis.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -77,12 +78,16 @@ def _check_groups(name: str, x_dtype: torch.dtype, b: torch.Tensor, c: torch.Ten
     if b.dim() != rank or tuple(c.shape) != tuple(b.shape):
         raise ValueError(f"{name}: B and C must both be {layout} of one shape, got {list(b.shape)} and {list(c.shape)}")
     if b.shape[-2] == 0 or heads % b.shape[-2]:
-        raise ValueError(f"{name}: the number of heads H={heads} must be a multiple of the number of groups G={b.shape[-2]}")
+        raise ValueError(
+            f"{name}: the number of heads H={heads} must be a multiple of the number of groups G={b.shape[-2]}"
+        )
     if b.dtype != x_dtype or c.dtype != x_dtype:
         raise TypeError(f"{name}: x, B and C must share one dtype, got {x_dtype}, {b.dtype}, {c.dtype}")
 
 
-def _check_state(name: str, state: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _check_state(
+    name: str, state: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     if not isinstance(state, torch.Tensor):
         raise TypeError(f"{name} must be a tensor [Bt, H, P, N], got {type(state).__name__}")
     if tuple(state.shape) != shape:
@@ -127,7 +132,9 @@ def _validate(
         initial_state = _check_state("ssd: initial_state", initial_state, shape, x.device, dtype)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
-            raise ValueError(f"ssd: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}")
+            raise ValueError(
+                f"ssd: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+            )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"ssd: mask must be bool (False = padding), got {mask.dtype}")
         keep = mask.to(device=x.device, dtype=torch.bool)[:, :, None]

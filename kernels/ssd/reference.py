@@ -1,4 +1,5 @@
 """Reference backend: the plain step-by-step recurrence (`docs/architectures/mamba2.md`, section 'SSD recurrence'), without the D skip."""
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,13 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size, resets=None):
     log_decay = fold_resets(log_decay, resets)
     dtype = dt.dtype
     batch, _, heads, head_dim = x.shape
-    state = initial_state if initial_state is not None else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=dtype)
+    state = (
+        initial_state if initial_state is not None else x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=dtype)
+    )
     outputs = []
-    for x_t, dt_t, a_t, b_t, c_t in zip(x.to(dtype).unbind(1), dt.unbind(1), log_decay.unbind(1), B.to(dtype).unbind(1), C.to(dtype).unbind(1)):
+    for x_t, dt_t, a_t, b_t, c_t in zip(
+        x.to(dtype).unbind(1), dt.unbind(1), log_decay.unbind(1), B.to(dtype).unbind(1), C.to(dtype).unbind(1)
+    ):
         y, state = step(x_t, dt_t, a_t, b_t, c_t, state)
         outputs.append(y)
     return torch.stack(outputs, dim=1), state

@@ -11,6 +11,7 @@ exact for any T.
 B and C are never repeated over the heads of a group: heads are viewed as `[G, H/G]`, so C·Bᵀ is
 formed once per group and broadcast in the batched matmuls.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,10 @@ def ssd(x, dt, log_decay, B, C, initial_state, mask, chunk_size, resets=None):
     xdt = F.pad(x.to(dtype) * dt[..., None], (0, 0, 0, 0, 0, pad))
     xdt = xdt.view(batch, chunks, length, groups, per_group, head_dim).permute(0, 1, 3, 4, 2, 5)
     a = F.pad(log_decay, (0, 0, 0, pad)).view(batch, chunks, length, groups, per_group).permute(0, 1, 3, 4, 2)
-    B, C = (F.pad(t.to(dtype), (0, 0, 0, 0, 0, pad)).view(batch, chunks, length, groups, state_size).transpose(2, 3) for t in (B, C))
+    B, C = (
+        F.pad(t.to(dtype), (0, 0, 0, 0, 0, pad)).view(batch, chunks, length, groups, state_size).transpose(2, 3)
+        for t in (B, C)
+    )
 
     decay = torch.exp(_segsum(a))  # [b, c, g, r, l, s]
     scores = (C @ B.transpose(-1, -2))[:, :, :, None] * decay

@@ -7,6 +7,7 @@ the undecorated torch function (`inspect.unwrap`): the decorated one may dispatc
 Triton kernel, which needs A `[H]`. It computes in float32 whatever the input dtype, so float64
 inputs are refused rather than silently rounded.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -46,6 +46,7 @@ padded `dt`, `a` are 0 there, i.e. identity steps that leave the final state exa
 ``input_precision="ieee"`` (TF32 would lose three digits). Half-precision inputs are upcast to float32
 before the kernels; float64 inputs are computed in float64.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,7 +62,6 @@ except ImportError as error:
     raise ImportError("the 'triton' backend needs Triton: pip install 'hf-seqplugins[triton]'") from error
 
 from hf_seqplugins import BackendUnavailableError, triton_device_reason
-
 
 __all__ = ["ssd", "unsupported_reason"]
 
@@ -91,9 +91,22 @@ def _load_rows(ptr, batch, head, rows, cols, steps, heads, width):
 
 @triton.jit
 def _chunk_state_kernel(
-    u_ptr, v_ptr, w_ptr, states_ptr,
-    steps, padded, chunks, heads, groups, dp, dn, slot_shift,
-    L: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    u_ptr,
+    v_ptr,
+    w_ptr,
+    states_ptr,
+    steps,
+    padded,
+    chunks,
+    heads,
+    groups,
+    dp,
+    dn,
+    slot_shift,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
 ):
     """`states[bh, c + slot_shift] = sum_{j in chunk c} w_j u_j v_j^T` for u `[Bt, T, H, P]`,
     v `[Bt, T, G, N]`, w `[Bt * H, T']`, states `[Bt * H, NC + 1, P, N]`."""
@@ -144,9 +157,30 @@ def _state_passing_kernel(states_ptr, tot_ptr, chunks, size, REVERSE: tl.constex
 
 @triton.jit
 def _block_pair(
-    acc, l_ptr, r_ptr, v_ptr, dt_ptr, batch, l_head, r_head, v_head, bh, rows_o, rows_k, offs_o, log_weight,
-    steps, padded, l_heads, r_heads, v_heads, dk, do,
-    SCALE_KEYS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    acc,
+    l_ptr,
+    r_ptr,
+    v_ptr,
+    dt_ptr,
+    batch,
+    l_head,
+    r_head,
+    v_head,
+    bh,
+    rows_o,
+    rows_k,
+    offs_o,
+    log_weight,
+    steps,
+    padded,
+    l_heads,
+    r_heads,
+    v_heads,
+    dk,
+    do,
+    SCALE_KEYS: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
 ):
     """`acc + (exp(log_weight) * (L_o R_k^T)) V_k` for one (output block, key block) pair: `[BT, BO]`."""
     scores = tl.zeros([BT, BT], dtype=acc.dtype)
@@ -162,10 +196,35 @@ def _block_pair(
 
 @triton.jit
 def _scan_kernel(
-    l_ptr, r_ptr, v_ptr, state_ptr, out_ptr, a_ptr, pre_ptr, suf_ptr, block_tot_ptr, inter_ptr, dt_ptr,
-    steps, padded, chunks, heads, l_heads, r_heads, v_heads, dk, do, state_stride_k, state_stride_o,
-    REVERSE: tl.constexpr, SCALE_KEYS: tl.constexpr, SCALE_OUT: tl.constexpr,
-    L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr,
+    l_ptr,
+    r_ptr,
+    v_ptr,
+    state_ptr,
+    out_ptr,
+    a_ptr,
+    pre_ptr,
+    suf_ptr,
+    block_tot_ptr,
+    inter_ptr,
+    dt_ptr,
+    steps,
+    padded,
+    chunks,
+    heads,
+    l_heads,
+    r_heads,
+    v_heads,
+    dk,
+    do,
+    state_stride_k,
+    state_stride_o,
+    REVERSE: tl.constexpr,
+    SCALE_KEYS: tl.constexpr,
+    SCALE_OUT: tl.constexpr,
+    L: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BO: tl.constexpr,
 ):
     """One output block and DO tile of `out [Bt, T, H, DO]`:
 
@@ -194,8 +253,11 @@ def _scan_kernel(
     for k0 in range(0, dk, BK):
         offs_k = k0 + tl.arange(0, BK)
         valid = (offs_k < dk)[:, None] & (offs_o < do)[None, :]
-        state = tl.load(state_ptr + slot * dk * do + offs_k[:, None] * state_stride_k + offs_o[None, :] * state_stride_o,
-                        mask=valid, other=0.0)
+        state = tl.load(
+            state_ptr + slot * dk * do + offs_k[:, None] * state_stride_k + offs_o[None, :] * state_stride_o,
+            mask=valid,
+            other=0.0,
+        )
         acc += _dot(_load_rows(l_ptr, batch, l_head, rows_o, offs_k, steps, l_heads, dk), state)
     acc = acc * tl.exp(tl.load(inter_ptr + bh * padded + rows_o))[:, None]
 
@@ -208,8 +270,32 @@ def _scan_kernel(
         # sum_{k < r <= o} a_r, a cumulative sum along the outputs.
         terms = tl.where(offs_t[:, None] > offs_t[None, :], a[:, None], 0.0)
         log_weight = tl.where(offs_t[:, None] >= offs_t[None, :], tl.cumsum(terms, 0), -float("inf"))
-    acc = _block_pair(acc, l_ptr, r_ptr, v_ptr, dt_ptr, batch, l_head, r_head, v_head, bh, rows_o, rows_o, offs_o,
-                      log_weight, steps, padded, l_heads, r_heads, v_heads, dk, do, SCALE_KEYS, BT, BK)
+    acc = _block_pair(
+        acc,
+        l_ptr,
+        r_ptr,
+        v_ptr,
+        dt_ptr,
+        batch,
+        l_head,
+        r_head,
+        v_head,
+        bh,
+        rows_o,
+        rows_o,
+        offs_o,
+        log_weight,
+        steps,
+        padded,
+        l_heads,
+        r_heads,
+        v_heads,
+        dk,
+        do,
+        SCALE_KEYS,
+        BT,
+        BK,
+    )
 
     block_tot = block_tot_ptr + bh * (padded // BT) + chunk * blocks
     gap = tl.full([], 0.0, a.dtype)
@@ -218,8 +304,32 @@ def _scan_kernel(
         for key_block in range(block + 1, blocks):
             rows_k = chunk * L + key_block * BT + offs_t
             log_weight = suf_o[:, None] + gap + tl.load(pre_ptr + bh * padded + rows_k)[None, :]
-            acc = _block_pair(acc, l_ptr, r_ptr, v_ptr, dt_ptr, batch, l_head, r_head, v_head, bh, rows_o, rows_k,
-                              offs_o, log_weight, steps, padded, l_heads, r_heads, v_heads, dk, do, SCALE_KEYS, BT, BK)
+            acc = _block_pair(
+                acc,
+                l_ptr,
+                r_ptr,
+                v_ptr,
+                dt_ptr,
+                batch,
+                l_head,
+                r_head,
+                v_head,
+                bh,
+                rows_o,
+                rows_k,
+                offs_o,
+                log_weight,
+                steps,
+                padded,
+                l_heads,
+                r_heads,
+                v_heads,
+                dk,
+                do,
+                SCALE_KEYS,
+                BT,
+                BK,
+            )
             gap += tl.load(block_tot + key_block)
     else:
         pre_o = tl.load(pre_ptr + bh * padded + rows_o)
@@ -227,8 +337,32 @@ def _scan_kernel(
             key_block = block - 1 - step
             rows_k = chunk * L + key_block * BT + offs_t
             log_weight = pre_o[:, None] + gap + tl.load(suf_ptr + bh * padded + rows_k)[None, :]
-            acc = _block_pair(acc, l_ptr, r_ptr, v_ptr, dt_ptr, batch, l_head, r_head, v_head, bh, rows_o, rows_k,
-                              offs_o, log_weight, steps, padded, l_heads, r_heads, v_heads, dk, do, SCALE_KEYS, BT, BK)
+            acc = _block_pair(
+                acc,
+                l_ptr,
+                r_ptr,
+                v_ptr,
+                dt_ptr,
+                batch,
+                l_head,
+                r_head,
+                v_head,
+                bh,
+                rows_o,
+                rows_k,
+                offs_o,
+                log_weight,
+                steps,
+                padded,
+                l_heads,
+                r_heads,
+                v_heads,
+                dk,
+                do,
+                SCALE_KEYS,
+                BT,
+                BK,
+            )
             gap += tl.load(block_tot + key_block)
 
     if SCALE_OUT:
@@ -295,10 +429,14 @@ class _Config:
     @classmethod
     def make(cls, steps, dp, dn, chunk_size, block_intra, dtype):
         max_tile = MAX_TILE_FLOAT64 if dtype == torch.float64 else MAX_HEAD_TILE
-        chunk = min(max(MIN_DOT_SIZE, triton.next_power_of_2(chunk_size)), max(MIN_DOT_SIZE, triton.next_power_of_2(steps)))
+        chunk = min(
+            max(MIN_DOT_SIZE, triton.next_power_of_2(chunk_size)), max(MIN_DOT_SIZE, triton.next_power_of_2(steps))
+        )
         block = min(chunk, max_tile, MAX_INTRA_TILE) if block_intra is None else block_intra
         if block < MIN_DOT_SIZE or block & (block - 1) or chunk % block:
-            raise ValueError(f"block_intra must be a power of two >= {MIN_DOT_SIZE} dividing the chunk ({chunk}), got {block}")
+            raise ValueError(
+                f"block_intra must be a power of two >= {MIN_DOT_SIZE} dividing the chunk ({chunk}), got {block}"
+            )
 
         def tile(width):
             return min(max_tile, max(MIN_DOT_SIZE, triton.next_power_of_2(width)))
@@ -347,15 +485,32 @@ def _chunk_states(config, u, v, weight, states, slot_shift):
     chunks = padded // config.chunk
     tiles = triton.cdiv(dp, config.block_p) * triton.cdiv(dn, config.block_n)
     _chunk_state_kernel[(chunks, tiles, bh)](
-        u, v, weight, states, steps, padded, chunks, heads, groups, dp, dn, slot_shift,
-        L=config.chunk, BT=config.block, BP=config.block_p, BN=config.block_n, num_warps=4)
+        u,
+        v,
+        weight,
+        states,
+        steps,
+        padded,
+        chunks,
+        heads,
+        groups,
+        dp,
+        dn,
+        slot_shift,
+        L=config.chunk,
+        BT=config.block,
+        BP=config.block_p,
+        BN=config.block_n,
+        num_warps=4,
+    )
 
 
 def _pass_states(states, tot, reverse):
     bh, slots, dp, dn = states.shape
     block = min(MAX_STATE_BLOCK, triton.next_power_of_2(dp * dn))
     _state_passing_kernel[(triton.cdiv(dp * dn, block), bh)](
-        states, tot, slots - 1, dp * dn, REVERSE=reverse, BLOCK=block, num_warps=4)
+        states, tot, slots - 1, dp * dn, REVERSE=reverse, BLOCK=block, num_warps=4
+    )
 
 
 def _scan(config, decays, dt, heads, lhs, rhs, values, states, *, out_p, reverse, scale_keys=False, scale_out=False):
@@ -376,10 +531,37 @@ def _scan(config, decays, dt, heads, lhs, rhs, values, states, *, out_p, reverse
     out = lhs.new_empty(batch, steps, heads, do)
     inter = decays["suf"] if reverse else decays["cum"]
     _scan_kernel[(chunks * (config.chunk // config.block), triton.cdiv(do, block_o), bh)](
-        lhs, rhs, values, states, out, decays["a"], decays["pre"], decays["block_suf"], decays["block_tot"], inter, dt,
-        steps, padded, chunks, heads, lhs.shape[2], rhs.shape[2], values.shape[2], dk, do, stride_k, stride_o,
-        REVERSE=reverse, SCALE_KEYS=scale_keys, SCALE_OUT=scale_out,
-        L=config.chunk, BT=config.block, BK=block_k, BO=block_o, num_warps=4)
+        lhs,
+        rhs,
+        values,
+        states,
+        out,
+        decays["a"],
+        decays["pre"],
+        decays["block_suf"],
+        decays["block_tot"],
+        inter,
+        dt,
+        steps,
+        padded,
+        chunks,
+        heads,
+        lhs.shape[2],
+        rhs.shape[2],
+        values.shape[2],
+        dk,
+        do,
+        stride_k,
+        stride_o,
+        REVERSE=reverse,
+        SCALE_KEYS=scale_keys,
+        SCALE_OUT=scale_out,
+        L=config.chunk,
+        BT=config.block,
+        BK=block_k,
+        BO=block_o,
+        num_warps=4,
+    )
     return out
 
 

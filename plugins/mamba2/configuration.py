@@ -1,4 +1,5 @@
 """Config of the Mamba-2 language model and its state-collapse options (`docs/architectures/mamba2.md`)."""
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,10 @@ class Mamba2Config(SeqConfig):
     @property
     def layer_types(self) -> list[str]:
         """Cache layout: a KV cache for attention blocks, conv and SSM states for the others."""
-        return ["full_attention" if i in self.attention_layers else "linear_attention" for i in range(self.num_hidden_layers)]
+        return [
+            "full_attention" if i in self.attention_layers else "linear_attention"
+            for i in range(self.num_hidden_layers)
+        ]
 
     def validate_fields(self) -> None:
         super().validate_fields()
@@ -137,28 +141,43 @@ class Mamba2Config(SeqConfig):
         for field in ("state_size", "head_dim", "n_groups", "expand", "conv_kernel", "chunk_size"):
             require_positive_int(self, field)
         if self.d_inner % self.head_dim:
-            raise ValueError(f"{name}: expand * hidden_size ({self.d_inner}) must be divisible by head_dim ({self.head_dim})")
+            raise ValueError(
+                f"{name}: expand * hidden_size ({self.d_inner}) must be divisible by head_dim ({self.head_dim})"
+            )
         if self.num_heads % self.n_groups:
             raise ValueError(f"{name}: num_heads ({self.num_heads}) must be divisible by n_groups ({self.n_groups})")
         low, high = self.time_step_limit
         if not 0 <= low < high:
-            raise ValueError(f"{name}.time_step_limit must be (low, high) with 0 <= low < high, got {self.time_step_limit!r}")
+            raise ValueError(
+                f"{name}.time_step_limit must be (low, high) with 0 <= low < high, got {self.time_step_limit!r}"
+            )
         if not 0 < self.A_init_range[0] <= self.A_init_range[1]:
             raise ValueError(f"{name}.A_init_range must be (low, high) with 0 < low <= high, got {self.A_init_range!r}")
         if not 0 < self.time_step_min <= self.time_step_max:
-            raise ValueError(f"{name}: need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}")
+            raise ValueError(
+                f"{name}: need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
+            )
         if self.attention_head_dim is None:
             self.attention_head_dim = self.hidden_size // self.num_attention_heads
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.attention_layers):
-            raise ValueError(f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), got {self.attention_layers!r}")
+        if any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers
+            for i in self.attention_layers
+        ):
+            raise ValueError(
+                f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), got {self.attention_layers!r}"
+            )
         self.attention_layers = sorted(set(self.attention_layers))
         if self.attention_layers:
             for field in ("num_attention_heads", "num_key_value_heads", "attention_head_dim"):
                 require_positive_int(self, field)
             if self.num_attention_heads % self.num_key_value_heads:
-                raise ValueError(f"{name}: num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})")
+                raise ValueError(
+                    f"{name}: num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})"
+                )
             if self.attention_head_dim % 2:
-                raise ValueError(f"{name}.attention_head_dim must be even (rotary embedding), got {self.attention_head_dim}")
+                raise ValueError(
+                    f"{name}.attention_head_dim must be even (rotary embedding), got {self.attention_head_dim}"
+                )
         if self.xb_heads is not None:
             require_positive_int(self, "xb_heads")
             if self.n_groups != self.num_heads or self.state_size != self.head_dim or self.num_heads % self.xb_heads:
@@ -188,9 +207,8 @@ class Mamba2Config(SeqConfig):
             if isinstance(threshold, (int, float)):
                 valid = threshold > 0
             else:
-                valid = (
-                    len(threshold) == self.num_hidden_layers
-                    and all(len(row) == self.num_heads and all(t > 0 for t in row) for row in threshold)
+                valid = len(threshold) == self.num_hidden_layers and all(
+                    len(row) == self.num_heads and all(t > 0 for t in row) for row in threshold
                 )
             if not valid:
                 raise ValueError(

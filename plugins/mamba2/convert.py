@@ -42,6 +42,7 @@ exports say False, the setting under which transformers rounds the residual stre
 (`mamba2_selective_state_update`) does not clamp, only its chunked path does, so with a limit other than
 (0, inf) transformers' own generation differs from its full forward and from seqp_mamba2's generation.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,10 +69,21 @@ __all__ = [
 # use_conv_bias.
 _BLOCK_PARAMS = (
     ("norm.weight", "mixer_norm.weight"),
-    *((f"mixer.{name}", f"mixer.{name}") for name in (
-        "in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log", "D", "norm.weight",
-        "out_proj.weight", "out_proj.bias",
-    )),
+    *(
+        (f"mixer.{name}", f"mixer.{name}")
+        for name in (
+            "in_proj.weight",
+            "in_proj.bias",
+            "conv1d.weight",
+            "conv1d.bias",
+            "dt_bias",
+            "A_log",
+            "D",
+            "norm.weight",
+            "out_proj.weight",
+            "out_proj.bias",
+        )
+    ),
 )
 _TOP_PARAMS = (
     ("backbone.embeddings.weight", "model.embed_tokens.weight"),
@@ -107,7 +119,11 @@ def config_from_transformers(hf_config: HFMamba2Config) -> Mamba2Config:
         refuse(hf_config, "hidden_act", "seqp_mamba2 applies SiLU after the convolution")
     inner = hf_config.expand * hf_config.hidden_size
     if inner % hf_config.head_dim or hf_config.num_heads != inner // hf_config.head_dim:
-        refuse(hf_config, "num_heads", f"seqp_mamba2 has expand * hidden_size / head_dim = {inner} / {hf_config.head_dim} heads")
+        refuse(
+            hf_config,
+            "num_heads",
+            f"seqp_mamba2 has expand * hidden_size / head_dim = {inner} / {hf_config.head_dim} heads",
+        )
     return Mamba2Config(
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
@@ -200,7 +216,9 @@ def _rename(state_dict: dict[str, torch.Tensor], num_layers: int, reverse: bool)
     return out
 
 
-def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_config: HFMamba2Config) -> dict[str, torch.Tensor]:
+def state_dict_from_transformers(
+    hf_state_dict: dict[str, torch.Tensor], hf_config: HFMamba2Config
+) -> dict[str, torch.Tensor]:
     """seqp_mamba2 state dict (keys of `Mamba2ForCausalLM`) of a transformers `Mamba2ForCausalLM` state dict
     (shapes in the module docstring). Tensors keep dtype and device and are the input tensors themselves. A
     missing `lm_head.weight` is taken from the embeddings when `tie_word_embeddings` is set.
@@ -213,8 +231,11 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
     if config.tie_word_embeddings:
         embeddings = source["backbone.embeddings.weight"]
         if not torch.equal(source.setdefault("lm_head.weight", embeddings), embeddings):
-            refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings; set "
-                    "tie_word_embeddings=False to keep both")
+            refuse(
+                hf_config,
+                "tie_word_embeddings",
+                "lm_head.weight differs from the embeddings; set tie_word_embeddings=False to keep both",
+            )
     return _rename(source, config.num_hidden_layers, reverse=False)
 
 
@@ -232,7 +253,9 @@ def state_dict_to_transformers(state_dict: dict[str, torch.Tensor], config: Mamb
     return _rename(source, config.num_hidden_layers, reverse=True)
 
 
-def from_transformers(model_or_path: HFMamba2ForCausalLM | str | os.PathLike, **from_pretrained_kwargs) -> Mamba2ForCausalLM:
+def from_transformers(
+    model_or_path: HFMamba2ForCausalLM | str | os.PathLike, **from_pretrained_kwargs
+) -> Mamba2ForCausalLM:
     """A seqp_mamba2 `Mamba2ForCausalLM` with the weights (copied), config and generation config of a transformers
     `Mamba2ForCausalLM`: an instance, or a folder / hub repo id loaded with `transformers.Mamba2ForCausalLM.
     from_pretrained(model_or_path, **from_pretrained_kwargs)` (e.g. `dtype=torch.bfloat16`). Keeps dtype, device
@@ -244,7 +267,9 @@ def from_transformers(model_or_path: HFMamba2ForCausalLM | str | os.PathLike, **
     """
     hf_model = load_complete(HFMamba2ForCausalLM, model_or_path, **from_pretrained_kwargs)
     config = config_from_transformers(hf_model.config)
-    return build_with_weights(Mamba2ForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model)
+    return build_with_weights(
+        Mamba2ForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model
+    )
 
 
 def to_transformers(model: Mamba2ForCausalLM) -> HFMamba2ForCausalLM:
@@ -255,4 +280,6 @@ def to_transformers(model: Mamba2ForCausalLM) -> HFMamba2ForCausalLM:
     `config_to_transformers`.
     """
     hf_config = config_to_transformers(model.config)
-    return build_with_weights(HFMamba2ForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config), like=model)
+    return build_with_weights(
+        HFMamba2ForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config), like=model
+    )

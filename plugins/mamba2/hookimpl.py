@@ -1,4 +1,5 @@
 """Entry point of the Mamba-2 plugin."""
+
 from __future__ import annotations
 
 from hf_seqplugins import Architecture, hookimpl
@@ -19,10 +20,18 @@ def seqplugins_architectures() -> list[Architecture]:
             },
             api_version=1,
             tiny_config={
-                "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 3, "head_dim": 8, "state_size": 8,
-                "n_groups": 2, "chunk_size": 4, "conv_kernel": 3,
+                "vocab_size": 32,
+                "hidden_size": 16,
+                "num_hidden_layers": 3,
+                "head_dim": 8,
+                "state_size": 8,
+                "n_groups": 2,
+                "chunk_size": 4,
+                "conv_kernel": 3,
                 # a hybrid: the suite then also covers attention blocks and the mixed KV/recurrent cache
-                "attention_layers": [1], "num_attention_heads": 4, "num_key_value_heads": 2,
+                "attention_layers": [1],
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
             },
             description="Mamba-2 (SSD): chunked state-space duality, with Stuffed Mamba's state-collapse options",
         )

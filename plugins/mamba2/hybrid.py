@@ -11,6 +11,7 @@ A, D and the gated norm keep the Mamba-2 init. Norms, feed-forwards, embeddings 
 teacher-forced per-layer term (each Mamba-2 block applied to the teacher's input of that block, compared with
 the teacher's output by an unsquared L2 norm), optionally plus cross-entropy.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,14 +27,21 @@ def hybrid_config_from_llama(llama_config, mamba_layers: list[int], **overrides)
     heads, kv_heads = llama_config.num_attention_heads, llama_config.num_key_value_heads
     head_dim = getattr(llama_config, "head_dim", None) or llama_config.hidden_size // heads
     if (heads * head_dim) % llama_config.hidden_size:
-        raise ValueError(f"num_attention_heads * head_dim ({heads * head_dim}) must be a multiple of hidden_size ({llama_config.hidden_size})")
+        raise ValueError(
+            f"num_attention_heads * head_dim ({heads * head_dim}) must be a multiple of hidden_size ({llama_config.hidden_size})"
+        )
     if getattr(llama_config, "mlp_bias", False):
         raise ValueError("mlp_bias=True: the hybrid's feed-forward has no biases")
     if llama_config.hidden_act != "silu":
         raise ValueError(f"hidden_act={llama_config.hidden_act!r}: the hybrid's feed-forward is SwiGLU (silu)")
-    rope = getattr(llama_config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(llama_config, "rope_theta", 10000.0)}
+    rope = getattr(llama_config, "rope_parameters", None) or {
+        "rope_type": "default",
+        "rope_theta": getattr(llama_config, "rope_theta", 10000.0),
+    }
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope_parameters: only the default rotary embedding is supported, got {rope.get('rope_type')!r}")
+        raise ValueError(
+            f"rope_parameters: only the default rotary embedding is supported, got {rope.get('rope_type')!r}"
+        )
     layers = llama_config.num_hidden_layers
     if any(not 0 <= i < layers for i in mamba_layers):
         raise ValueError(f"mamba_layers must be block indices in [0, {layers}), got {list(mamba_layers)}")
@@ -90,9 +98,15 @@ def init_mamba_from_attention(mixer, attention) -> None:
     """MaTVLM: in_proj's x, B and C rows <- W_V, W_K, W_Q (biases too), out_proj <- W_O."""
     x_width, b_width = mixer.config.xb_dims
     start = mixer.d_inner  # rows of z come first
-    for projection, width in ((attention.v_proj, x_width), (attention.k_proj, b_width), (attention.q_proj, mixer.n_groups * mixer.state_size)):
+    for projection, width in (
+        (attention.v_proj, x_width),
+        (attention.k_proj, b_width),
+        (attention.q_proj, mixer.n_groups * mixer.state_size),
+    ):
         if projection.weight.shape[0] != width:
-            raise ValueError(f"attention projection of {projection.weight.shape[0]} rows does not fit a Mamba-2 slot of {width}")
+            raise ValueError(
+                f"attention projection of {projection.weight.shape[0]} rows does not fit a Mamba-2 slot of {width}"
+            )
         mixer.in_proj.weight[start : start + width].copy_(projection.weight)
         if projection.bias is not None:
             mixer.in_proj.bias[start : start + width].copy_(projection.bias)
@@ -104,7 +118,11 @@ def init_mamba_from_attention(mixer, attention) -> None:
 
 def freeze_all_but_mamba(model: Mamba2ForCausalLM) -> list[str]:
     """MaTVLM trains only the new Mamba-2 mixers: freeze everything else; returns the trainable parameter names."""
-    trainable = {f"model.layers.{i}.mixer." for i in range(model.config.num_hidden_layers) if i not in model.config.attention_layers}
+    trainable = {
+        f"model.layers.{i}.mixer."
+        for i in range(model.config.num_hidden_layers)
+        if i not in model.config.attention_layers
+    }
     names = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(name.startswith(prefix) for prefix in trainable))
@@ -141,10 +159,24 @@ class HybridDistillationTrainer(Trainer):
     `distillation_loss` over the logits and, teacher-forced, over every Mamba-2 block, plus
     `ce_weight` x the language-modelling loss when labels are given."""
 
-    def __init__(self, *args, teacher, temperature: float = 1.0, kl_weight: float = 1.0, layer_weight: float = 1.0, ce_weight: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher,
+        temperature: float = 1.0,
+        kl_weight: float = 1.0,
+        layer_weight: float = 1.0,
+        ce_weight: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
-        self.temperature, self.kl_weight, self.layer_weight, self.ce_weight = temperature, kl_weight, layer_weight, ce_weight
+        self.temperature, self.kl_weight, self.layer_weight, self.ce_weight = (
+            temperature,
+            kl_weight,
+            layer_weight,
+            ce_weight,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
@@ -153,7 +185,9 @@ class HybridDistillationTrainer(Trainer):
         captured = {}
         hooks = [
             self.teacher.model.layers[i].register_forward_hook(
-                lambda module, args, output, i=i: captured.__setitem__(i, (args[0], output[0] if isinstance(output, tuple) else output))
+                lambda module, args, output, i=i: captured.__setitem__(
+                    i, (args[0], output[0] if isinstance(output, tuple) else output)
+                )
             )
             for i in mamba_layers
         ]
@@ -165,8 +199,13 @@ class HybridDistillationTrainer(Trainer):
                 hook.remove()
         outputs = model(**inputs, labels=labels if self.ce_weight else None, use_cache=False)
         chunk_mask = None if mask is None or bool(mask.all()) else mask.bool()
-        pairs = [(model.model.layers[i](captured[i][0], attention_mask=chunk_mask, history_mask=chunk_mask), captured[i][1]) for i in mamba_layers]
-        loss = distillation_loss(outputs.logits, teacher_logits, pairs, self.temperature, self.kl_weight, self.layer_weight, mask)
+        pairs = [
+            (model.model.layers[i](captured[i][0], attention_mask=chunk_mask, history_mask=chunk_mask), captured[i][1])
+            for i in mamba_layers
+        ]
+        loss = distillation_loss(
+            outputs.logits, teacher_logits, pairs, self.temperature, self.kl_weight, self.layer_weight, mask
+        )
         if self.ce_weight and labels is not None:
             loss = loss + self.ce_weight * outputs.loss
         return (loss, outputs) if return_outputs else loss

@@ -1,4 +1,5 @@
 """Mamba-2 model classes: the SSD mixer (`docs/architectures/mamba2.md`, section 'Mixer') in the shared pre-norm blocks."""
+
 from __future__ import annotations
 
 import math
@@ -62,10 +63,19 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, config: Mamba2Config, layer_idx: int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.head_dim, self.state_size, self.n_groups = config.num_heads, config.head_dim, config.state_size, config.n_groups
+        self.num_heads, self.head_dim, self.state_size, self.n_groups = (
+            config.num_heads,
+            config.head_dim,
+            config.state_size,
+            config.n_groups,
+        )
         self.d_inner, self.conv_dim, self.conv_kernel = config.d_inner, config.conv_dim, config.conv_kernel
-        self.in_proj = nn.Linear(config.hidden_size, self.d_inner + self.conv_dim + self.num_heads, bias=config.use_bias)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim, bias=config.use_conv_bias)
+        self.in_proj = nn.Linear(
+            config.hidden_size, self.d_inner + self.conv_dim + self.num_heads, bias=config.use_bias
+        )
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.conv_kernel, groups=self.conv_dim, bias=config.use_conv_bias
+        )
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_heads))
         self.D = nn.Parameter(torch.empty(self.num_heads))
@@ -102,8 +112,11 @@ class Mamba2Mixer(nn.Module):
         init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
         init.copy_(self.A_log, torch.empty(self.num_heads).uniform_(*config.A_init_range).log())
         init.ones_(self.D)
-        for module, fan_in, scale in ((self.in_proj, config.hidden_size, 1), (self.conv1d, self.conv_kernel, 1),
-                                      (self.out_proj, self.d_inner, config.num_hidden_layers)):
+        for module, fan_in, scale in (
+            (self.in_proj, config.hidden_size, 1),
+            (self.conv1d, self.conv_kernel, 1),
+            (self.out_proj, self.d_inner, config.num_hidden_layers),
+        ):
             bound = 1 / math.sqrt(fan_in * scale)
             init.uniform_(module.weight, -bound, bound)
         if self.conv1d.bias is not None:
@@ -165,7 +178,12 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)).clamp(*config.time_step_limit) * config.sc_dt_scale
         log_decay = dt * -torch.exp(self.A_log.to(dtype)) + math.log(config.sc_decay_scale)
         state = read_state(cache, self.layer_idx, self.state_shapes())
-        if self.state_norm_threshold is not None and cache is not None and hidden.shape[1] == 1 and config.sc_state_norm_chunk > 1:
+        if (
+            self.state_norm_threshold is not None
+            and cache is not None
+            and hidden.shape[1] == 1
+            and config.sc_state_norm_chunk > 1
+        ):
             warnings.warn(STATE_NORM_DECODING_WARNING.format(chunk=config.sc_state_norm_chunk), stacklevel=2)
         if config.sc_sliding_window is not None or self.state_norm_threshold is not None:
             scan = self.sliding_window_scan if config.sc_sliding_window is not None else self.scan_with_state_norm
@@ -175,8 +193,18 @@ class Mamba2Mixer(nn.Module):
             else:
                 y, state = run_by_segments(scan, inputs, resets, attention_mask, state)
         else:
-            y, final = ssd(x, dt, log_decay, B, C, None if state is None else state[0], attention_mask,
-                           resets=resets, chunk_size=config.chunk_size, backend=config.kernel_backend)
+            y, final = ssd(
+                x,
+                dt,
+                log_decay,
+                B,
+                C,
+                None if state is None else state[0],
+                attention_mask,
+                resets=resets,
+                chunk_size=config.chunk_size,
+                backend=config.kernel_backend,
+            )
             state = (final,)
         write_state(cache, self.layer_idx, state)
         y = y + x * self.D[:, None].to(x.dtype)
@@ -199,8 +227,17 @@ class Mamba2Mixer(nn.Module):
             select = real & (piece == k)
             columns = select.any(0).nonzero()
             span = slice(int(columns[0]), int(columns[-1]) + 1)
-            part, h = ssd(x[:, span], dt[:, span], log_decay[:, span], B[:, span], C[:, span], h, select[:, span],
-                          chunk_size=self.config.chunk_size, backend=self.config.kernel_backend)
+            part, h = ssd(
+                x[:, span],
+                dt[:, span],
+                log_decay[:, span],
+                B[:, span],
+                C[:, span],
+                h,
+                select[:, span],
+                chunk_size=self.config.chunk_size,
+                backend=self.config.kernel_backend,
+            )
             y[:, span] += part
             h = clamp_state_norm(h, self.state_norm_threshold)
         if h is None:  # nothing real in this call
@@ -247,7 +284,11 @@ def clamp_state_norm(state: torch.Tensor, threshold: float | list[float]) -> tor
 
 def hybrid_mixer(config: Mamba2Config, layer_idx: int) -> nn.Module:
     """Softmax attention for the blocks in `config.attention_layers`, Mamba-2 for the others."""
-    return CausalSelfAttention(config, layer_idx) if layer_idx in config.attention_layers else Mamba2Mixer(config, layer_idx)
+    return (
+        CausalSelfAttention(config, layer_idx)
+        if layer_idx in config.attention_layers
+        else Mamba2Mixer(config, layer_idx)
+    )
 
 
 class Mamba2Model(SeqModel):

@@ -7,6 +7,7 @@ projection gives `[..., input_rows, N]` pre-activations per step), `output(state
 the block reads), `initial_bias()` (the input projection's bias at init), `step(h_prev, x) -> h` and optionally
 `jacobian(h_prev, x)` (else the engine uses forward-mode autograd). `register_cell(name, cls)` makes a new cell available as `ParaRNNConfig(cell=name)`.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Config of the ParaRNN language model (`docs/architectures/pararnn.md`)."""
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,13 @@ class ParaRNNConfig(SeqConfig):
         if self.state_size is not None:
             require_positive_int(self, "state_size")
         if self.hidden_size % self.num_heads or self.state_width % self.num_heads:
-            raise ValueError(f"{name}: hidden_size ({self.hidden_size}) and state_size ({self.state_width}) must be "
-                             f"divisible by num_heads ({self.num_heads})")
-        if not (isinstance(self.newton_tolerance, (int, float)) and self.newton_tolerance >= 0 and math.isfinite(self.newton_tolerance)):
+            raise ValueError(
+                f"{name}: hidden_size ({self.hidden_size}) and state_size ({self.state_width}) must be "
+                f"divisible by num_heads ({self.num_heads})"
+            )
+        if not (
+            isinstance(self.newton_tolerance, (int, float))
+            and self.newton_tolerance >= 0
+            and math.isfinite(self.newton_tolerance)
+        ):
             raise ValueError(f"{name}.newton_tolerance must be a finite number >= 0, got {self.newton_tolerance!r}")

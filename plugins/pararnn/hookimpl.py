@@ -1,4 +1,5 @@
 """Entry point of the ParaRNN plugin."""
+
 from __future__ import annotations
 
 from hf_seqplugins import Architecture, hookimpl
@@ -19,8 +20,16 @@ def seqplugins_architectures() -> list[Architecture]:
                 "AutoModelForSequenceClassification": m.ParaRNNForSequenceClassification,
             },
             api_version=1,
-            tiny_config={"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32,
-                         "num_heads": 2, "cell": "lstm_cifg", "newton_tolerance": 1e-6, "newton_max_iterations": 12},
+            tiny_config={
+                "vocab_size": 32,
+                "hidden_size": 16,
+                "num_hidden_layers": 2,
+                "intermediate_size": 32,
+                "num_heads": 2,
+                "cell": "lstm_cifg",
+                "newton_tolerance": 1e-6,
+                "newton_max_iterations": 12,
+            },
             description="ParaRNN: ParaGRU / ParaLSTM trained in parallel over the sequence by Newton iterations and scans",
             trainer_callbacks=(NewtonStatsCallback,),
         )

@@ -1,4 +1,5 @@
 """ParaRNN model classes: a nonlinear diagonal RNN trained in parallel over the sequence by Newton iterations."""
+
 from __future__ import annotations
 
 import math
@@ -80,14 +81,23 @@ class ParaRNNMixer(nn.Module):
         `mode="sequential"`, else the parallel Newton solve."""
         config, cell = self.config, self.cell
         compute = compute_dtype(x.dtype)
-        state = cell.initial_state(x.shape[0], x.device, compute) if initial_state is None else initial_state.to(compute)
+        state = (
+            cell.initial_state(x.shape[0], x.device, compute) if initial_state is None else initial_state.to(compute)
+        )
         if x.shape[1] == 1 or config.mode == "sequential":
             states = sequential_scan(cell.step, x.to(compute), state, mask, cell.block)
         else:
             states, self.newton_stats = newton_scan(
-                cell.step, x, state, block=cell.block, jacobian=getattr(cell, "jacobian", None), mask=mask,
-                max_iterations=config.newton_max_iterations, tolerance=config.newton_tolerance,
-                fallback=config.newton_fallback, backend=config.kernel_backend,
+                cell.step,
+                x,
+                state,
+                block=cell.block,
+                jacobian=getattr(cell, "jacobian", None),
+                mask=mask,
+                max_iterations=config.newton_max_iterations,
+                tolerance=config.newton_tolerance,
+                fallback=config.newton_fallback,
+                backend=config.kernel_backend,
             )
         return states, states[:, -1]
 

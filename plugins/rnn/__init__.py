@@ -2,6 +2,7 @@
 
 `LSTM`, `GRU` and `RNN` are drop-in replacements for `torch.nn`'s layers with a `backend` argument.
 """
+
 from .configuration import ElmanConfig, GRUConfig, HeadwiseRNNConfig, LSTMConfig, SLSTMConfig
 from .layers import GRU, LSTM, RNN
 from .modeling import (

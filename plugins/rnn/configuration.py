@@ -1,4 +1,5 @@
 """Configs of the classic and head-wise RNN language models (`docs/architectures/rnn.md`)."""
+
 from __future__ import annotations
 
 from hf_seqplugins import SeqConfig, require_choice, require_positive_int

@@ -1,4 +1,5 @@
 """Entry point of the RNN family (declared in pyproject.toml like any third-party plugin's)."""
+
 from __future__ import annotations
 
 from hf_seqplugins import Architecture, hookimpl, standard_model_classes
@@ -25,5 +26,7 @@ def seqplugins_architectures() -> list[Architecture]:
         _architecture("seqp_elman", m.ElmanConfig, "Elman", "Elman RNN (tanh or ReLU), dense or head-wise"),
         _architecture("seqp_lstm", m.LSTMConfig, "LSTM", "LSTM, dense or FlashRNN head-wise block-diagonal"),
         _architecture("seqp_gru", m.GRUConfig, "GRU", "GRU, dense or FlashRNN head-wise block-diagonal"),
-        _architecture("seqp_slstm", m.SLSTMConfig, "SLSTM", "sLSTM: exponential gating with normalizer and stabilizer (xLSTM)"),
+        _architecture(
+            "seqp_slstm", m.SLSTMConfig, "SLSTM", "sLSTM: exponential gating with normalizer and stabilizer (xLSTM)"
+        ),
     ]

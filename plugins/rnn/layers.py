@@ -5,6 +5,7 @@ They *are* the torch layers (same constructor, parameter names, init and `forwar
 "torch" (and "auto" on CPU) runs PyTorch's own fused RNN kernels; "reference" and "triton" run the
 head-wise RNN operator of `hf_seqplugins.kernels.rnn` layer by layer and direction by direction.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ class _BackendSelectable:
 
     def _init_backend(self, backend: str) -> None:
         if backend != AUTO and backend not in OPERATOR.backends:
-            raise ValueError(f"{type(self).__name__}: unknown backend {backend!r}; choose from {[AUTO, *OPERATOR.backends]}")
+            raise ValueError(
+                f"{type(self).__name__}: unknown backend {backend!r}; choose from {[AUTO, *OPERATOR.backends]}"
+            )
         self.backend = backend
 
     def forward(self, input, hx=None):
@@ -32,14 +35,18 @@ class _BackendSelectable:
         if backend == "torch":
             return super().forward(input, hx)
         if isinstance(input, PackedSequence):
-            raise TypeError(f"PackedSequence input is supported by backend 'torch' only (this layer's backend is {backend!r}); pad it and pass the padded tensor")
+            raise TypeError(
+                f"PackedSequence input is supported by backend 'torch' only (this layer's backend is {backend!r}); pad it and pass the padded tensor"
+            )
         return self._forward_operator(input, hx, backend)
 
     def _forward_operator(self, input: torch.Tensor, hx, backend: str):
         is_lstm = self.mode == "LSTM"
         batched = input.dim() == 3
         if not batched and input.dim() != 2:
-            raise ValueError(f"{type(self).__name__}: expected input of 2 (unbatched) or 3 dimensions, got shape {tuple(input.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected input of 2 (unbatched) or 3 dimensions, got shape {tuple(input.shape)}"
+            )
         if not batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
             if hx is not None:

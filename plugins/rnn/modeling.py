@@ -1,4 +1,5 @@
 """The RNN family's mixer and model classes: Elman, LSTM, GRU and sLSTM language models."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,8 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import read_state, write_state
+from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel, read_state, write_state
 from hf_seqplugins.kernels.rnn import NUM_GATES, headwise_rnn
-from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel
 
 from .configuration import ElmanConfig, GRUConfig, HeadwiseRNNConfig, LSTMConfig, SLSTMConfig
 

@@ -1,4 +1,5 @@
 """Structured state spaces (`docs/architectures/s4.md`): S4 (DPLR), S4D (diagonal) and LSSL (dense HiPPO)."""
+
 from .configuration import LSSLConfig, S4Config, S4DConfig, StateSpaceConfig
 from .modeling import (
     LSSLForCausalLM,

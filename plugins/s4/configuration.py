@@ -1,4 +1,5 @@
 """Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), `docs/architectures/s4.md`."""
+
 from __future__ import annotations
 
 from hf_seqplugins import SeqConfig, require_choice, require_positive_int
@@ -125,7 +126,9 @@ class S4Config(StateSpaceConfig):
             if self.hidden_size % self.n_ssm:
                 raise ValueError(f"{name}: hidden_size ({self.hidden_size}) must be a multiple of n_ssm ({self.n_ssm})")
         if self.state_size % 2:
-            raise ValueError(f"{name}.state_size must be even (complex modes come in conjugate pairs), got {self.state_size}")
+            raise ValueError(
+                f"{name}.state_size must be even (complex modes come in conjugate pairs), got {self.state_size}"
+            )
         if not self.B_clip > 0:
             raise ValueError(f"{name}.B_clip must be > 0, got {self.B_clip!r}")
         if self.structure == "dplr":

@@ -1,5 +1,6 @@
 """HiPPO matrices and S4's normal-plus-low-rank diagonalisation (`docs/architectures/s4.md`, section 'HiPPO matrices'),
 in float64."""
+
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,9 @@ __all__ = ["MEASURES", "hippo", "nplr_legs"]
 
 def _legs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     root = torch.sqrt(2 * torch.arange(size, dtype=torch.float64) + 1)
-    a = -torch.tril(root[:, None] * root[None, :], diagonal=-1) - torch.diag(torch.arange(1, size + 1, dtype=torch.float64))
+    a = -torch.tril(root[:, None] * root[None, :], diagonal=-1) - torch.diag(
+        torch.arange(1, size + 1, dtype=torch.float64)
+    )
     return a, root
 
 

@@ -1,4 +1,5 @@
 """S4, S4D and LSSL model classes: one state-space mixer (`docs/architectures/s4.md`, section 'Block') in the shared pre-norm blocks."""
+
 from __future__ import annotations
 
 import functools
@@ -99,7 +100,9 @@ class StateSpaceMixer(nn.Module):
         """hidden `[B, T, H]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, H]`."""
         config = self.config
         if config.bidirectional and cache is not None:
-            raise ValueError("a bidirectional state-space model sees future tokens: it cannot run with a cache (generate)")
+            raise ValueError(
+                "a bidirectional state-space model sees future tokens: it cannot run with a cache (generate)"
+            )
         state = read_state(cache, self.layer_idx)
         if state is not None:
             state = torch.view_as_complex(state[0].contiguous()) if self.complex_state else state[0]
@@ -126,16 +129,30 @@ class StateSpaceMixer(nn.Module):
             return y[:, None], state
         system = self.system(dtype)
         if not config.bidirectional:
-            return lti_ssm(u, system, state, mask, resets=resets, return_final_state=keep_state, backend=config.kernel_backend)
-        forward_part, backward_part = select_outputs(system, slice(0, self.outputs)), select_outputs(system, slice(self.outputs, None))
-        y, _ = lti_ssm(u, forward_part, None, mask, resets=resets, return_final_state=False, backend=config.kernel_backend)
+            return lti_ssm(
+                u, system, state, mask, resets=resets, return_final_state=keep_state, backend=config.kernel_backend
+            )
+        forward_part, backward_part = (
+            select_outputs(system, slice(0, self.outputs)),
+            select_outputs(system, slice(self.outputs, None)),
+        )
+        y, _ = lti_ssm(
+            u, forward_part, None, mask, resets=resets, return_final_state=False, backend=config.kernel_backend
+        )
         flipped_mask = None if mask is None else mask.flip(1)
         flipped_resets = None
         if resets is not None:
             flipped_resets = torch.zeros_like(resets)
             flipped_resets[:, 1:] = resets.flip(1)[:, :-1]
-        backward, _ = lti_ssm(u.flip(1), backward_part, None, flipped_mask, resets=flipped_resets,
-                              return_final_state=False, backend=config.kernel_backend)
+        backward, _ = lti_ssm(
+            u.flip(1),
+            backward_part,
+            None,
+            flipped_mask,
+            resets=flipped_resets,
+            return_final_state=False,
+            backend=config.kernel_backend,
+        )
         return y + backward.flip(1), None
 
 
@@ -160,7 +177,9 @@ class S4Mixer(StateSpaceMixer):
         self.C = nn.Parameter(torch.empty(self.c_outputs, self.channels, modes, 2))
 
     def optimizer_settings(self) -> dict[str, dict]:
-        settings = {"weight_decay": 0.0} if self.config.ssm_lr is None else {"lr": self.config.ssm_lr, "weight_decay": 0.0}
+        settings = (
+            {"weight_decay": 0.0} if self.config.ssm_lr is None else {"lr": self.config.ssm_lr, "weight_decay": 0.0}
+        )
         names = ["dt_param", "A_real", "A_imag", "B"] + (["P"] if self.P is not None else [])
         return {name: settings for name in names}
 
@@ -179,7 +198,10 @@ class S4Mixer(StateSpaceMixer):
             lam, p, b, _ = nplr_legs(config.state_size)
             b = torch.complex(b.real, b.imag.clamp(-config.B_clip, config.B_clip))
             if self.P is not None:
-                init.copy_(self.P, torch.view_as_real(p.expand(config.rank, copies, modes).contiguous()) / math.sqrt(config.rank))
+                init.copy_(
+                    self.P,
+                    torch.view_as_real(p.expand(config.rank, copies, modes).contiguous()) / math.sqrt(config.rank),
+                )
         elif config.init == "diag-lin":
             lam = -0.5 - 1j * math.pi * n
         elif config.init == "diag-inv":
@@ -239,7 +261,9 @@ class LSSLMixer(StateSpaceMixer):
         dt = {"weight_decay": 0.0} if self.config.ssm_lr is None else {"lr": self.config.ssm_lr, "weight_decay": 0.0}
         settings = {"dt_param": dt}
         if self.A is not None:
-            settings.update(A={"lr": self.config.ab_lr, "weight_decay": 0.0}, B={"lr": self.config.ab_lr, "weight_decay": 0.0})
+            settings.update(
+                A={"lr": self.config.ab_lr, "weight_decay": 0.0}, B={"lr": self.config.ab_lr, "weight_decay": 0.0}
+            )
         return settings
 
     def init_mixer_weights(self) -> None:
@@ -276,7 +300,9 @@ class LSSLMixer(StateSpaceMixer):
 class _StateSpaceForCausalLM(SeqForCausalLM):
     def __init__(self, config: StateSpaceConfig):
         if config.bidirectional:
-            raise ValueError(f"{type(self).__name__}: bidirectional=True sees future tokens; use it for sequence classification only")
+            raise ValueError(
+                f"{type(self).__name__}: bidirectional=True sees future tokens; use it for sequence classification only"
+            )
         super().__init__(config)
 
 

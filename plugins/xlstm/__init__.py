@@ -1,4 +1,5 @@
 """xLSTM: mLSTM (matrix memory) blocks in the xLSTM-7B ("xLSTM Large") layout, optionally mixed with sLSTM blocks."""
+
 from .configuration import XLSTMConfig
 from .modeling import MLSTMLayer, XLSTMForCausalLM, XLSTMForSequenceClassification, XLSTMModel
 

@@ -1,4 +1,5 @@
 """Config of the xLSTM language model (the xLSTM-7B block; `docs/architectures/xlstm.md`)."""
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ class XLSTMConfig(SeqConfig):
 
     @property
     def block_types(self) -> list[str]:
-        """"m" or "s" for each block."""
+        """ "m" or "s" for each block."""
         pattern = self.block_pattern * math.ceil(self.num_hidden_layers / len(self.block_pattern))
         return list(pattern[: self.num_hidden_layers])
 
@@ -108,16 +109,23 @@ class XLSTMConfig(SeqConfig):
         for field in ("num_heads", "chunk_size", "slstm_num_heads"):
             require_positive_int(self, field)
         require_choice(self, "input_gate", INPUT_GATES)
-        for field, value in (("qk", int(self.hidden_size * self.qk_dim_factor)), ("v", int(self.hidden_size * self.v_dim_factor))):
+        for field, value in (
+            ("qk", int(self.hidden_size * self.qk_dim_factor)),
+            ("v", int(self.hidden_size * self.v_dim_factor)),
+        ):
             if value < self.num_heads or value % self.num_heads:
                 raise ValueError(
                     f"{name}: int(hidden_size * {field}_dim_factor) = {value} must be a positive multiple of num_heads ({self.num_heads})"
                 )
         if not isinstance(self.block_pattern, str) or not self.block_pattern or set(self.block_pattern) - {"m", "s"}:
-            raise ValueError(f"{name}.block_pattern must be a non-empty string of 'm' (mLSTM) and 's' (sLSTM), got {self.block_pattern!r}")
+            raise ValueError(
+                f"{name}.block_pattern must be a non-empty string of 'm' (mLSTM) and 's' (sLSTM), got {self.block_pattern!r}"
+            )
         if "s" in self.block_types:
             if self.hidden_size % self.slstm_num_heads:
-                raise ValueError(f"{name}: hidden_size ({self.hidden_size}) must be divisible by slstm_num_heads ({self.slstm_num_heads})")
+                raise ValueError(
+                    f"{name}: hidden_size ({self.hidden_size}) must be divisible by slstm_num_heads ({self.slstm_num_heads})"
+                )
             common = {"auto"} | (set(MLSTM.backends) & set(HEADWISE_RNN.backends))
             if self.kernel_backend not in common:
                 raise ValueError(
@@ -129,4 +137,6 @@ class XLSTMConfig(SeqConfig):
             if field != "mlstm_eps" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}.{field} must be a number >= 0{' or None' if field != 'mlstm_eps' else ''}, got {value!r}")
+                raise ValueError(
+                    f"{name}.{field} must be a number >= 0{' or None' if field != 'mlstm_eps' else ''}, got {value!r}"
+                )

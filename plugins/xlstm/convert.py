@@ -42,6 +42,7 @@ a transformers one exports with transformers' defaults (`mode="inference"`: any 
 seqp_xlstm's `kernel_backend`, `hidden_dropout` (transformers' xLSTM has no dropout) and `initializer_range`
 are not exported.
 """
+
 from __future__ import annotations
 
 import os
@@ -98,12 +99,21 @@ _FUSED_MODULES = (
 
 def _up_proj_dim(hf_config: xLSTMConfig) -> int:
     """transformers' feed-forward width: D * ffn_proj_factor rounded up to the multiple (its own rounding)."""
-    return round_up_to_next_multiple_of(hf_config.hidden_size * hf_config.ffn_proj_factor, hf_config.ffn_round_up_to_multiple_of)
+    return round_up_to_next_multiple_of(
+        hf_config.hidden_size * hf_config.ffn_proj_factor, hf_config.ffn_round_up_to_multiple_of
+    )
 
 
 KERNEL_SETTINGS = (
-    "mode", "chunkwise_kernel", "sequence_kernel", "step_kernel", "return_last_states", "autocast_kernel_dtype",
-    "inference_state_dtype", "norm_reduction_force_float32", "max_inference_chunksize",
+    "mode",
+    "chunkwise_kernel",
+    "sequence_kernel",
+    "step_kernel",
+    "return_last_states",
+    "autocast_kernel_dtype",
+    "inference_state_dtype",
+    "norm_reduction_force_float32",
+    "max_inference_chunksize",
 )
 
 
@@ -154,7 +164,9 @@ def config_from_transformers(hf_config: xLSTMConfig) -> XLSTMConfig:
         bos_token_id=hf_config.bos_token_id,
         eos_token_id=hf_config.eos_token_id,
         dtype=hf_config.dtype,
-        transformers_kernel_settings={field: getattr(hf_config, field) for field in KERNEL_SETTINGS if hasattr(hf_config, field)},
+        transformers_kernel_settings={
+            field: getattr(hf_config, field) for field in KERNEL_SETTINGS if hasattr(hf_config, field)
+        },
     )
 
 
@@ -171,8 +183,12 @@ def _ffn_factor_and_multiple(config: XLSTMConfig) -> tuple[float, int]:
         ):
             if round_up_to_next_multiple_of(hidden * factor, multiple) == size:
                 return float(factor), int(multiple)
-    refuse(config, "intermediate_size", "transformers' xLSTM needs a feed-forward whose width it derives from "
-            "round_up(hidden_size * ffn_proj_factor, ffn_round_up_to_multiple_of)")
+    refuse(
+        config,
+        "intermediate_size",
+        "transformers' xLSTM needs a feed-forward whose width it derives from "
+        "round_up(hidden_size * ffn_proj_factor, ffn_round_up_to_multiple_of)",
+    )
 
 
 def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> xLSTMConfig:
@@ -197,9 +213,13 @@ def config_to_transformers(config: XLSTMConfig, weight_mode: str = "single") -> 
     for field in ("qk_dim_factor", "v_dim_factor"):
         width = config.hidden_size * getattr(config, field)
         if width % 64:
-            refuse(config, field, f"transformers' xLSTM sizes its generation cache for hidden_size * {field} rounded up "
-                   f"to a multiple of 64 while its layers use {width:g} itself, so its default forward and generate() "
-                   "crash; convert models whose query/key and value widths are multiples of 64")
+            refuse(
+                config,
+                field,
+                f"transformers' xLSTM sizes its generation cache for hidden_size * {field} rounded up "
+                f"to a multiple of 64 while its layers use {width:g} itself, so its default forward and generate() "
+                "crash; convert models whose query/key and value widths are multiples of 64",
+            )
     ffn_proj_factor, ffn_multiple = _ffn_factor_and_multiple(config)
     return xLSTMConfig(
         vocab_size=config.vocab_size,
@@ -261,7 +281,9 @@ def _unfuse(state_dict: dict[str, torch.Tensor], hf_config: xLSTMConfig) -> dict
                     continue
                 tensor = out.pop(key)
                 if tensor.shape[0] != sum(sizes[fused]):
-                    raise ValueError(f"{key} has {tensor.shape[0]} rows, the config implies {sizes[fused]} (sum {sum(sizes[fused])})")
+                    raise ValueError(
+                        f"{key} has {tensor.shape[0]} rows, the config implies {sizes[fused]} (sum {sum(sizes[fused])})"
+                    )
                 for part, piece in zip(parts, tensor.split(sizes[fused])):
                     out[f"backbone.blocks.{i}.{part}.{param}"] = piece
     return out
@@ -279,7 +301,9 @@ def _fuse(state_dict: dict[str, torch.Tensor], hf_config: xLSTMConfig) -> dict[s
     return out
 
 
-def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_config: xLSTMConfig) -> dict[str, torch.Tensor]:
+def state_dict_from_transformers(
+    hf_state_dict: dict[str, torch.Tensor], hf_config: xLSTMConfig
+) -> dict[str, torch.Tensor]:
     """seqp_xlstm state dict (keys of `XLSTMForCausalLM`) of a transformers `xLSTMForCausalLM` state dict.
 
     Fused weights are split per `hf_config.weight_mode` (see the module docstring for the shapes). Tensors keep
@@ -296,8 +320,12 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
     if config.tie_word_embeddings:
         lm_head = source.setdefault("lm_head.weight", embeddings)
         if not torch.equal(lm_head, embeddings):
-            refuse(hf_config, "tie_word_embeddings", "lm_head.weight differs from the embeddings (transformers' xLSTM "
-                    "never ties them, seqp_xlstm would); set tie_word_embeddings=False to keep both")
+            refuse(
+                hf_config,
+                "tie_word_embeddings",
+                "lm_head.weight differs from the embeddings (transformers' xLSTM "
+                "never ties them, seqp_xlstm would); set tie_word_embeddings=False to keep both",
+            )
     ours = {}
     for hf_name, our_name, hf_only_bias in _modules(config.num_hidden_layers):
         for param in ("weight", "bias"):
@@ -311,7 +339,9 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], hf_conf
                 continue
             ours[f"{our_name}.{param}"] = tensor
     if source:
-        raise ValueError(f"keys unknown to the transformers xLSTM layout ({hf_config.weight_mode} mode): {sorted(source)}")
+        raise ValueError(
+            f"keys unknown to the transformers xLSTM layout ({hf_config.weight_mode} mode): {sorted(source)}"
+        )
     return ours
 
 
@@ -354,7 +384,9 @@ class _NoInitxLSTMForCausalLM(xLSTMForCausalLM):
         pass
 
 
-def from_transformers(model_or_path: xLSTMForCausalLM | str | os.PathLike, **from_pretrained_kwargs) -> XLSTMForCausalLM:
+def from_transformers(
+    model_or_path: xLSTMForCausalLM | str | os.PathLike, **from_pretrained_kwargs
+) -> XLSTMForCausalLM:
     """An `XLSTMForCausalLM` with the weights (copied), config and generation config of a transformers
     `xLSTMForCausalLM`: an instance, or a folder / hub repo id loaded with `xLSTMForCausalLM.from_pretrained(
     model_or_path, **from_pretrained_kwargs)` (e.g. `dtype=torch.bfloat16`; fused-mode checkpoints too, which
@@ -363,9 +395,13 @@ def from_transformers(model_or_path: xLSTMForCausalLM | str | os.PathLike, **fro
     Raises ValueError (naming the field) for what seqp_xlstm cannot represent, see `config_from_transformers` and
     `state_dict_from_transformers`, and for a checkpoint with missing or unexpected keys.
     """
-    hf_model = load_complete(xLSTMForCausalLM, model_or_path, loader_class=_NoInitxLSTMForCausalLM, **from_pretrained_kwargs)
+    hf_model = load_complete(
+        xLSTMForCausalLM, model_or_path, loader_class=_NoInitxLSTMForCausalLM, **from_pretrained_kwargs
+    )
     config = config_from_transformers(hf_model.config)
-    return build_with_weights(XLSTMForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model)
+    return build_with_weights(
+        XLSTMForCausalLM, config, state_dict_from_transformers(hf_model.state_dict(), hf_model.config), like=hf_model
+    )
 
 
 def to_transformers(model: XLSTMForCausalLM, weight_mode: str = "single") -> xLSTMForCausalLM:
@@ -375,4 +411,9 @@ def to_transformers(model: XLSTMForCausalLM, weight_mode: str = "single") -> xLS
     Raises ValueError (naming the field) for what transformers' xLSTM cannot represent; see `config_to_transformers`.
     """
     hf_config = config_to_transformers(model.config, weight_mode=weight_mode)
-    return build_with_weights(xLSTMForCausalLM, hf_config, state_dict_to_transformers(model.state_dict(), model.config, weight_mode), like=model)
+    return build_with_weights(
+        xLSTMForCausalLM,
+        hf_config,
+        state_dict_to_transformers(model.state_dict(), model.config, weight_mode),
+        like=model,
+    )

@@ -1,4 +1,5 @@
 """Entry point of the xLSTM plugin."""
+
 from __future__ import annotations
 
 from hf_seqplugins import Architecture, hookimpl
@@ -19,8 +20,14 @@ def seqplugins_architectures() -> list[Architecture]:
             },
             api_version=1,
             tiny_config={
-                "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2, "num_heads": 2, "block_pattern": "ms",
-                "slstm_num_heads": 2, "chunk_size": 4, "intermediate_size": 32,
+                "vocab_size": 32,
+                "hidden_size": 16,
+                "num_hidden_layers": 2,
+                "num_heads": 2,
+                "block_pattern": "ms",
+                "slstm_num_heads": 2,
+                "chunk_size": 4,
+                "intermediate_size": 32,
             },
             description="xLSTM: mLSTM matrix memory (xLSTM-7B block, TFLA chunkwise kernels), mixable with sLSTM blocks",
         )

@@ -1,4 +1,5 @@
 """xLSTM model classes: the xLSTM-7B mLSTM layer (`docs/architectures/xlstm.md`, section 'xLSTM-7B block') in the shared pre-norm blocks."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,16 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import compute_dtype, read_state, write_state
+from hf_seqplugins import (
+    GatedFeedForward,
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+    compute_dtype,
+    read_state,
+    write_state,
+)
 from hf_seqplugins.kernels.mlstm import mlstm, state_shapes
-from hf_seqplugins import GatedFeedForward, SeqForCausalLM, SeqForSequenceClassification, SeqModel
 from hf_seqplugins.plugins.rnn.modeling import HeadwiseRNNMixer
 
 from .configuration import XLSTMConfig

@@ -21,8 +21,12 @@ class MinGRUMixer(nn.Module):
         gate_pre, candidate = self.in_proj(hidden).chunk(2, dim=-1)
         state = read_state(cache, self.layer_idx)
         outputs, final = MINGRU_SCAN(
-            torch.sigmoid(gate_pre), candidate, None if state is None else state[0], attention_mask,
-            backend=self.config.kernel_backend, resets=resets,
+            torch.sigmoid(gate_pre),
+            candidate,
+            None if state is None else state[0],
+            attention_mask,
+            backend=self.config.kernel_backend,
+            resets=resets,
         )
         write_state(cache, self.layer_idx, (final,))
         return self.out_proj(outputs)

@@ -5,6 +5,7 @@ Shapes: gate and candidate `[B, T, D]`, initial state `[B, D]` or None, mask `[B
 the state is zeroed there). Returns `(h [B, T, D], final state [B, D])`, computed in float32 for half-precision
 inputs. `hf-seqplugins check seqp_mingru` runs the operator conformance kit on it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,7 +53,9 @@ def _load_parallel():
 
 def _validate(gate, candidate, initial_state=None, mask=None):
     if gate.shape != candidate.shape or gate.dim() != 3:
-        raise ValueError(f"mingru_scan: gate and candidate must both be [B, T, D], got {tuple(gate.shape)} and {tuple(candidate.shape)}")
+        raise ValueError(
+            f"mingru_scan: gate and candidate must both be [B, T, D], got {tuple(gate.shape)} and {tuple(candidate.shape)}"
+        )
     compute = compute_dtype(gate.dtype)  # log-space products lose too much in bf16
     gate, candidate = gate.to(compute), candidate.to(compute)
     initial_state = gate.new_zeros(gate.shape[0], gate.shape[2]) if initial_state is None else initial_state.to(compute)

@@ -1,5 +1,6 @@
 """`evaluate` metric modules shipped with the project (the Hub, where evaluate looks by default, is
 not needed): `load("bits_per_byte")` is `evaluate.load(<path of the module>)`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ def trainer_metrics(eval_dataset=None) -> dict:
 
     def compute_metrics(evaluation):
         if evaluation.label_ids.ndim == 1:
-            return classification_metric.compute(predictions=evaluation.predictions.tolist(), references=evaluation.label_ids.tolist())
+            return classification_metric.compute(
+                predictions=evaluation.predictions.tolist(), references=evaluation.label_ids.tolist()
+            )
         predictions, labels = evaluation.predictions[:, :-1], evaluation.label_ids[:, 1:]
         scored = labels != -100
         scores = metric.compute(
@@ -50,7 +53,11 @@ def trainer_metrics(eval_dataset=None) -> dict:
                     "trainer_metrics(eval_dataset): evaluate on that dataset, or build the metrics for the other one"
                 )
             rows = eval_dataset.select_columns(["input_ids", "dfa"])[:]
-            scores.update(dfa_metric.compute(predictions=evaluation.predictions.tolist(), references=rows["input_ids"], dfa=rows["dfa"]))
+            scores.update(
+                dfa_metric.compute(
+                    predictions=evaluation.predictions.tolist(), references=rows["input_ids"], dfa=rows["dfa"]
+                )
+            )
         return scores
 
     return {"compute_metrics": compute_metrics, "preprocess_logits_for_metrics": preprocess_logits_for_metrics}

@@ -1,4 +1,5 @@
 """Bits per byte (and per-byte perplexity) of a language model over a text."""
+
 import math
 
 import datasets

@@ -1,4 +1,5 @@
 """Accuracy of a sequence classifier: the fraction of examples whose predicted class is the reference class."""
+
 import datasets
 import evaluate
 

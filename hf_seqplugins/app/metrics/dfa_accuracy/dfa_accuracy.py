@@ -1,4 +1,5 @@
 """RegBench's DFA accuracy: how often the greedy next symbol keeps the current string in the row's language."""
+
 import datasets
 import evaluate
 
@@ -40,7 +41,9 @@ class DFAAccuracy(evaluate.Metric):
             for t in range(len(tokens) - 1):
                 state = 0 if tokens[t] == separator_id else transitions.get((state, tokens[t]))
                 if state is None:
-                    raise ValueError(f"reference token {tokens[t]} at position {t} is not a transition of the row's DFA")
+                    raise ValueError(
+                        f"reference token {tokens[t]} at position {t} is not a transition of the row's DFA"
+                    )
                 if tokens[t + 1] == pad_id:
                     break
                 if tokens[t + 1] != separator_id:

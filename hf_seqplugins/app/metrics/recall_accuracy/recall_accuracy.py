@@ -1,4 +1,5 @@
 """Exact-match accuracy on the queried positions of recall tasks (MQAR, selective copying, passkey)."""
+
 import datasets
 import evaluate
 
@@ -20,7 +21,10 @@ class RecallAccuracy(evaluate.Metric):
             citation="",
             inputs_description=_INPUTS,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("int64")), "references": datasets.Sequence(datasets.Value("int64"))}
+                {
+                    "predictions": datasets.Sequence(datasets.Value("int64")),
+                    "references": datasets.Sequence(datasets.Value("int64")),
+                }
             ),
         )
 
