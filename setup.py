@@ -1,5 +1,5 @@
-"""Package list for the repository layout (README.md, section 'Layout'): `plugins/` and `kernels/` install as sub-packages of
-`hf_seqplugins`, found automatically so that a new architecture folder needs no edit here."""
+"""Package list for the repository layout (README.md, section 'Layout'): `plugins/` and `kernels/` install as
+sub-packages of `hf_seqplugins`, found automatically so that a new architecture folder needs no edit here."""
 
 from setuptools import find_packages, setup
 

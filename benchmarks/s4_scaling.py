@@ -160,7 +160,8 @@ def main():
     rows += listops_rows(128 if args.quick else args.listops_length, 2 if args.quick else args.listops_steps, small)
 
     preamble = (
-        f"Measured with `python benchmarks/s4_scaling.py{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d')}: "
+        f"Measured with `python benchmarks/s4_scaling.py{' --quick' if args.quick else ''}` "
+        f"on {time.strftime('%Y-%m-%d')}: "
         f"width {width}, batch 1, float32; the attention baseline is `{bench.BASELINE}` with the same width, depth and "
         f"feed-forward. Ratios are to it at the same length (< 1 is faster). Matmul ceiling: "
         f"{bench.matmul_gflops(device):.1f} GFLOP/s.\n\n{bench.describe_machine(device)}"

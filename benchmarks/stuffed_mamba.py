@@ -85,10 +85,10 @@ def main():
             curves.setdefault(name, []).append((length, accuracy))
             print(rows[-1], flush=True)
     preamble = (
-        f"seqp_mamba2 ({overrides}) trained {steps} steps (lr {args.learning_rate}) on passkey rows of {args.train_length} tokens, then evaluated "
-        f"with each option switched on the same weights. Digit accuracy (chance 0.1) and the largest per-head state "
-        f"norm after reading the rows. The state-norm threshold is half the largest norm seen at the training length.\n\n"
-        + bench.describe_machine()
+        f"seqp_mamba2 ({overrides}) trained {steps} steps (lr {args.learning_rate}) on passkey rows of "
+        f"{args.train_length} tokens, then evaluated with each option switched on the same weights. Digit accuracy "
+        f"(chance 0.1) and the largest per-head state norm after reading the rows. The state-norm threshold is half "
+        f"the largest norm seen at the training length.\n\n" + bench.describe_machine()
     )
     output_dir = Path(args.output_dir)
     written = write_results(

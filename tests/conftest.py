@@ -33,7 +33,8 @@ torch.empty = _nan_empty
 
 @pytest.fixture(autouse=True)
 def _gradients_stay_enabled():
-    """Grad mode is global: a test that leaves it off (e.g. `with torch.no_grad()` around a `yield`) breaks later tests."""
+    """Grad mode is global: a test that leaves it off (e.g. `with torch.no_grad()` around a `yield`) breaks later
+    tests."""
     yield
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)

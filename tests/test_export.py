@@ -35,12 +35,15 @@ CLEAN_LOADER = textwrap.dedent(
         result = {
             "config": type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__,
             "base": type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__,
-            "classifier": type(AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)).__name__,
+            "classifier": type(
+                AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+            ).__name__,
         }
         model.save_pretrained(folder + "/resaved")  # a checkpoint saved from remote code stays loadable
         resaved = AutoModelForCausalLM.from_pretrained(folder + "/resaved", trust_remote_code=True).eval()
         assert torch.equal(resaved(ids).logits, model(ids).logits)
-        torch.save({"logits": model(ids).logits, "generated": model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)},
+        torch.save({"logits": model(ids).logits,
+                    "generated": model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)},
                    folder + "/clean.pt")
     print(json.dumps(result))
     """

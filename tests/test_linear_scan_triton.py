@@ -250,7 +250,8 @@ capabilities, dtype, block_sizes = json.loads(sys.argv[1])
 kernel = triton_impl._scan_kernel
 torch_dtype = {"fp32": torch.float32, "fp64": torch.float64}[dtype]
 # The forward (with and without an initial state) and the reverse-time adjoint scan, at the default tiles.
-flags = [{"HAS_INIT": True, "REVERSE": False}, {"HAS_INIT": False, "REVERSE": False}, {"HAS_INIT": True, "REVERSE": True}]
+flags = [{"HAS_INIT": True, "REVERSE": False}, {"HAS_INIT": False, "REVERSE": False},
+         {"HAS_INIT": True, "REVERSE": True}]
 shared = {}
 for capability in capabilities:
     for m in block_sizes:

@@ -252,13 +252,15 @@ from hf_seqplugins.kernels.lti_ssm import triton_impl
 
 assert not triton_impl.INTERPRETED
 capabilities, dtypes = json.loads(sys.argv[1])
-forward_rows = {"_vandermonde_kernel": triton_impl.VANDERMONDE_BLOCK_ROWS, "_cauchy_kernel": triton_impl.CAUCHY_BLOCK_ROWS}
+forward_rows = {"_vandermonde_kernel": triton_impl.VANDERMONDE_BLOCK_ROWS,
+                "_cauchy_kernel": triton_impl.CAUCHY_BLOCK_ROWS}
 shared = {}
 for capability in capabilities:
     for dtype in dtypes:
         backward_steps = triton_impl.BACKWARD_BLOCK_STEPS[{"fp32": torch.float32, "fp64": torch.float64}[dtype]]
         tiles = {
-            "_vandermonde_kernel": {"BR": triton_impl.VANDERMONDE_BLOCK_ROWS, "BL": triton_impl.VANDERMONDE_BLOCK_STEPS},
+            "_vandermonde_kernel": {"BR": triton_impl.VANDERMONDE_BLOCK_ROWS,
+                                    "BL": triton_impl.VANDERMONDE_BLOCK_STEPS},
             "_vandermonde_backward_kernel": {"BN": triton_impl.BACKWARD_BLOCK_MODES, "BL": backward_steps},
             "_cauchy_kernel": {"BR": triton_impl.CAUCHY_BLOCK_ROWS, "BK": triton_impl.CAUCHY_BLOCK_NODES},
             "_cauchy_backward_kernel": {"BN": triton_impl.BACKWARD_BLOCK_MODES, "BK": backward_steps},

@@ -363,9 +363,9 @@ def test_peer_backend_refusal_and_padding():
 @pytest.mark.peers
 @pytest.mark.parametrize("eps", [0.0, 1e-6])
 def test_peer_parallel_stablef_equals_ours(eps):
-    """`parallel--native_stablef` has no m_0 = 0 term (`docs/architectures/xlstm.md`, section 'Pitfalls handled'), so eps enters at another scale where
-    the max comes from m_0 (input gates shifted to -4 here): equal at eps=0 (atol 1e-10); at eps=1e-6
-    within 1e-5 relative to the output scale (measured 4e-7 relative)."""
+    """`parallel--native_stablef` has no m_0 = 0 term (`docs/architectures/xlstm.md`, section 'Pitfalls handled'), so
+    eps enters at another scale where the max comes from m_0 (input gates shifted to -4 here): equal at eps=0 (atol
+    1e-10); at eps=1e-6 within 1e-5 relative to the output scale (measured 4e-7 relative)."""
     _peers()
     from mlstm_kernels.torch.parallel.native_stablef import mlstm_parallel__native_stablef_autograd
 

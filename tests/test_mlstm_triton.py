@@ -48,7 +48,8 @@ GRAD_NAMES = ("q", "k", "v", "igate", "fgate", "C0", "n0", "m0")
 def make_inputs(
     batch=1, heads=2, steps=40, dk=16, dv=32, *, seed, dtype=torch.float64, with_state=True, gate_scale=1.0
 ):
-    """Random (q, k, v, igate, fgate, initial_state) in the public layout; forget gates lean open, as trained models' do."""
+    """Random (q, k, v, igate, fgate, initial_state) in the public layout; forget gates lean open, as trained models'
+    do."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -314,14 +315,17 @@ assert not triton_impl.INTERPRETED
 capabilities, dtype, (chunk, block, head_tile) = json.loads(sys.argv[1])
 constants = {"L": chunk, "BT": block, "BDK": head_tile, "BDV": head_tile, "NORMALIZE": True}
 scalars = {"scale": "fp32", "eps": "fp32"}
-kernels = [getattr(triton_impl, name) for name in dir(triton_impl) if name.startswith(("_fw_", "_bw_")) and name.endswith("_kernel")]
+kernels = [getattr(triton_impl, name) for name in dir(triton_impl)
+           if name.startswith(("_fw_", "_bw_")) and name.endswith("_kernel")]
 shared = {}
 for capability in capabilities:
     for sigmoid in (False, True):
         for kernel in kernels:
-            signature = {p.name: "constexpr" if p.is_constexpr else ("*" + dtype if p.name.endswith("_ptr") else scalars.get(p.name, "i32"))
+            signature = {p.name: "constexpr" if p.is_constexpr
+                         else ("*" + dtype if p.name.endswith("_ptr") else scalars.get(p.name, "i32"))
                          for p in kernel.params}
-            values = {p.name: sigmoid if p.name == "SIGMOID" else constants[p.name] for p in kernel.params if p.is_constexpr}
+            values = {p.name: sigmoid if p.name == "SIGMOID" else constants[p.name]
+                      for p in kernel.params if p.is_constexpr}
             compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=values),
                                       target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
             assert compiled.asm["cubin"], kernel.__name__

@@ -39,7 +39,8 @@ class ToyForCausalLM(SeqForCausalLM):
 @hookimpl
 def seqplugins_architectures():
     return [Architecture("{model_type}", ToyConfig, {{"AutoModel": ToyModel, "AutoModelForCausalLM": ToyForCausalLM}},
-                         api_version={api_version}, tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
+                         api_version={api_version},
+                         tiny_config={{"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16}})]
 """
 
 

@@ -115,7 +115,8 @@ def test_multi_head_equals_independent_single_head_rnns():
 
 
 def slstm_unstabilised(gates_x, recurrent_weight, recurrent_bias):
-    """The sLSTM step without the stabiliser (`docs/architectures/rnn.md`, section 'sLSTM: stabiliser and normalizer'): i = exp(i~), f = sigmoid(f~), same c, n, h."""
+    """The sLSTM step without the stabiliser (`docs/architectures/rnn.md`, section 'sLSTM: stabiliser and normalizer'):
+    i = exp(i~), f = sigmoid(f~), same c, n, h."""
     batch, steps, _, heads, head_dim = gates_x.shape
     h, c, n = (gates_x.new_zeros(batch, heads, head_dim) for _ in range(3))
     outputs = []

@@ -1,6 +1,6 @@
-"""The S4 / S4D / LSSL plugin: layer-level recurrence checks in float64 (`docs/architectures/s4.md`, section 'Tests and cross-checks'), initialisations,
-bidirectional classification, the SSM parameter groups and config validation. The generic contracts
-(backends, generate, cache, save/load, PEFT, Trainer) are in the conformance suite."""
+"""The S4 / S4D / LSSL plugin: layer-level recurrence checks in float64 (`docs/architectures/s4.md`, section 'Tests and
+cross-checks'), initialisations, bidirectional classification, the SSM parameter groups and config validation. The
+generic contracts (backends, generate, cache, save/load, PEFT, Trainer) are in the conformance suite."""
 
 import math
 

@@ -135,7 +135,8 @@ def assert_matches_reference(inputs, mask=None, *, relative=None, **options):
 
 
 def attention_form(x, dt, log_decay, B, C, initial_state):
-    """The SSD recurrence's masked-attention form (`docs/architectures/mamba2.md`, section 'SSD recurrence'), independent of any recurrence: `y_t = sum_{s<=t} (C_t . B_s)
+    """The SSD recurrence's masked-attention form (`docs/architectures/mamba2.md`, section 'SSD recurrence'),
+    independent of any recurrence: `y_t = sum_{s<=t} (C_t . B_s)
     exp(sum_{s<r<=t} a_r) dt_s x_s + exp(sum_{r<=t} a_r) h_0 C_t` (float64, tiny sizes only)."""
     heads, groups = x.shape[2], B.shape[2]
     B, C = (t.repeat_interleave(heads // groups, dim=2) for t in (B, C))

@@ -113,7 +113,8 @@ LISTOPS_OPERATIONS = {
 
 
 def parse_listops(words: list[str]) -> tuple[int, int, list[int]]:
-    """Evaluate a ListOps expression written as words; `(value, nesting depth, argument counts)`. Fails on anything malformed."""
+    """Evaluate a ListOps expression written as words; `(value, nesting depth, argument counts)`. Fails on anything
+    malformed."""
     stack = [[]]
     depth, counts = 0, []
     for word in words:

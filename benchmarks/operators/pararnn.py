@@ -1,6 +1,6 @@
-"""ParaRNN's Newton engine (`hf_seqplugins.kernels.linear_scan.newton`) vs the sequential loop over the same cell, forward and
-forward + backward (the engine's gradients come from the adjoint scan, the loop's from back-propagation through
-time): the crossover length where parallel solving pays on this machine. Batch 1 row of D channels."""
+"""ParaRNN's Newton engine (`hf_seqplugins.kernels.linear_scan.newton`) vs the sequential loop over the same cell,
+forward and forward + backward (the engine's gradients come from the adjoint scan, the loop's from back-propagation
+through time): the crossover length where parallel solving pays on this machine. Batch 1 row of D channels."""
 
 from __future__ import annotations
 

@@ -184,9 +184,9 @@ def write_report(
     """`bench.json` / `bench.md` (with the machine and its matmul ceiling) and three PNGs against length."""
     output_dir = Path(output_dir)
     preamble = (
-        f"Measured with `hf_seqplugins.app.bench` on {time.strftime('%Y-%m-%d')}; ratios are to `{BASELINE}` at the same length "
-        f"(train speed > 1 is faster, times < 1 are faster). Matmul ceiling: {matmul_gflops(device):.1f} GFLOP/s (float32).\n\n"
-        + describe_machine(device)
+        f"Measured with `hf_seqplugins.app.bench` on {time.strftime('%Y-%m-%d')}; ratios are to `{BASELINE}` at the "
+        f"same length (train speed > 1 is faster, times < 1 are faster). Matmul ceiling: {matmul_gflops(device):.1f} "
+        "GFLOP/s (float32).\n\n" + describe_machine(device)
     )
     written = write_results(rows, output_dir / "bench", title, preamble)
 

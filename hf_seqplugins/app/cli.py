@@ -193,7 +193,10 @@ def _train(args, reload_check: bool) -> int:
         Path(args.output_dir) / "model",
         tokenizer=tokenizer,
         results=_card_results(task_name, results),
-        training=f"{args.max_steps} steps of the transformers Trainer on {task_name} (batch {args.batch_size}, lr {args.learning_rate}).",
+        training=(
+            f"{args.max_steps} steps of the transformers Trainer on {task_name} "
+            f"(batch {args.batch_size}, lr {args.learning_rate})."
+        ),
     )
     (export_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     curve = training_curve(
@@ -312,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         model = _load(args.model)
         if is_classifier(model):
             print(
-                f"error: {args.model} holds a sequence classifier ({type(model).__name__}): it predicts one class per input "
-                "and cannot generate text; use `hf-seqplugins evaluate` on it, or generate with a causal LM",
+                f"error: {args.model} holds a sequence classifier ({type(model).__name__}): it predicts one class per "
+                "input and cannot generate text; use `hf-seqplugins evaluate` on it, or generate with a causal LM",
                 file=sys.stderr,
             )
             return 1

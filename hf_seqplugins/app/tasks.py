@@ -176,7 +176,8 @@ LISTOPS_NUM_CLASSES = 10
 
 
 def _arguments_evaluating_to(operator: int, value: int, count: int, rng: random.Random) -> list[int]:
-    """`count` argument values, in random order, on which `operator` gives `value` (drawn with `rng.random()`, for speed)."""
+    """`count` argument values, in random order, on which `operator` gives `value` (drawn with `rng.random()`, for
+    speed)."""
     uniform = rng.random
     if operator == LISTOPS_SM:
         values = [int(uniform() * 10) for _ in range(count - 1)]
@@ -211,7 +212,8 @@ def _arguments_evaluating_to(operator: int, value: int, count: int, rng: random.
 
 
 def _split(total: int, parts: int, most: int, rng: random.Random) -> list[int]:
-    """`total` as `parts` random positive sizes (uniform on the simplex), each at most `most` (needs `parts <= total <= parts * most`)."""
+    """`total` as `parts` random positive sizes (uniform on the simplex), each at most `most` (needs
+    `parts <= total <= parts * most`)."""
     uniform = rng.random
     weights = [-math.log(1.0 - uniform()) for _ in range(parts)]
     scale = (total - parts) / (sum(weights) or 1.0)
@@ -270,7 +272,8 @@ def _write_expression(
 def listops(
     num_examples: int = 256, length: int = 512, max_depth: int = 10, max_args: int = 10, seed: int = 0
 ) -> Dataset:
-    """ListOps (Long Range Arena): classify the value (0-9) of a nested prefix expression, e.g. `[MAX 4 3 [MIN 2 3 ] 1 0 ]` -> 4.
+    """ListOps (Long Range Arena): classify the value (0-9) of a nested prefix expression, e.g.
+    `[MAX 4 3 [MIN 2 3 ] 1 0 ]` -> 4.
 
     Operators: `[MAX`, `[MIN`, `[MED` (median; of an even count, the floor of the mean of the two middle values) and
     `[SM` (sum modulo 10), each opening a list of 2 to `max_args` arguments closed by `]`; arguments are digits or

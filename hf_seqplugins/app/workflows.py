@@ -40,13 +40,14 @@ def load_task(
 ) -> tuple[DatasetDict, object | None]:
     """`(DatasetDict with train/test, tokenizer or None)` for a task name, text files, or a saved dataset folder.
 
-    Text (the embedded `pydoc` corpus or `text_files`) is byte-tokenized; the synthetic tasks are already
-    token ids (no tokenizer) and take `task_kwargs` (`tasks.splits` arguments, e.g. `{"length": 1024, "num_train": 512}`).
-    A folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
+    Text (the embedded `pydoc` corpus or `text_files`) is byte-tokenized; the synthetic tasks are already token ids
+    (no tokenizer) and take `task_kwargs` (`tasks.splits` arguments, e.g. `{"length": 1024, "num_train": 512}`). A
+    folder written by `DatasetDict.save_to_disk` with `input_ids`/`labels` works too.
     """
     if task_kwargs and task not in tasks.TASKS:
         raise ValueError(
-            f"task arguments {sorted(task_kwargs)} apply to the synthetic tasks ({', '.join(sorted(tasks.TASKS))}), not to {task!r}"
+            f"task arguments {sorted(task_kwargs)} apply to the synthetic tasks ({', '.join(sorted(tasks.TASKS))}), "
+            f"not to {task!r}"
         )
     if text_files:
         text = "\n\n".join(Path(f).read_text(encoding="utf-8") for f in text_files)
@@ -134,14 +135,15 @@ def train(
     resume: bool = False,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, Trainer]:
-    """Train a fresh `model_type` model on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints): a causal
-    LM, or a sequence classifier (`AutoModelForSequenceClassification`, `num_labels` and `pad_token_id` from the data)
-    when the data is a classification task (`tasks.num_labels`: a `ClassLabel` per row, e.g. ListOps).
+    """Train a fresh `model_type` model on `data["train"]` with `Trainer` (checkpoints in output_dir/checkpoints): a
+    causal LM, or a sequence classifier (`AutoModelForSequenceClassification`, `num_labels` and `pad_token_id` from the
+    data) when the data is a classification task (`tasks.num_labels`: a `ClassLabel` per row, e.g. ListOps).
 
     `overrides` set config fields (default: a small model); parameters that declare optimizer settings (e.g. the
     SSM parameters of S4: own learning rate, no weight decay) get them (`hf_seqplugins.core.optim`); the callbacks the
-    architecture offers (`Architecture.trainer_callbacks`, e.g. ParaRNN's Newton statistics) are added; `lora` trains LoRA adapters on every
-    linear layer (PEFT) and merges them back at the end; `resume` continues from the last checkpoint in `output_dir`.
+    architecture offers (`Architecture.trainer_callbacks`, e.g. ParaRNN's Newton statistics) are added; `lora` trains
+    LoRA adapters on every linear layer (PEFT) and merges them back at the end; `resume` continues from the last
+    checkpoint in `output_dir`.
     """
     torch.manual_seed(seed)
     check_config_keys(model_type, overrides or {})

@@ -59,7 +59,10 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install 'hf-seqplugins[triton]')"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"Triton kernels need CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run them interpreted on CPU"
+        return (
+            f"Triton kernels need CUDA tensors (got {device.type}); "
+            "set TRITON_INTERPRET=1 to run them interpreted on CPU"
+        )
     return None
 
 
@@ -256,7 +259,8 @@ class Operator:
         )
 
     def backend_for(self, requested, first: torch.Tensor, args: tuple, kwargs: dict) -> str:
-        """The backend that runs validated inputs whose first sequence is `first`: `step` for one token, else `resolve`."""
+        """The backend that runs validated inputs whose first sequence is `first`: `step` for one token, else
+        `resolve`."""
         if first.shape[1] == 1:
             choice = self.choice(requested)
             if choice != AUTO and choice not in self.backends:
@@ -272,7 +276,8 @@ class Operator:
         expected = tuple(first.shape[:2])
         if not isinstance(resets, torch.Tensor) or tuple(resets.shape) != expected:
             raise ValueError(
-                f"{self.name}: resets must be [B, T] = {list(expected)}, got {list(getattr(resets, 'shape', [type(resets).__name__]))}"
+                f"{self.name}: resets must be [B, T] = {list(expected)}, "
+                f"got {list(getattr(resets, 'shape', [type(resets).__name__]))}"
             )
         if resets.dtype != torch.bool:
             raise TypeError(f"{self.name}: resets must be bool (True where a sequence starts), got {resets.dtype}")

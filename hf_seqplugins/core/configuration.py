@@ -95,14 +95,15 @@ class SeqConfig(PreTrainedConfig):
         for key, backend in choices.items():
             if key != DEFAULT and key not in by_name:
                 raise ValueError(
-                    f"{type(self).__name__}.kernel_backend names operator {key!r}, which this architecture does not run; "
-                    f"its operators: {sorted(by_name)}"
+                    f"{type(self).__name__}.kernel_backend names operator {key!r}, which this architecture does not "
+                    f"run; its operators: {sorted(by_name)}"
                 )
             for operator in by_name.values() if key == DEFAULT else [by_name[key]]:
                 if backend != AUTO and backend not in operator.backends:
                     raise ValueError(
-                        f"{type(self).__name__}.kernel_backend {backend!r} is not a backend of operator {operator.name!r}; "
-                        f"it has {sorted(operator.backends)} (or 'auto'); per operator: '{operator.name}:<backend>,...'"
+                        f"{type(self).__name__}.kernel_backend {backend!r} is not a backend of operator "
+                        f"{operator.name!r}; it has {sorted(operator.backends)} (or 'auto'); per operator: "
+                        f"'{operator.name}:<backend>,...'"
                     )
 
 

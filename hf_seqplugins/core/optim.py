@@ -1,9 +1,9 @@
 """Optimizer parameter groups honouring per-parameter settings, for `Trainer` or a hand-made optimizer.
 
-State-space parameters want their own treatment (`docs/architectures/s4.md`, section 'Optimizer settings'): S4's A, B and Δ get a small learning
-rate and no weight decay. A module declares this with a method ``optimizer_settings() -> {parameter name:
-{"lr": ..., "weight_decay": ...}}`` (read at optimizer creation, so it survives `from_pretrained`, PEFT
-wrapping and dtype changes, which may replace parameter objects). Every other parameter follows `Trainer`'s
+State-space parameters want their own treatment (`docs/architectures/s4.md`, section 'Optimizer settings'): S4's A, B
+and Δ get a small learning rate and no weight decay. A module declares this with a method ``optimizer_settings() ->
+{parameter name: {"lr": ..., "weight_decay": ...}}`` (read at optimizer creation, so it survives `from_pretrained`,
+PEFT wrapping and dtype changes, which may replace parameter objects). Every other parameter follows `Trainer`'s
 rule: weight decay except for biases and norms.
 
     trainer = Trainer(model=model, args=args, train_dataset=...,

@@ -101,7 +101,8 @@ def _check(architecture: object) -> Architecture:
     if architecture.api_version != PLUGIN_API_VERSION:
         raise ValueError(
             f"{architecture.model_type!r} was written for hf_seqplugins plugin API version {architecture.api_version}, "
-            f"this installation provides version {PLUGIN_API_VERSION}: install a release of the plugin or of hf-seqplugins that match"
+            f"this installation provides version {PLUGIN_API_VERSION}: install a release of the plugin or of "
+            "hf-seqplugins that match"
         )
     if not architecture.model_type.startswith(MODEL_TYPE_PREFIX):
         raise ValueError(

@@ -165,7 +165,8 @@ class Segments:
         return flat[self.inverse].view(self.batch, self.length, *tensor.shape[2:])
 
     def initial_state(self, state: State) -> State:
-        """Each row's state `[B, ...]` (or a tuple of them) for its first sequence, zeros for the others; None stays None."""
+        """Each row's state `[B, ...]` (or a tuple of them) for its first sequence, zeros for the others; None stays
+        None."""
         if state is None:
             return None
         if isinstance(state, (tuple, list)):

@@ -5,8 +5,9 @@ transformers copies only flat `.py` files next to `config.json`, found through f
 from this package and from the plugin's own package (the plugin, the core pieces and the kernels),
 writes each as one flat file named after its dotted path (`hf_seqplugins.kernels.rnn.cells` ->
 `seqp_kernels_rnn_cells.py`), and rewrites the imports between them into flat relative ones (names
-imported from a package's `__init__` are imported from the module that defines them). `config.json` gets an `auto_map` for every Auto
-class the architecture supports, so the same folder also loads natively when the plugin is installed.
+imported from a package's `__init__` are imported from the module that defines them). `config.json` gets an
+`auto_map` for every Auto class the architecture supports, so the same folder also loads natively when the plugin is
+installed.
 
 Optional dependencies stay optional in the copy: imports that may be missing (Triton, peer libraries,
 this package itself) sit in `try` blocks, which transformers' dependency check skips and the exporter
@@ -191,7 +192,8 @@ def write_remote_code(model: PreTrainedModel, out_dir: str | Path) -> dict[str, 
 def export(
     model: PreTrainedModel, out_dir: str | Path, repo_id: str | None = None, tokenizer=None, **card_fields
 ) -> Path:
-    """Save `model` (safetensors weights, config, self-contained remote code), its `tokenizer` if given, and a model card.
+    """Save `model` (safetensors weights, config, self-contained remote code), its `tokenizer` if given, and a
+    model card.
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)` (and the
     other Auto classes the architecture supports) in an environment with only torch and transformers.

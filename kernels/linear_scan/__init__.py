@@ -58,7 +58,8 @@ def _validate(a, b, initial_state=None, mask=None):
         shape = (b.shape[0], *b.shape[2:])
         if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != shape:
             raise ValueError(
-                f"linear_scan: initial_state must be {list(shape)}, got {list(getattr(initial_state, 'shape', [type(initial_state).__name__]))}"
+                f"linear_scan: initial_state must be {list(shape)}, "
+                f"got {list(getattr(initial_state, 'shape', [type(initial_state).__name__]))}"
             )
         if initial_state.device != b.device:
             raise ValueError(f"linear_scan: initial_state is on {initial_state.device}, b on {b.device}")
@@ -75,7 +76,8 @@ def _per_token_flag(name: str, flag: torch.Tensor, b: torch.Tensor) -> torch.Ten
     """`flag` `[B, T]` bool, checked against `b`, on b's device."""
     if not isinstance(flag, torch.Tensor) or tuple(flag.shape) != tuple(b.shape[:2]):
         raise ValueError(
-            f"linear_scan: {name} must be [B, T] = {list(b.shape[:2])}, got {list(getattr(flag, 'shape', [type(flag).__name__]))}"
+            f"linear_scan: {name} must be [B, T] = {list(b.shape[:2])}, "
+            f"got {list(getattr(flag, 'shape', [type(flag).__name__]))}"
         )
     if flag.dtype != torch.bool:
         raise TypeError(f"linear_scan: {name} must be bool, got {flag.dtype}")

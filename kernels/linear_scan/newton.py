@@ -18,12 +18,14 @@ iterations, and in practice (quadratic convergence) in a handful. The loop stops
 ``max |F_t|`` is at most `tolerance`, or after `max_iterations`; if the residual is then still above the
 tolerance the solve falls back to the sequential loop with a warning (never a silently wrong result).
 
-Gradients are those of the exact solution (implicit differentiation; `docs/architectures/pararnn.md`, section 'Gradients: the adjoint recurrence'), not of the unrolled Newton
-iterations: the states are returned as ``Y = step(H_prev, x)`` evaluated once with autograd, and a hook
-replaces the gradient g arriving at Y by the adjoint ``λ_t = g_t + A_{t+1}^T λ_{t+1}`` (the same linear scan
-run backwards in time); back-propagation through that one step then gives ``Σ_t λ_t^T ∂step/∂(x_t, θ, h_0)``.
+Gradients are those of the exact solution (implicit differentiation; `docs/architectures/pararnn.md`, section
+'Gradients: the adjoint recurrence'), not of the unrolled Newton iterations: the states are returned as
+``Y = step(H_prev, x)`` evaluated once with autograd, and a hook replaces the gradient g arriving at Y by the adjoint
+``λ_t = g_t + A_{t+1}^T λ_{t+1}`` (the same linear scan run backwards in time); back-propagation through that one step
+then gives ``Σ_t λ_t^T ∂step/∂(x_t, θ, h_0)``.
 
-States are computed in float32 for half-precision inputs (errors grow like eps · T; `docs/architectures/pararnn.md`, section 'Precision and convergence pitfalls').
+States are computed in float32 for half-precision inputs (errors grow like eps · T; `docs/architectures/pararnn.md`,
+section 'Precision and convergence pitfalls').
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ def _previous(states: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor
 def sequential_scan(
     step: Step, x: torch.Tensor, initial_state: torch.Tensor, mask: torch.Tensor | None = None, block: int | None = None
 ) -> torch.Tensor:
-    """The plain loop ``h_t = step(h_{t-1}, x_t)``: x `[B, T, ...]`, initial state `[B, D(, m)]` -> states `[B, T, D(, m)]`.
-    Differentiable by ordinary back-propagation; what generation and the fallback run."""
+    """The plain loop ``h_t = step(h_{t-1}, x_t)``: x `[B, T, ...]`, initial state `[B, D(, m)]` -> states
+    `[B, T, D(, m)]`. Differentiable by ordinary back-propagation; what generation and the fallback run."""
     state, states = initial_state, []
     # unbind, not x[:, t]: the backward of T slices would write T full-size gradients (quadratic in T)
     for t, x_t in enumerate(x.unbind(1)):

@@ -1,5 +1,6 @@
-"""Log-depth parallel scan (Hillis-Steele doubling; `docs/architectures/pararnn.md`, section 'The linear solver (linear_scan)'): ceil(log2 T) rounds, each composing every
-step's affine map `s -> a s + b` with the one `2^k` steps earlier, vectorised over the whole sequence.
+"""Log-depth parallel scan (Hillis-Steele doubling; `docs/architectures/pararnn.md`, section 'The linear solver
+(linear_scan)'): ceil(log2 T) rounds, each composing every step's affine map `s -> a s + b` with the one `2^k` steps
+earlier, vectorised over the whole sequence.
 
 The initial state enters as the offset of the first step (`b_1 += a_1 s_0`). O(T log T) work, differentiable by
 autograd. Block transitions are split into m x m lists of `[B, T, D]` tensors (m^3 elementwise products per

@@ -1,5 +1,5 @@
-"""Triton backend of `linear_scan` (ParaRNN's linear solver; `docs/architectures/pararnn.md`, section 'The linear solver (linear_scan)'): a chunked
-`tl.associative_scan` over time.
+"""Triton backend of `linear_scan` (ParaRNN's linear solver; `docs/architectures/pararnn.md`, section 'The linear solver
+(linear_scan)'): a chunked `tl.associative_scan` over time.
 
 Recurrence per batch row and channel: ``s_t = a_t s_{t-1} + b_t`` for t = 1..T from ``s_0`` (the initial
 state, zeros when None), with `a_t` a scalar (diagonal transitions) or an m x m block (m <= `MAX_BLOCK`).
@@ -17,11 +17,11 @@ carried from the previous chunk, ``s = A_t s_carry + B_t``, stores the states an
 state on. Steps past the sequence (the ragged last chunk) load as the identity map (a = I, b = 0), so the
 chunk's last row is the carried state; channels past D are masked out of every load and store.
 
-Backward (the adjoint recurrence; `docs/architectures/pararnn.md`, section 'Gradients: the adjoint recurrence'): with g_t the gradient of s_t and g_final that of s_T,
-``lambda_t = g_t + a_{t+1}^T lambda_{t+1}`` backwards from ``lambda_{T+1} = g_final`` (``a_{T+1}`` is taken
-as the identity). This is the same scan kernel with ``REVERSE=True``: the program reads time backwards
-(no flipped copies), its "transitions" are `a` shifted by one step (a view starting at t = 2) and
-transposed (the row and column strides swapped), its "inputs" are g and its initial state g_final. Then
+Backward (the adjoint recurrence; `docs/architectures/pararnn.md`, section 'Gradients: the adjoint recurrence'): with
+g_t the gradient of s_t and g_final that of s_T, ``lambda_t = g_t + a_{t+1}^T lambda_{t+1}`` backwards from
+``lambda_{T+1} = g_final`` (``a_{T+1}`` is taken as the identity). This is the same scan kernel with ``REVERSE=True``:
+the program reads time backwards (no flipped copies), its "transitions" are `a` shifted by one step (a view starting at
+t = 2) and transposed (the row and column strides swapped), its "inputs" are g and its initial state g_final. Then
 ``grad b_t = lambda_t``, ``grad a_t = lambda_t s_{t-1}^T`` (outer product per channel, elementwise for
 diagonal transitions; a torch post-pass with s_0 = the initial state) and
 ``grad s_0 = a_1^T lambda_1``. The backward is not itself differentiable (`once_differentiable`).
@@ -210,8 +210,8 @@ def _device_context(device: torch.device):
 
 
 def _scan(a5, b4, initial, *, reverse=False):
-    """Run `_scan_kernel`. a5 `[B, Ta, D, m, m]` (any strides; steps t >= Ta use the identity), b4 `[B, T, D, m]`, initial None or
-    `[B, D, m]`. Returns the states `[B, T, D, m]` and the last one `[B, D, m]` (contiguous)."""
+    """Run `_scan_kernel`. a5 `[B, Ta, D, m, m]` (any strides; steps t >= Ta use the identity), b4 `[B, T, D, m]`,
+    initial None or `[B, D, m]`. Returns the states `[B, T, D, m]` and the last one `[B, D, m]` (contiguous)."""
     batch, steps, channels, m = b4.shape
     out = torch.empty((batch, steps, channels, m), dtype=b4.dtype, device=b4.device)
     final = torch.empty((batch, channels, m), dtype=b4.dtype, device=b4.device)

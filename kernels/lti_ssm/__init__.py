@@ -12,8 +12,8 @@ and the compute dtype):
 
 Shapes: `u [Bt, T, H]` floating; `initial_state` as above or None (zeros); `mask [Bt, T]` bool or None:
 False marks padding, where the state is held and y = 0; `resets [Bt, T]` bool or None (keyword): True where
-a packed sequence starts (each runs from a zero state). Returns `y [Bt, T, M, H]` in u's dtype and the final state (None when
-`return_final_state=False`, which spares the closed-form state computation in training) in the system's
+a packed sequence starts (each runs from a zero state). Returns `y [Bt, T, M, H]` in u's dtype and the final state (None
+when `return_final_state=False`, which spares the closed-form state computation in training) in the system's
 state dtype. Compute happens in the system's real dtype: build systems in float32 (complex64) or float64.
 
 Backend contract (what `validate` hands every backend, positionally): ``(u, system, initial_state, mask,
@@ -97,7 +97,8 @@ def _validate(u, system, initial_state=None, mask=None, return_final_state=True)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
             raise ValueError(
-                f"lti_ssm: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+                f"lti_ssm: mask must be [Bt, T] = {[batch, steps]}, "
+                f"got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
             )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"lti_ssm: mask must be bool (False = padding), got {mask.dtype}")

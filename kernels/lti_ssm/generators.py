@@ -1,8 +1,8 @@
 """SSM convolution-kernel generators in plain PyTorch (autograd through complex tensors).
 
-These are the two reductions (`docs/architectures/s4.md`, section 'Convolution kernels') that the `triton` backend fuses (`triton_impl` has the same
-functions with the same contracts), plus the Krylov matrix of LSSL (dense matmuls, no Triton needed).
-They materialise `[rows, N/2, L]` (Vandermonde) or `[rows, L', N/2]` (Cauchy) complex intermediates.
+These are the two reductions (`docs/architectures/s4.md`, section 'Convolution kernels') that the `triton` backend fuses
+(`triton_impl` has the same functions with the same contracts), plus the Krylov matrix of LSSL (dense matmuls, no Triton
+needed). They materialise `[rows, N/2, L]` (Vandermonde) or `[rows, L', N/2]` (Cauchy) complex intermediates.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ POWER_BLOCK = 64
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's Cauchy sums:
-    the sum over all N modes when only one of each conjugate pair is stored).
+    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's
+    Cauchy sums: the sum over all N modes when only one of each conjugate pair is stored).
 
     v `[..., R, N2]` complex (leading dimensions share the poles w), w `[R, N2]` complex, z `[K]` complex (no
     gradient) -> `[..., R, K]` complex. Computed in blocks of nodes with an analytic backward (see `_Cauchy`):

@@ -227,8 +227,9 @@ class DPLRSystem:
         return self.dense().final_state(u, state)
 
     def kernel(self, length: int, generators: Generators) -> torch.Tensor:
-        """`K [M, H, length]` from the generating function (`docs/architectures/s4.md`, section 'Convolution kernels'), evaluated at `self.length` roots of unity
-        (doubled until it covers `length`) and truncated. The Nyquist node ω = -1 takes its analytic value."""
+        """`K [M, H, length]` from the generating function (`docs/architectures/s4.md`, section 'Convolution kernels'),
+        evaluated at `self.length` roots of unity (doubled until it covers `length`) and truncated. The Nyquist node
+        ω = -1 takes its analytic value."""
         c_tilde, nodes = self.c_tilde, self.length
         while nodes < length:
             c_tilde = self._doubled(c_tilde, nodes)

@@ -305,7 +305,8 @@ def vandermonde(v: torch.Tensor, log_a: torch.Tensor, length: int) -> torch.Tens
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's Cauchy sums).
+    """`out[..., r, k] = sum_n v[..., r, n] / (z[k] - w[r, n]) + conj(v[..., r, n]) / (z[k] - conj(w[r, n]))` (S4's
+    Cauchy sums).
 
     v `[..., R, N2]` complex (leading dimensions share the poles w), w `[R, N2]` complex, z `[K]` complex ->
     `[..., R, K]` complex (complex64, or complex128 when any input is). Differentiable in v and w (not twice);

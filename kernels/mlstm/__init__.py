@@ -144,7 +144,8 @@ def _validate(
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
             raise ValueError(
-                f"mlstm: mask must be [B, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+                f"mlstm: mask must be [B, T] = {[batch, steps]}, "
+                f"got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
             )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"mlstm: mask must be bool (False = padding), got {mask.dtype}")

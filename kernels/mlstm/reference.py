@@ -1,5 +1,5 @@
-"""Reference backend: the plain step-by-step recurrence, exp or sigmoid input gate (`docs/architectures/xlstm.md`, sections
-'Recurrence (exponential input gate)' and 'Sigmoid input gate (mLSTMsig)')."""
+"""Reference backend: the plain step-by-step recurrence, exp or sigmoid input gate (`docs/architectures/xlstm.md`,
+sections 'Recurrence (exponential input gate)' and 'Sigmoid input gate (mLSTMsig)')."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fast pure-PyTorch backends: the chunkwise form ("torch") and its single-chunk case, the
-quadratic parallel form ("parallel"), both with initial and final state (`docs/architectures/xlstm.md`, sections 'Chunkwise form'
-and 'Parallel (quadratic) form').
+quadratic parallel form ("parallel"), both with initial and final state (`docs/architectures/xlstm.md`, sections
+'Chunkwise form' and 'Parallel (quadratic) form').
 
 All log-decays are sums of non-positive terms taken directly (prefix sums, suffix sums, and the
 tril-masked cumsum for the decay matrix inside a chunk), never differences of two

@@ -1,5 +1,5 @@
-"""Triton backend of the mLSTM operator in the style of TFLA (Tiled Flash Linear Attention; `docs/architectures/xlstm.md`, section
-'Triton backend (TFLA)').
+"""Triton backend of the mLSTM operator in the style of TFLA (Tiled Flash Linear Attention;
+`docs/architectures/xlstm.md`, section 'Triton backend (TFLA)').
 
 Two levels of tiling. The sequence is cut into chunks of `L` steps (the inter-chunk size, from
 `chunk_size`); a recurrent kernel materialises the state `(C, n, m)` entering every chunk. Each chunk
@@ -28,11 +28,11 @@ gradient of the state entering each chunk (slot 0 is the initial state's); `_bw_
 post-pass that is exact with initial state, final-state gradients and the stabiliser's own gradient.
 
 `tl.dot` needs every dimension >= 16: head dims are tiled by powers of two in [16, 64] ([16, 32] in
-float64, whose 64-wide tiles would need more shared memory than an A100 has) with masked loads (padded columns read as 0 and are never stored), time tiles are powers of two >= 16 and T is
-padded at the end with identity steps (igate = -inf, fgate = +inf, q = k = v = 0), which leave the
-state exactly unchanged. Dots run with ``input_precision="ieee"``: TF32 would lose three digits.
-Half-precision inputs are upcast to float32 before the kernels; float64 inputs are computed in float64.
-In float32 the in-chunk decays `b_j - b_l` are differences of prefix sums, as in TFLA: a weight loses
+float64, whose 64-wide tiles would need more shared memory than an A100 has) with masked loads (padded columns read as 0
+and are never stored), time tiles are powers of two >= 16 and T is padded at the end with identity steps (igate = -inf,
+fgate = +inf, q = k = v = 0), which leave the state exactly unchanged. Dots run with ``input_precision="ieee"``: TF32
+would lose three digits. Half-precision inputs are upcast to float32 before the kernels; float64 inputs are computed in
+float64. In float32 the in-chunk decays `b_j - b_l` are differences of prefix sums, as in TFLA: a weight loses
 about `|b_l| * 6e-8` of relative accuracy (the torch backend sums the decays directly instead).
 """
 
@@ -552,7 +552,10 @@ def unsupported_reason(
         return f"B * NH = {q.shape[0] * q.shape[1]} exceeds the launch grid's limit of {MAX_GRID_Z} programs"
     if bool(torch.isneginf(fgate).any()):
         # In-chunk decays are differences of prefix sums of logsigmoid(fgate): -inf - -inf would be NaN.
-        return "fgate contains -inf (a forget gate of exactly 0), which the prefix-sum decays of the kernels cannot represent"
+        return (
+            "fgate contains -inf (a forget gate of exactly 0), which the prefix-sum decays of the kernels "
+            "cannot represent"
+        )
     return None
 
 

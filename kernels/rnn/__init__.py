@@ -67,7 +67,8 @@ def _validate(
     expected = (gates, heads, head_dim, proj_size or head_dim)
     if tuple(recurrent_weight.shape) != expected:
         raise ValueError(
-            f"headwise_rnn: recurrent_weight must be [G, NH, DH, DR] = {list(expected)}, got {list(recurrent_weight.shape)}"
+            f"headwise_rnn: recurrent_weight must be [G, NH, DH, DR] = {list(expected)}, "
+            f"got {list(recurrent_weight.shape)}"
         )
     if recurrent_bias is not None and tuple(recurrent_bias.shape) != expected[:3]:
         raise ValueError(

@@ -1,7 +1,7 @@
 """Fast pure-PyTorch backend: one batched matmul per step over all heads and gates.
 
-There is no time-parallel form for these nonlinear cells (see `docs/architectures/rnn.md`, section 'Algorithm forms'); the speed
-comes from hoisting everything that does not depend on h out of the loop and issuing a single
+There is no time-parallel form for these nonlinear cells (see `docs/architectures/rnn.md`, section 'Algorithm forms');
+the speed comes from hoisting everything that does not depend on h out of the loop and issuing a single
 `bmm` per step for the block-diagonal recurrent matrix.
 """
 

@@ -66,7 +66,8 @@ def _log_sigmoid(x):
 
 @triton.jit
 def _offsets(offs_b, offs_d, t, steps, slot, slots, head, heads, head_dim):
-    """Offsets of the `[BLOCK_B, BLOCK_D]` tile at (time t, slot, head) of a contiguous `[B, steps, slots, NH, DH]` tensor."""
+    """Offsets of the `[BLOCK_B, BLOCK_D]` tile at (time t, slot, head) of a contiguous `[B, steps, slots, NH, DH]`
+    tensor."""
     return (((offs_b[:, None] * steps + t) * slots + slot) * heads + head) * head_dim + offs_d[None, :]
 
 
@@ -605,7 +606,10 @@ def unsupported_reason(
     if reason is not None:
         return reason
     if projection is not None:
-        return f"the LSTM projection (proj_size={projection.shape[1]}) is not supported by the Triton kernel; use backend 'torch'"
+        return (
+            f"the LSTM projection (proj_size={projection.shape[1]}) is not supported by the Triton kernel; "
+            "use backend 'torch'"
+        )
     head_dim = gates_x.shape[-1]
     if head_dim > MAX_HEAD_DIM:
         return (

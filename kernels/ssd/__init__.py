@@ -10,7 +10,8 @@ Shapes (Bt batch, T time, H heads, P head dim, G groups, N state size):
   Heads map to groups in contiguous blocks: head h reads group h // (H / G).
 - `dt` `[Bt, T, H]`: the step sizes Δ, already softplus'ed and clamped by the caller.
 - `log_decay` `[Bt, T, H]`: the per-step log decay a_t, normally Δ_t·A_h (plus log λ for the
-  state-collapse mitigation, `docs/architectures/mamba2.md`, section 'State-collapse mitigations'); usually <= 0, but any real value is computed faithfully.
+  state-collapse mitigation, `docs/architectures/mamba2.md`, section 'State-collapse mitigations'); usually <= 0, but
+  any real value is computed faithfully.
 - `initial_state` `[Bt, H, P, N]` or None (zeros).
 - `mask` `[Bt, T]` bool or None: False marks padding, where the state is carried over unchanged and
   y = 0 (nothing is read there: NaN in padded inputs stays out).
@@ -133,7 +134,8 @@ def _validate(
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, steps):
             raise ValueError(
-                f"ssd: mask must be [Bt, T] = {[batch, steps]}, got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
+                f"ssd: mask must be [Bt, T] = {[batch, steps]}, "
+                f"got {list(getattr(mask, 'shape', [type(mask).__name__]))}"
             )
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"ssd: mask must be bool (False = padding), got {mask.dtype}")

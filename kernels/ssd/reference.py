@@ -1,4 +1,5 @@
-"""Reference backend: the plain step-by-step recurrence (`docs/architectures/mamba2.md`, section 'SSD recurrence'), without the D skip."""
+"""Reference backend: the plain step-by-step recurrence (`docs/architectures/mamba2.md`, section 'SSD recurrence'),
+without the D skip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fast pure-PyTorch backend: the chunked SSD (`docs/architectures/mamba2.md`, section 'Chunked SSD'), with initial and final state.
+"""Fast pure-PyTorch backend: the chunked SSD (`docs/architectures/mamba2.md`, section 'Chunked SSD'), with initial and
+final state.
 
 Within a chunk, the log-decay from step j to step i is a masked cumsum (segsum), never
 `Acum_i - Acum_j`, which cancels catastrophically; the decay from step j to the chunk end is its

@@ -16,9 +16,9 @@ Within chunk c (local steps i, j), with `X_j = dt_j x_j`:
 The states entering every chunk, `[Bt * H, NC + 1, P, N]`, are kept for the backward.
 
 The in-chunk decays `seg_ij = sum_{j<r<=i} a_r` are never differences of prefix sums: on the diagonal
-block they are a masked cumulative sum over the block (the segsum of `docs/architectures/mamba2.md`, section 'Chunked SSD'), between blocks the sum
-`(suffix of j's block) + (totals of the blocks between) + (prefix of i's block)`. Every term is a sum of
-log decays, so for `a <= 0` nothing cancels and a decay keeps its full relative accuracy.
+block they are a masked cumulative sum over the block (the segsum of `docs/architectures/mamba2.md`, section 'Chunked
+SSD'), between blocks the sum `(suffix of j's block) + (totals of the blocks between) + (prefix of i's block)`. Every
+term is a sum of log decays, so for `a <= 0` nothing cancels and a decay keeps its full relative accuracy.
 
 Backward, with `dH_c` the gradient of the state entering chunk c:
 `_chunk_state_kernel` again for `dS_c = sum_i exp(cum_i) dy_i C_i^T` and `_state_passing_kernel`

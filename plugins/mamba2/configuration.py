@@ -164,7 +164,8 @@ class Mamba2Config(SeqConfig):
             for i in self.attention_layers
         ):
             raise ValueError(
-                f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), got {self.attention_layers!r}"
+                f"{name}.attention_layers must be block indices in [0, {self.num_hidden_layers}), "
+                f"got {self.attention_layers!r}"
             )
         self.attention_layers = sorted(set(self.attention_layers))
         if self.attention_layers:
@@ -172,7 +173,8 @@ class Mamba2Config(SeqConfig):
                 require_positive_int(self, field)
             if self.num_attention_heads % self.num_key_value_heads:
                 raise ValueError(
-                    f"{name}: num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})"
+                    f"{name}: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                    f"num_key_value_heads ({self.num_key_value_heads})"
                 )
             if self.attention_head_dim % 2:
                 raise ValueError(
@@ -182,8 +184,9 @@ class Mamba2Config(SeqConfig):
             require_positive_int(self, "xb_heads")
             if self.n_groups != self.num_heads or self.state_size != self.head_dim or self.num_heads % self.xb_heads:
                 raise ValueError(
-                    f"{name}.xb_heads needs n_groups == num_heads ({self.n_groups} vs {self.num_heads}), state_size == head_dim "
-                    f"({self.state_size} vs {self.head_dim}) and num_heads divisible by xb_heads ({self.xb_heads})"
+                    f"{name}.xb_heads needs n_groups == num_heads ({self.n_groups} vs {self.num_heads}), "
+                    f"state_size == head_dim ({self.state_size} vs {self.head_dim}) and num_heads divisible by "
+                    f"xb_heads ({self.xb_heads})"
                 )
         self.check_state_collapse_options()
 

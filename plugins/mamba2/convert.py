@@ -1,10 +1,10 @@
 """Checkpoint conversion between transformers' Mamba-2 (`transformers.Mamba2ForCausalLM`, e.g.
 mistralai/Mamba-Codestral-7B-v0.1) and seqp_mamba2 (`Mamba2ForCausalLM`), both ways.
 
-Both models compute the same function (`docs/architectures/mamba2.md`, section 'Mixer'): embeddings, pre-norm blocks ``x + mixer(RMSNorm(x))``
-with the Mamba-2 mixer (in_proj -> [z | xBC | dt], causal depthwise conv + SiLU on xBC, SSD with D skip, gated
-RMSNorm ``norm(y * silu(z))`` per group of d_inner / G channels, out_proj), a final RMSNorm and the LM head.
-transformers 5.24's `MambaRMSNormGated` normalises per group too (group_size = d_inner / n_groups), like
+Both models compute the same function (`docs/architectures/mamba2.md`, section 'Mixer'): embeddings, pre-norm blocks
+``x + mixer(RMSNorm(x))`` with the Mamba-2 mixer (in_proj -> [z | xBC | dt], causal depthwise conv + SiLU on xBC, SSD
+with D skip, gated RMSNorm ``norm(y * silu(z))`` per group of d_inner / G channels, out_proj), a final RMSNorm and the
+LM head. transformers 5.24's `MambaRMSNormGated` normalises per group too (group_size = d_inner / n_groups), like
 mamba_ssm and seqp_mamba2, and it uses `layer_norm_epsilon` for the block norms, the gated norm and the final
 norm alike, as seqp_mamba2 uses `norm_eps`. Parameter names and shapes are the same inside the mixer, so the
 conversion only renames (D hidden size, d_inner = expand * D, H heads, G groups, N state size, K conv kernel,

@@ -28,7 +28,8 @@ def hybrid_config_from_llama(llama_config, mamba_layers: list[int], **overrides)
     head_dim = getattr(llama_config, "head_dim", None) or llama_config.hidden_size // heads
     if (heads * head_dim) % llama_config.hidden_size:
         raise ValueError(
-            f"num_attention_heads * head_dim ({heads * head_dim}) must be a multiple of hidden_size ({llama_config.hidden_size})"
+            f"num_attention_heads * head_dim ({heads * head_dim}) must be a multiple of "
+            f"hidden_size ({llama_config.hidden_size})"
         )
     if getattr(llama_config, "mlp_bias", False):
         raise ValueError("mlp_bias=True: the hybrid's feed-forward has no biases")

@@ -1,4 +1,5 @@
-"""Mamba-2 model classes: the SSD mixer (`docs/architectures/mamba2.md`, section 'Mixer') in the shared pre-norm blocks."""
+"""Mamba-2 model classes: the SSD mixer (`docs/architectures/mamba2.md`, section 'Mixer') in the shared pre-norm
+blocks."""
 
 from __future__ import annotations
 
@@ -102,10 +103,11 @@ class Mamba2Mixer(nn.Module):
         return None if state is None else state[0]
 
     def init_mixer_weights(self) -> None:
-        """mamba_ssm's init (`docs/architectures/mamba2.md`, section 'Initialisation'): softplus(dt_bias) log-uniform in [time_step_min, time_step_max]
-        (>= floor), A = -U[A_init_range], D = 1; in_proj and conv1d keep PyTorch's default init (uniform, bound
-        1/sqrt(fan_in)) rather than the generic N(0, initializer_range), which would make x, B and C ~25x too
-        small for the state to matter; out_proj the same, over sqrt(num_hidden_layers); Linear biases 0."""
+        """mamba_ssm's init (`docs/architectures/mamba2.md`, section 'Initialisation'): softplus(dt_bias) log-uniform in
+        [time_step_min, time_step_max] (>= floor), A = -U[A_init_range], D = 1; in_proj and conv1d keep PyTorch's
+        default init (uniform, bound 1/sqrt(fan_in)) rather than the generic N(0, initializer_range), which would make
+        x, B and C ~25x too small for the state to matter; out_proj the same, over sqrt(num_hidden_layers); Linear
+        biases 0."""
         config = self.config
         low, high = math.log(config.time_step_min), math.log(config.time_step_max)
         dt = torch.exp(torch.rand(self.num_heads) * (high - low) + low).clamp(min=config.time_step_floor)

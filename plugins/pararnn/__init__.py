@@ -1,4 +1,5 @@
-"""ParaRNN (`docs/architectures/pararnn.md`): nonlinear RNNs with diagonal Jacobians, trained by parallel Newton iterations."""
+"""ParaRNN (`docs/architectures/pararnn.md`): nonlinear RNNs with diagonal Jacobians, trained by parallel Newton
+iterations."""
 
 from .cells import CELLS, ParaCell, ParaGRUCell, ParaLSTMCell, SLSTMDiagCell, register_cell
 from .configuration import ParaRNNConfig

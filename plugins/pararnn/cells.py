@@ -1,11 +1,12 @@
-"""ParaRNN's cells (`docs/architectures/pararnn.md`, section 'Cells'): recurrences whose Jacobian ∂h_t/∂h_{t-1} is diagonal across channels
-(ParaGRU) or made of small diagonal blocks (ParaLSTM's 2 x 2 over `[c, h]`, the diagonal sLSTM's 4 x 4 over
-`[h, c, n, m]`), so Newton's linear solves are scans.
+"""ParaRNN's cells (`docs/architectures/pararnn.md`, section 'Cells'): recurrences whose Jacobian ∂h_t/∂h_{t-1} is
+diagonal across channels (ParaGRU) or made of small diagonal blocks (ParaLSTM's 2 x 2 over `[c, h]`, the diagonal
+sLSTM's 4 x 4 over `[h, c, n, m]`), so Newton's linear solves are scans.
 
 A cell is an `nn.Module` with `block` (None: a state `[..., N]`; m: `[..., N, m]`), `input_rows` (the input
 projection gives `[..., input_rows, N]` pre-activations per step), `output(states)` (the `[..., N]` features
 the block reads), `initial_bias()` (the input projection's bias at init), `step(h_prev, x) -> h` and optionally
-`jacobian(h_prev, x)` (else the engine uses forward-mode autograd). `register_cell(name, cls)` makes a new cell available as `ParaRNNConfig(cell=name)`.
+`jacobian(h_prev, x)` (else the engine uses forward-mode autograd). `register_cell(name, cls)` makes a new cell
+available as `ParaRNNConfig(cell=name)`.
 """
 
 from __future__ import annotations
@@ -118,11 +119,12 @@ class ParaLSTMCell(ParaCell):
 
 
 class SLSTMDiagCell(ParaCell):
-    """sLSTM (`docs/architectures/rnn.md`, section 'sLSTM: stabiliser and normalizer') with diagonal recurrent weights, state `[..., N, 4]` = (h, c, n, m), x rows (i, f, z, o):
-    ``m' = max(ĩ, m + logσ(f̃))``, ``i = exp(ĩ - m')``, ``f = exp(m + logσ(f̃) - m')``, ``c' = f c + i tanh(z̃)``,
-    ``n' = f n + i``, ``h' = σ(õ) c' / n'`` with ``ĩ = A_i h + x_i`` etc. (no normaliser clamp). From the zero state
-    the first m differs from the reference's m_1 = ĩ but h, the stabiliser-free quantity, is the same. Written as
-    its step only: the engine takes its 4 x 4 Jacobian blocks from forward-mode autograd."""
+    """sLSTM (`docs/architectures/rnn.md`, section 'sLSTM: stabiliser and normalizer') with diagonal recurrent weights,
+    state `[..., N, 4]` = (h, c, n, m), x rows (i, f, z, o): ``m' = max(ĩ, m + logσ(f̃))``, ``i = exp(ĩ - m')``,
+    ``f = exp(m + logσ(f̃) - m')``, ``c' = f c + i tanh(z̃)``, ``n' = f n + i``, ``h' = σ(õ) c' / n'`` with
+    ``ĩ = A_i h + x_i`` etc. (no normaliser clamp). From the zero state the first m differs from the reference's m_1 = ĩ
+    but h, the stabiliser-free quantity, is the same. Written as its step only: the engine takes its 4 x 4 Jacobian
+    blocks from forward-mode autograd."""
 
     block = 4
     input_rows = 4

@@ -30,7 +30,9 @@ def seqplugins_architectures() -> list[Architecture]:
                 "newton_tolerance": 1e-6,
                 "newton_max_iterations": 12,
             },
-            description="ParaRNN: ParaGRU / ParaLSTM trained in parallel over the sequence by Newton iterations and scans",
+            description=(
+                "ParaRNN: ParaGRU / ParaLSTM trained in parallel over the sequence by Newton iterations and scans"
+            ),
             trainer_callbacks=(NewtonStatsCallback,),
         )
     ]

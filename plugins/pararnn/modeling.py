@@ -29,7 +29,8 @@ class ParaRNNMixer(nn.Module):
 
     Parameters: the cell's (`A`, ...), the head-block-diagonal input weights `B [NH, D/NH, rows, N/NH]` and bias
     `b [rows, N]`, `out_proj [N -> D]`. The cache holds the last state `[B, N(, m)]`. After every
-    parallel solve `newton_stats` holds its `NewtonStats` (logged by `hf_seqplugins.kernels.linear_scan.newton.NewtonStatsCallback`).
+    parallel solve `newton_stats` holds its `NewtonStats` (logged by
+    `hf_seqplugins.kernels.linear_scan.newton.NewtonStatsCallback`).
     """
 
     def __init__(self, config: ParaRNNConfig, layer_idx: int):
@@ -44,7 +45,8 @@ class ParaRNNMixer(nn.Module):
         self.newton_stats: NewtonStats | None = None
 
     def init_mixer_weights(self) -> None:
-        """Init (`docs/architectures/pararnn.md`, section 'Initialisation'): B Xavier-uniform over (D/NH, N/NH), b the cell's `initial_bias()`; the cell's own init."""
+        """Init (`docs/architectures/pararnn.md`, section 'Initialisation'): B Xavier-uniform over (D/NH, N/NH), b the
+        cell's `initial_bias()`; the cell's own init."""
         heads, fan_in, _, fan_out = self.B.shape
         bound = math.sqrt(6 / (fan_in + fan_out))
         init.uniform_(self.B, -bound, bound)

@@ -36,7 +36,8 @@ class _BackendSelectable:
             return super().forward(input, hx)
         if isinstance(input, PackedSequence):
             raise TypeError(
-                f"PackedSequence input is supported by backend 'torch' only (this layer's backend is {backend!r}); pad it and pass the padded tensor"
+                f"PackedSequence input is supported by backend 'torch' only (this layer's backend is {backend!r}); "
+                "pad it and pass the padded tensor"
             )
         return self._forward_operator(input, hx, backend)
 
@@ -45,7 +46,8 @@ class _BackendSelectable:
         batched = input.dim() == 3
         if not batched and input.dim() != 2:
             raise ValueError(
-                f"{type(self).__name__}: expected input of 2 (unbatched) or 3 dimensions, got shape {tuple(input.shape)}"
+                f"{type(self).__name__}: expected input of 2 (unbatched) or 3 dimensions, "
+                f"got shape {tuple(input.shape)}"
             )
         if not batched:
             input = input.unsqueeze(0 if self.batch_first else 1)

@@ -37,8 +37,8 @@ class HeadwiseRNNMixer(nn.Module):
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
 
     def init_mixer_weights(self) -> None:
-        """PyTorch's U(-1/sqrt(DH), 1/sqrt(DH)) for the recurrence; sLSTM as in xLSTM (`docs/architectures/rnn.md`, section 'Initialisation'):
-        zero recurrent weights and a forget-gate bias spread per head from +5 down to -7."""
+        """PyTorch's U(-1/sqrt(DH), 1/sqrt(DH)) for the recurrence; sLSTM as in xLSTM (`docs/architectures/rnn.md`,
+        section 'Initialisation'): zero recurrent weights and a forget-gate bias spread per head from +5 down to -7."""
         bound = 1.0 / math.sqrt(self.head_dim)
         init.zeros_(self.recurrent_bias)
         if self.cell != "slstm":

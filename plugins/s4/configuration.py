@@ -1,4 +1,5 @@
-"""Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense), `docs/architectures/s4.md`."""
+"""Configs of the structured state-space models: S4 (DPLR), S4D (diagonal) and LSSL (dense),
+`docs/architectures/s4.md`."""
 
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ def seqplugins_architectures() -> list[Architecture]:
             m.LSSLConfig,
             "LSSL",
             {"learn_ab": 1},
-            "LSSL: dense HiPPO state space, bilinear discretisation, Krylov kernel, FFT convolution, recurrent decoding",
+            "LSSL: dense HiPPO state space, bilinear discretisation, Krylov kernel, FFT convolution, "
+            "recurrent decoding",
         ),
     ]

@@ -1,4 +1,5 @@
-"""S4, S4D and LSSL model classes: one state-space mixer (`docs/architectures/s4.md`, section 'Block') in the shared pre-norm blocks."""
+"""S4, S4D and LSSL model classes: one state-space mixer (`docs/architectures/s4.md`, section 'Block') in the shared
+pre-norm blocks."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ class StateSpaceMixer(nn.Module):
         state = read_state(cache, self.layer_idx)
         if state is not None:
             state = torch.view_as_complex(state[0].contiguous()) if self.complex_state else state[0]
-        # kernels, FFTs and states in float32 even under autocast (`docs/architectures/s4.md`, section 'Numerics and pitfalls')
+        # kernels, FFTs and states in float32 even under autocast (`docs/architectures/s4.md`, section 'Numerics and
+        # pitfalls')
         with torch.autocast(hidden.device.type, enabled=False):
             y, state = self.state_space(hidden, state, cache is not None, attention_mask, resets)
         if cache is not None:
@@ -184,8 +186,8 @@ class S4Mixer(StateSpaceMixer):
         return {name: settings for name in names}
 
     def init_mixer_weights(self) -> None:
-        """The S4 / S4D init: log Δ ~ U[log dt_min, log dt_max]; Λ from `config.init`; B = 1 (diag-*) or V* B (legs, imaginary
-        part clipped to ±B_clip); P = V* P; C complex normal (parts N(0, 1/2)); S4's C̃ = C (I - Ā^l_max)."""
+        """The S4 / S4D init: log Δ ~ U[log dt_min, log dt_max]; Λ from `config.init`; B = 1 (diag-*) or V* B (legs,
+        imaginary part clipped to ±B_clip); P = V* P; C complex normal (parts N(0, 1/2)); S4's C̃ = C (I - Ā^l_max)."""
         super().init_mixer_weights()
         config = self.config
         copies, modes = self.A_real.shape
@@ -267,8 +269,8 @@ class LSSLMixer(StateSpaceMixer):
         return settings
 
     def init_mixer_weights(self) -> None:
-        """The LSSL init: log Δ ~ U[log dt_min, log dt_max] ("random") or evenly log-spaced ("uniform"); A, B from HiPPO;
-        C ~ N(0, 1)."""
+        """The LSSL init: log Δ ~ U[log dt_min, log dt_max] ("random") or evenly log-spaced ("uniform"); A, B from
+        HiPPO; C ~ N(0, 1)."""
         super().init_mixer_weights()
         config = self.config
         low, high = math.log(config.dt_min), math.log(config.dt_max)

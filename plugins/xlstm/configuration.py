@@ -15,7 +15,8 @@ class XLSTMConfig(SeqConfig):
     `block_pattern` says so (xLSTM paper's mixed stacks, e.g. "mmsm" repeated).
 
     Args:
-        num_heads: mLSTM heads NH; head dims DK = hidden_size * qk_dim_factor / NH, DV = hidden_size * v_dim_factor / NH.
+        num_heads: mLSTM heads NH; head dims DK = hidden_size * qk_dim_factor / NH,
+            DV = hidden_size * v_dim_factor / NH.
         qk_dim_factor, v_dim_factor: query/key and value widths as fractions of hidden_size (7B: 0.5 and 1.0).
         gate_soft_cap: soft cap ``c tanh(x / c)`` of the input/forget gate pre-activations (7B: 15).
         output_logit_soft_cap: soft cap of the logits (7B: 30; 0 or None disables it).
@@ -115,22 +116,26 @@ class XLSTMConfig(SeqConfig):
         ):
             if value < self.num_heads or value % self.num_heads:
                 raise ValueError(
-                    f"{name}: int(hidden_size * {field}_dim_factor) = {value} must be a positive multiple of num_heads ({self.num_heads})"
+                    f"{name}: int(hidden_size * {field}_dim_factor) = {value} must be a positive multiple of "
+                    f"num_heads ({self.num_heads})"
                 )
         if not isinstance(self.block_pattern, str) or not self.block_pattern or set(self.block_pattern) - {"m", "s"}:
             raise ValueError(
-                f"{name}.block_pattern must be a non-empty string of 'm' (mLSTM) and 's' (sLSTM), got {self.block_pattern!r}"
+                f"{name}.block_pattern must be a non-empty string of 'm' (mLSTM) and 's' (sLSTM), "
+                f"got {self.block_pattern!r}"
             )
         if "s" in self.block_types:
             if self.hidden_size % self.slstm_num_heads:
                 raise ValueError(
-                    f"{name}: hidden_size ({self.hidden_size}) must be divisible by slstm_num_heads ({self.slstm_num_heads})"
+                    f"{name}: hidden_size ({self.hidden_size}) must be divisible by "
+                    f"slstm_num_heads ({self.slstm_num_heads})"
                 )
             common = {"auto"} | (set(MLSTM.backends) & set(HEADWISE_RNN.backends))
             if self.kernel_backend not in common:
                 raise ValueError(
-                    f"{name}.kernel_backend {self.kernel_backend!r} is not a backend of the sLSTM blocks' operator; with sLSTM "
-                    f"blocks choose one of {sorted(common)} (or pick per operator with hf_seqplugins.use_backend(mlstm=...))"
+                    f"{name}.kernel_backend {self.kernel_backend!r} is not a backend of the sLSTM blocks' operator; "
+                    f"with sLSTM blocks choose one of {sorted(common)} "
+                    "(or pick per operator with hf_seqplugins.use_backend(mlstm=...))"
                 )
         for field in ("gate_soft_cap", "output_logit_soft_cap", "mlstm_eps"):
             value = getattr(self, field)

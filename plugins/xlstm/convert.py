@@ -1,10 +1,10 @@
 """Checkpoint conversion between transformers' xLSTM (`transformers.xLSTMForCausalLM`, the NX-AI/xLSTM-7b layout)
 and seqp_xlstm (`XLSTMForCausalLM`), both ways.
 
-Both models compute the same function (`docs/architectures/xlstm.md`, section 'xLSTM-7B block'): embeddings, pre-norm blocks of an mLSTM layer and a
-SwiGLU feed-forward, a final RMSNorm and a soft-capped LM head. The conversion renames parameters, splits or
-concatenates transformers' fused projections (`weight_mode="fused"`) and refuses, with a ValueError naming the
-field, whatever one side cannot represent.
+Both models compute the same function (`docs/architectures/xlstm.md`, section 'xLSTM-7B block'): embeddings, pre-norm
+blocks of an mLSTM layer and a SwiGLU feed-forward, a final RMSNorm and a soft-capped LM head. The conversion renames
+parameters, splits or concatenates transformers' fused projections (`weight_mode="fused"`) and refuses, with a
+ValueError naming the field, whatever one side cannot represent.
 
 Names (D hidden size, NH heads, D_qk = int(D * qk_dim_factor), D_v = int(D * v_dim_factor), U feed-forward width;
 block prefixes `backbone.blocks.{i}.` and `model.layers.{i}.`):

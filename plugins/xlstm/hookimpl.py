@@ -29,6 +29,8 @@ def seqplugins_architectures() -> list[Architecture]:
                 "chunk_size": 4,
                 "intermediate_size": 32,
             },
-            description="xLSTM: mLSTM matrix memory (xLSTM-7B block, TFLA chunkwise kernels), mixable with sLSTM blocks",
+            description=(
+                "xLSTM: mLSTM matrix memory (xLSTM-7B block, TFLA chunkwise kernels), mixable with sLSTM blocks"
+            ),
         )
     ]

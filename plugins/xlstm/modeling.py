@@ -1,4 +1,5 @@
-"""xLSTM model classes: the xLSTM-7B mLSTM layer (`docs/architectures/xlstm.md`, section 'xLSTM-7B block') in the shared pre-norm blocks."""
+"""xLSTM model classes: the xLSTM-7B mLSTM layer (`docs/architectures/xlstm.md`, section 'xLSTM-7B block') in the shared
+pre-norm blocks."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ from .scan import MINGRU_SCAN
 
 
 class MinGRUConfig(SeqConfig):
-    """minGRU: `z = sigmoid(W_z x)`, `candidate = W_h x`, `h = (1 - z) h + z candidate`, width `expand * hidden_size`."""
+    """minGRU: `z = sigmoid(W_z x)`, `candidate = W_h x`, `h = (1 - z) h + z candidate`, width
+    `expand * hidden_size`."""
 
     model_type = "seqp_mingru"
     operators = (MINGRU_SCAN,)

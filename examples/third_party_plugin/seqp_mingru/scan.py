@@ -54,7 +54,8 @@ def _load_parallel():
 def _validate(gate, candidate, initial_state=None, mask=None):
     if gate.shape != candidate.shape or gate.dim() != 3:
         raise ValueError(
-            f"mingru_scan: gate and candidate must both be [B, T, D], got {tuple(gate.shape)} and {tuple(candidate.shape)}"
+            f"mingru_scan: gate and candidate must both be [B, T, D], got {tuple(gate.shape)} and "
+            f"{tuple(candidate.shape)}"
         )
     compute = compute_dtype(gate.dtype)  # log-space products lose too much in bf16
     gate, candidate = gate.to(compute), candidate.to(compute)

@@ -49,8 +49,9 @@ def trainer_metrics(eval_dataset=None) -> dict:
         if dfa_metric is not None:
             if len(evaluation.predictions) != len(eval_dataset):
                 raise ValueError(
-                    f"dfa_accuracy: {len(evaluation.predictions)} predictions for the {len(eval_dataset)} rows given to "
-                    "trainer_metrics(eval_dataset): evaluate on that dataset, or build the metrics for the other one"
+                    f"dfa_accuracy: {len(evaluation.predictions)} predictions for the {len(eval_dataset)} rows "
+                    "given to trainer_metrics(eval_dataset): evaluate on that dataset, or build the metrics for the "
+                    "other one"
                 )
             rows = eval_dataset.select_columns(["input_ids", "dfa"])[:]
             scores.update(
