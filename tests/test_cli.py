@@ -171,6 +171,13 @@ def test_train_on_text_files_then_generate(tmp_path, capsys):
     assert (out / "model" / "tokenizer_config.json").exists()
     assert main(["generate", str(out / "model"), "--prompt", "abc", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("abc")
+    other = tmp_path / "other.txt"
+    other.write_text("hello world. " * 40)
+    evaluation = tmp_path / "eval"
+    assert main(["evaluate", str(out / "model"), "--text-files", str(other), "--block-size", "32",
+                 "--output-dir", str(evaluation)]) == 0
+    scores = json.loads((evaluation / "eval_other.json").read_text())
+    assert scores[0]["bits_per_byte"] > 0 and "written:" in capsys.readouterr().out
 
 
 def test_unknown_task_and_bad_override_are_refused(tmp_path):

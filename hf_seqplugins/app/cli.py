@@ -110,6 +110,9 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--block-size", type=int, default=128)
     evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
     evaluate.add_argument(
+        "--text-files", nargs="+", help="score a text model on all of these UTF-8 text files instead of --task"
+    )
+    evaluate.add_argument(
         "--lengths", type=int, nargs="+", help="evaluate fresh rows at each of these lengths (accuracy vs length plot)"
     )
     evaluate.add_argument(
@@ -242,7 +245,19 @@ def _evaluate(args) -> int:
 
     model = _load(args.model)
     task_kwargs = workflows.parse_overrides(args.task_args)
-    if args.lengths:
+    if args.text_files:
+        from .data import language_modeling_rows, text_blocks
+
+        if args.lengths or task_kwargs:
+            raise ValueError("--text-files scores whole files: it takes neither --lengths nor --task-args")
+        tokenizer = _tokenizer(args.model)
+        text = "\n\n".join(Path(f).read_text(encoding="utf-8") for f in args.text_files)
+        blocks = text_blocks(tokenizer, text, args.block_size)
+        if not blocks:
+            raise ValueError(f"the text files hold fewer than --block-size={args.block_size} tokens")
+        rows = [workflows.evaluate(model, language_modeling_rows(blocks), tokenizer)]
+        args.task = Path(args.text_files[0]).stem if len(args.text_files) == 1 else "text_files"
+    elif args.lengths:
         by_length = workflows.evaluate_lengths(model, args.task, args.lengths, **task_kwargs)
         rows = [{"length": length, **scores} for length, scores in by_length.items()]
     else:

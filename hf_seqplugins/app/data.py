@@ -59,22 +59,28 @@ def pydoc_corpus() -> str:
     return "\n\n".join(pydoc_data.topics.topics[key] for key in sorted(pydoc_data.topics.topics))
 
 
+def text_blocks(tokenizer: PreTrainedTokenizerBase, text: str, block_size: int = 128) -> list[list[int]]:
+    """`text` tokenized once and cut into consecutive `block_size` blocks (the incomplete tail left out)."""
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
+
+
+def language_modeling_rows(blocks: list[list[int]]) -> Dataset:
+    """Blocks as a causal-LM dataset (`input_ids` and `labels`)."""
+    return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
 def language_modeling_dataset(
     tokenizer: PreTrainedTokenizerBase, text: str | None = None, block_size: int = 128, test_fraction: float = 0.05
 ) -> DatasetDict:
-    """`text` (default: `pydoc_corpus()`) tokenized once and cut into `block_size` blocks with `labels`;
-    the last `test_fraction` of the blocks (held-out text, not a random sample) is the test split."""
-    if block_size < 2:
-        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    """`text` (default: `pydoc_corpus()`) cut into `block_size` blocks (`text_blocks`) with `labels`; the last
+    `test_fraction` of the blocks (held-out text, not a random sample) is the test split."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    ids = tokenizer(text if text is not None else pydoc_corpus(), add_special_tokens=False)["input_ids"]
-    blocks = [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
+    blocks = text_blocks(tokenizer, text if text is not None else pydoc_corpus(), block_size)
     split = len(blocks) - max(1, int(test_fraction * len(blocks)))
     if split < 1:
         raise ValueError(f"the text gives {len(blocks)} blocks of {block_size} tokens: too few to split")
-
-    def rows(part):
-        return Dataset.from_dict({"input_ids": part, "labels": part})
-
-    return DatasetDict(train=rows(blocks[:split]), test=rows(blocks[split:]))
+    return DatasetDict(train=language_modeling_rows(blocks[:split]), test=language_modeling_rows(blocks[split:]))
