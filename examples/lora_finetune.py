@@ -2,7 +2,7 @@
 
     python examples/lora_finetune.py [--base outputs/demo/model] [--output-dir outputs/lora]
 
-Without --base, a small sLSTM is first trained briefly on the embedded text so the script runs alone.
+Without --base, a fresh small sLSTM (untrained) is fine-tuned, so the script runs alone.
 The fine-tuning task is modular counting (parity), a state-tracking probe.
 """
 

@@ -74,7 +74,6 @@ export_dir = hf_seqplugins.export(
     model,
     output_dir / "model",
     tokenizer=tokenizer,
-    repo_id=f"<your-name>/{args.model_type}-pydoc-bytes",
     results=[{"dataset": "pydoc_data topics (held-out 5%)", "metric": "bits_per_byte", "value": bits_per_byte}],
     training=f"Byte-level language modelling with the transformers Trainer for {args.max_steps} steps "
     f"(batch 16 x {args.block_size} bytes, AdamW, lr 3e-3, cosine) on Python's pydoc_data topics.",

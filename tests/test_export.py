@@ -217,3 +217,13 @@ def test_saving_another_architecture_into_a_folder_removes_only_our_stale_files(
     assert "seqp_plugins_xlstm_modeling.py" not in written and "seqp_kernels_mlstm_reference.py" not in written
     assert {"seqp_plugins_rnn_modeling.py", "my_notes.py"} <= written
     assert AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).config.model_type == "seqp_gru"
+
+
+def test_a_card_without_repo_id_has_no_placeholder(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru"))
+    export(model, tmp_path, results=[{"dataset": "toy", "metric": "accuracy", "value": 0.5}])
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "<your-name>" not in card.content and 'from_pretrained("path/to/this/folder"' in card.content
+    assert card.data.to_dict()["model-index"][0]["name"] == "seqp_gru"

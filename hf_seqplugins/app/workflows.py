@@ -200,7 +200,8 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: int = 32) -> dict:
-    """Held-out metrics. Causal LM: `loss`, exact-match `accuracy` and `sequence_accuracy` over the labelled positions,
+    """Held-out metrics. Causal LM: `loss`, exact-match `accuracy` over the labelled positions (and, for task rows
+    without a tokenizer, `sequence_accuracy`: every labelled position of a row right),
     `bits_per_byte` when the tokens are bytes (a byte tokenizer), `dfa_accuracy` when rows carry a `dfa` (RegBench).
     Sequence classifier on classification rows (`tasks.num_labels`): `loss` (mean cross-entropy) and `accuracy`."""
     classification = tasks.num_labels(data) is not None
@@ -232,7 +233,9 @@ def evaluate(model: PreTrainedModel, data: Dataset, tokenizer=None, batch_size: 
             next_tokens += argmax.tolist()
     results = {"loss": total_nll / total_tokens}
     recall = metrics.load("recall_accuracy").compute(predictions=predictions, references=references)
-    results.update(accuracy=recall["accuracy"], sequence_accuracy=recall["sequence_accuracy"])
+    results["accuracy"] = recall["accuracy"]
+    if tokenizer is None:  # rows of a task, where all queried tokens of a row right is the point (not text blocks)
+        results["sequence_accuracy"] = recall["sequence_accuracy"]
     if is_byte_tokenizer(tokenizer):
         results.update(metrics.load("bits_per_byte").compute(nll=[total_nll], num_bytes=[total_tokens]))
     if "dfa" in data.column_names:

@@ -45,7 +45,8 @@ def render_model_card(
     """The card of `model`.
 
     Args:
-        repo_id: the Hub repository id shown in the loading examples (default: a placeholder).
+        repo_id: the Hub repository id shown in the loading examples (default: the examples load the folder itself,
+            and the card names the model by its model_type).
         license: SPDX-style license id for the Hub metadata.
         datasets: Hub dataset ids or names the model was trained on.
         results: evaluation results, each ``{"dataset": name, "metric": type, "value": float}`` with
@@ -61,7 +62,7 @@ def render_model_card(
     section_template = Path(section_path).read_text() if Path(section_path).exists() else architecture.description
     architecture_section = jinja2.Template(section_template).render(config=config).strip()
 
-    repo_id = repo_id or f"<your-name>/{config.model_type}"
+    model_name = repo_id.split("/")[-1] if repo_id else config.model_type
     pipeline_tag = _pipeline_tag(model)
     eval_results = [
         EvalResult(
@@ -81,7 +82,7 @@ def render_model_card(
         license=license,
         tags=["hf-seqplugins", config.model_type, "recurrent"],
         datasets=datasets,
-        model_name=repo_id.split("/")[-1],
+        model_name=model_name,
         eval_results=eval_results or None,
     )
     results_section = (
@@ -92,8 +93,8 @@ def render_model_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(templates / "default.md"),
-        model_id=repo_id.split("/")[-1],
-        repo_id=repo_id,
+        model_id=model_name,
+        repo_id=repo_id or "path/to/this/folder",
         summary=f"A `{config.model_type}` model ({type(model).__name__}, {model.num_parameters():,} parameters).",
         architecture_section=architecture_section,
         config_rows=sorted(
