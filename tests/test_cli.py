@@ -336,3 +336,11 @@ def test_console_answers_mistakes_with_one_line(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # after any progress bars of loading
         assert last.startswith("error: ") and message in last and "Traceback" not in err, (argv, err)
+
+
+def test_help_shows_defaults_and_list_fits_a_terminal(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default: 300)" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines() if line.startswith("    ")) <= 100

@@ -66,15 +66,17 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
         prog="hf-seqplugins", description="Recurrent and state-space models for transformers."
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", help="installed architectures, their backends and source packages")
-    check = verbs.add_parser(
-        "check", help="the operator and model conformance kits over installed architectures, as tables"
-    )
+
+    def add_verb(name: str, **kwargs) -> argparse.ArgumentParser:  # --help shows every default
+        return verbs.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    add_verb("list", help="installed architectures, their backends and source packages")
+    check = add_verb("check", help="the operator and model conformance kits over installed architectures, as tables")
     check.add_argument("model_types", nargs="*", metavar="MODEL_TYPE", help="default: every installed architecture")
     check.add_argument("--operators-only", action="store_true", help="run the operator kit only (seconds, not minutes)")
 
     def training_arguments(verb, max_steps, output_dir):
-        verb.add_argument("--model-type", default="seqp_lstm", choices=model_types)
+        verb.add_argument("--model-type", default="seqp_lstm", choices=model_types, help="architecture to train")
         verb.add_argument(
             "--task", default="pydoc", help=f"one of {', '.join(TASK_CHOICES)}, or a saved dataset folder"
         )
@@ -83,14 +85,14 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
         verb.add_argument(
             "--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. hidden_size=64"
         )
-        verb.add_argument("--max-steps", type=int, default=max_steps)
-        verb.add_argument("--batch-size", type=int, default=16)
-        verb.add_argument("--learning-rate", type=float, default=3e-3)
-        verb.add_argument("--block-size", type=int, default=128)
-        verb.add_argument("--output-dir", default=output_dir)
-        verb.add_argument("--seed", type=int, default=0)
+        verb.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
+        verb.add_argument("--batch-size", type=int, default=16, help="rows per step")
+        verb.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (cosine schedule)")
+        verb.add_argument("--block-size", type=int, default=128, help="tokens per row of text data")
+        verb.add_argument("--output-dir", default=output_dir, help="checkpoints, the exported model and plots")
+        verb.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and the tasks")
 
-    train = verbs.add_parser("train", help="train a model with the transformers Trainer, evaluate and export it")
+    train = add_verb("train", help="train a model with the transformers Trainer, evaluate and export it")
     training_arguments(train, 300, "outputs/run")
     train.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT) and merge them back")
     train.add_argument(
@@ -99,15 +101,13 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
         help="continue from the last checkpoint in --output-dir (same flags, --lora included)",
     )
 
-    demo = verbs.add_parser(
-        "demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)"
-    )
+    demo = add_verb("demo", help="the main job: train, evaluate, generate, export and reload (a few minutes on CPU)")
     training_arguments(demo, 1000, "outputs/demo")
 
-    evaluate = verbs.add_parser("evaluate", help="held-out metrics of a saved model on a task (JSON, Markdown, plot)")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--task", default="pydoc")
-    evaluate.add_argument("--block-size", type=int, default=128)
+    evaluate = add_verb("evaluate", help="held-out metrics of a saved model on a task (JSON, Markdown, plot)")
+    evaluate.add_argument("model", help="folder written by save_pretrained / export")
+    evaluate.add_argument("--task", default="pydoc", help="task name or a saved dataset folder")
+    evaluate.add_argument("--block-size", type=int, default=128, help="tokens per row of text data")
     evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE", help=TASK_ARGS_HELP)
     evaluate.add_argument(
         "--text-files", nargs="+", help="score a text model on all of these UTF-8 text files instead of --task"
@@ -119,45 +119,48 @@ def _build_parser(model_types: list[str]) -> argparse.ArgumentParser:
         "--output-dir", default="outputs/eval", help="where eval_<task>.json/.md (and .png with --lengths) go"
     )
 
-    generate = verbs.add_parser("generate", help="continue a prompt with a saved model")
-    generate.add_argument("model")
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=int, default=100)
+    generate = add_verb("generate", help="continue a prompt with a saved model")
+    generate.add_argument("model", help="folder written by save_pretrained / export")
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    generate.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate")
     generate.add_argument("--sample", action="store_true", help="sample (default: greedy)")
-    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
 
-    bench = verbs.add_parser(
-        "bench", help="speed and memory side by side: architectures x backends vs an attention baseline"
+    bench = add_verb("bench", help="speed and memory side by side: architectures x backends vs an attention baseline")
+    bench.add_argument(
+        "--model-types",
+        nargs="+",
+        choices=model_types,
+        default=model_types,
+        metavar="MODEL_TYPE",
+        help="architectures to compare",
     )
-    bench.add_argument("--model-types", nargs="+", choices=model_types, default=model_types, metavar="MODEL_TYPE")
     bench.add_argument(
         "--backends", nargs="+", default=["auto"], help="kernel backends to compare, e.g. torch reference triton"
     )
-    bench.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
-    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024], help="sequence lengths")
+    bench.add_argument("--batch-size", type=int, default=4, help="rows per measured call")
     bench.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="width of every model, e.g. hidden_size=256"
     )
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats per case (the median is reported)")
     bench.add_argument("--device", help="default: cuda when available, else cpu")
     bench.add_argument("--output-dir", default="outputs/bench", help="bench.json, bench.md and PNG plots go here")
 
-    export = verbs.add_parser(
-        "export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model"
-    )
+    export = add_verb("export", help="write a Hub-ready folder (weights, remote code, model card) from a saved model")
     export.add_argument("model", help="folder written by save_pretrained")
     export.add_argument("output", help="folder to write")
     export.add_argument("--repo-id", help="Hub repository id shown in the model card")
 
-    push = verbs.add_parser("push", help="export a saved model and upload it to the Hugging Face Hub")
+    push = add_verb("push", help="export a saved model and upload it to the Hugging Face Hub")
     push.add_argument("model", help="folder written by save_pretrained")
     push.add_argument("repo_id", help="e.g. your-name/my-model")
-    push.add_argument("--private", action="store_true")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--revision", help="branch to upload to (created if missing)")
     push.add_argument("--message", help="commit message")
     push.add_argument("--dry-run", action="store_true", help="list what would be uploaded, contact nothing")
     for verb in (export, push):
-        verb.add_argument("--license", default="apache-2.0")
+        verb.add_argument("--license", default="apache-2.0", help="license id in the model card metadata")
         verb.add_argument("--results", help="JSON file: a list of {dataset, metric, value} for the model card")
     return parser
 
@@ -293,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser(sorted(hf_seqplugins.available_architectures())).parse_args(argv)
     if args.verb == "list":
         for model_type, info in sorted(hf_seqplugins.available_architectures().items()):
-            backends = "; ".join(f"{op}: {', '.join(names)}" for op, names in info.backends.items())
-            print(f"{model_type:16} {info.distribution:16} {backends:40} {info.description}")
+            print(f"{model_type} ({info.distribution}): {info.description}")
+            for operator, names in info.backends.items():
+                print(f"    {operator}: {', '.join(names)}")
         return 0
     if args.verb == "check":
         from .check import run

@@ -21,6 +21,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.utils import logging as transformers_logging
 
 from ..core.optim import optimizer_cls_and_kwargs
 from ..core.registry import load_plugins
@@ -191,7 +192,12 @@ def train(
     )
     for callback in reversed(load_plugins()[model_type].trainer_callbacks):
         trainer.callback_handler.callbacks.insert(0, callback())  # first, so printed logs include what they add
-    trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
+    # transformers' own bars (e.g. "Writing model shards" at every checkpoint) would break the training bar
+    transformers_logging.disable_progress_bar()
+    try:
+        trainer.train(resume_from_checkpoint=resume and any(checkpoints.glob("checkpoint-*")))
+    finally:
+        transformers_logging.enable_progress_bar()
     if lora:
         model = trained.merge_and_unload()
         trainer.model = model
