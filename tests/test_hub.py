@@ -56,3 +56,21 @@ def test_upload_goes_to_the_requested_revision(model, monkeypatch):
     )
     assert calls == {"repo": ("someone/tiny-gru", True), "branch": "v1", "upload": ("v1", "first")}
     assert result.revision == "v1"
+
+
+@pytest.mark.parametrize("transport", ["httpx", "httpx2"])
+def test_an_unreachable_hub_is_said_so(model, monkeypatch, transport):
+    """No network: the HTTP client's transport error (httpx, or httpx2 in newer huggingface_hub) becomes a
+    PushError that says the Hub is unreachable; other errors are not swallowed."""
+    transport_error = type("TransportError", (Exception,), {"__module__": transport})
+    connect_error = type("ConnectError", (transport_error,), {"__module__": transport})
+
+    def no_network(self, repo_id, **kwargs):
+        raise connect_error("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_network)
+    with pytest.raises(PushError, match="the Hub is unreachable"):
+        push_to_hub(model, "someone/tiny-gru", token="hf_fake")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        push_to_hub(model, "someone/tiny-gru", token="hf_fake")
