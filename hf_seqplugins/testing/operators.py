@@ -11,7 +11,8 @@ that can run here and returns one `Check` per (case, backend, check):
 - ``single_step``: a prefill then one-token calls, carrying the state, equal one pass (the decoding path);
 - ``split``: a split at any point with the carried state equals the whole;
 - ``left_padding`` (from zeros, as a padded prompt starts) and ``left_padding_with_state``: a left-padded row
-  (NaN in its padded inputs) gives the row's own outputs and final state;
+  (NaN in its padded inputs) gives the row's own outputs and final state, and gradients through the padding
+  equal the reference's (zero for the padded inputs);
 - ``packed`` and ``packed_with_state``: a row packed with several sequences (``resets=``) gives each
   sequence's outputs alone, and the row's final state is its last sequence's;
 - ``poisoned_buffers``: outputs and final state stay finite when every `torch.empty` buffer starts as NaN;
@@ -228,8 +229,9 @@ class _Kit:
             _close(grads[name], expected_grads[name], self.bound, f"gradient of {name}")
         return self.note
 
-    def _with_gradients(self, arguments: dict, backend: str):
-        """(result, {argument: gradients}) of a random linear function of outputs and final state."""
+    def _with_gradients(self, arguments: dict, backend: str, real: torch.Tensor | None = None):
+        """(result, {argument: gradients}) of a random linear function of outputs and final state (of the outputs
+        where `real` `[B, T]` is True only, when given: elsewhere they are unspecified)."""
         leaves = {}
 
         def leaf(name):
@@ -246,9 +248,11 @@ class _Kit:
         result = self.run(arguments, backend)
         generator = torch.Generator().manual_seed(1)
         loss = 0
-        for t in _tensors(result):
+        for index, t in enumerate(_tensors(result)):
             if t.requires_grad:
                 weight = torch.randn(t.shape, generator=generator, dtype=torch.float64).to(device=t.device)
+                if real is not None and index == 0:
+                    weight = torch.where(_broadcast(real, weight), weight, 0)
                 loss = loss + (t.real if t.is_complex() else t).to(torch.float64).mul(weight).sum()
         inputs = [t for ts in leaves.values() for t in ts]
         grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs and torch.is_tensor(loss) else []
@@ -310,6 +314,16 @@ class _Kit:
         _close(outputs[1:, PADDING:], alone, self.bound, "padded row's outputs")
         _close(_map(final, lambda t: t[1:]), alone_final, self.bound, "padded row's final state")
         _close((outputs[:1], _map(final, lambda t: t[:1])), (whole, whole_final), self.bound, "unpadded row")
+        # Backward through padding (finite garbage there: NaN would turn 0 * NaN into NaN in any backward): the
+        # reference's gradients, zero for the padded inputs, of a loss on the real positions only.
+        padded = {
+            **self.per_token(arguments, lambda t: torch.where(_broadcast(mask, t), t, 3.0)),
+            self.operator.mask: mask,
+        }
+        _, grads = self._with_gradients(padded, self.backend, real=mask)
+        _, expected_grads = self._with_gradients(padded, "reference", real=mask)
+        for name in expected_grads:
+            _close(grads[name], expected_grads[name], self.bound, f"gradient of {name} through padding")
 
     def packed(self, initial_state: bool = False) -> None:
         """Row 0 packs PACKED_LENGTHS sequences (the row's initial state, zeros or the example's, reaches only the
@@ -346,6 +360,11 @@ class _Kit:
     def bfloat16(self) -> None:
         expected = self.run(self.example(torch.float32), "reference")
         _close(self.run(self.example(torch.bfloat16)), expected, BF16_BOUND, "bfloat16 against float32")
+
+
+def _broadcast(flag: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A `[B, T]` flag viewed to broadcast against `like` `[B, T, ...]`."""
+    return flag.view(*flag.shape, *[1] * (like.dim() - 2))
 
 
 def _detached(result):
