@@ -194,6 +194,10 @@ def test_demo_trains_exports_and_reloads(tmp_path, capsys):
     assert {"README.md", "results.json", "tokenizer_config.json", "model.safetensors"} <= {
         p.name for p in (tmp_path / "model").iterdir()
     }
+    results = json.loads((tmp_path / "model" / "results.json").read_text())
+    assert "bits_per_byte" in results and "sequence_accuracy" not in results  # meaningless for blocks of text
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "<your-name>" not in card and "sequence_accuracy" not in card
 
 
 def test_bench_compares_backends_with_the_attention_baseline(tmp_path, capsys):

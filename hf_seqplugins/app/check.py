@@ -11,7 +11,8 @@ fails.
 from __future__ import annotations
 
 import os
-import textwrap
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,16 @@ from pathlib import Path
 import torch
 
 FAIL, NOT_APPLICABLE, PASS = "FAIL", "n/a", "pass"
+_STATUS = {"fail": FAIL, "n/a": NOT_APPLICABLE, "pass": PASS}  # the operator kit's statuses -> the table's
 
 
 @dataclass
 class Row:
-    """The results of one operator backend or one architecture: check name -> (status, reasons)."""
+    """The results of one operator backend or one architecture: check name -> (status, [(status, reason)]): the
+    cell's status and the status and reason of each of its cases that did not pass."""
 
     label: str
-    cells: dict[str, tuple[str, list[str]]]
+    cells: dict[str, tuple[str, list[tuple[str, str]]]]
 
 
 def operator_rows(model_types: Iterable[str]) -> list[Row]:
@@ -46,7 +49,9 @@ def operator_rows(model_types: Iterable[str]) -> list[Row]:
             for check_name, results in checks.items():
                 statuses = {r.status for r in results}
                 status = FAIL if kit.FAIL in statuses else PASS if kit.PASS in statuses else NOT_APPLICABLE
-                reasons = sorted({f"[{r.case}] {r.detail}" for r in results if r.status != kit.PASS})
+                reasons = sorted(
+                    {(_STATUS[r.status], f"[{r.case}] {r.detail}") for r in results if r.status != kit.PASS}
+                )
                 cells[check_name] = (status, reasons if status != PASS else [])
             rows.append(Row(f"{name}:{backend}", cells))
     return rows
@@ -56,7 +61,7 @@ class _Collector:
     """A pytest plugin recording each conformance test's outcome per (model_type, check)."""
 
     def __init__(self):
-        self.rows: dict[str, dict[str, tuple[str, list[str]]]] = {}
+        self.rows: dict[str, dict[str, tuple[str, list[tuple[str, str]]]]] = {}
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call" and not (report.failed or report.skipped):
@@ -67,10 +72,10 @@ class _Collector:
             outcome = (PASS, [])
         elif report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            outcome = (NOT_APPLICABLE, [reason.removeprefix("Skipped: ")])
+            outcome = (NOT_APPLICABLE, [(NOT_APPLICABLE, reason.removeprefix("Skipped: "))])
         else:
             lines = [line for line in report.longreprtext.splitlines() if line.startswith("E ")]
-            outcome = (FAIL, [" ".join(line[1:].strip() for line in lines[:3]) or report.longreprtext[-300:]])
+            outcome = (FAIL, [(FAIL, " ".join(line[1:].strip() for line in lines[:3]) or report.longreprtext[-300:])])
         self.rows.setdefault(model_type.rstrip("]"), {})[check] = outcome
 
 
@@ -93,7 +98,7 @@ def model_rows(model_types: list[str]) -> list[Row]:
             os.environ.pop(conformance.CONFORMANCE_ENV_VAR)
         else:
             os.environ[conformance.CONFORMANCE_ENV_VAR] = previous
-    return [Row(t, collector.rows.get(t, {"suite": (FAIL, ["no conformance test ran"])})) for t in model_types]
+    return [Row(t, collector.rows.get(t, {"suite": (FAIL, [(FAIL, "no conformance test ran")])})) for t in model_types]
 
 
 def render(title: str, rows: list[Row]) -> tuple[str, bool]:
@@ -108,13 +113,12 @@ def render(title: str, rows: list[Row]) -> tuple[str, bool]:
             status, reasons = row.cells.get(name, ("-", []))
             cells.append(f"{status:>4}")
             failed |= status == FAIL
-            notes += [f"  {status:4} {row.label} {name}: {reason}" for reason in reasons]
+            notes += [(own, f"  {own:4} {row.label} {name}: {reason}") for own, reason in reasons]
         lines.append(f"{row.label:{width}}  " + " ".join(cells))
-    lines += textwrap.wrap(
-        "; ".join(f"{i + 1} {name}" for i, name in enumerate(checks)), 110, initial_indent="  ", subsequent_indent="  "
-    )
-    failures = [n for n in notes if n.startswith(f"  {FAIL}")]
-    not_applicable = [n for n in notes if not n.startswith(f"  {FAIL}")]
+    legend = [f"{i + 1} {name}" for i, name in enumerate(checks)]
+    lines += ["  " + line for line in _wrap(legend, "; ", 110)]
+    failures = [note for status, note in notes if status == FAIL]
+    not_applicable = [note for status, note in notes if status != FAIL]
     if failures:
         lines += ["failures:", *failures]
     if not_applicable:
@@ -122,10 +126,35 @@ def render(title: str, rows: list[Row]) -> tuple[str, bool]:
     return "\n".join(lines), failed
 
 
+def _wrap(items: list[str], separator: str, width: int) -> list[str]:
+    """`items` joined by `separator` into lines of at most `width` characters, never breaking an item."""
+    lines = [""]
+    for item in items:
+        candidate = f"{lines[-1]}{separator}{item}" if lines[-1] else item
+        if len(candidate) > width and lines[-1]:
+            lines.append(item)
+        else:
+            lines[-1] = candidate
+    return lines
+
+
 def run(model_types: list[str] | None = None, operators_only: bool = False) -> int:
-    """Check `model_types` (default: every installed architecture), print the tables; 1 if anything failed."""
-    if not torch.cuda.is_available():  # check the Triton backends too, in Triton's interpreter
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    """Check `model_types` (default: every installed architecture), print the tables; 1 if anything failed.
+
+    Without CUDA the Triton backends are checked in Triton's interpreter, which must be chosen before Triton is
+    first imported: a process that has not chosen it runs the check in a fresh interpreter that has."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        command = [
+            sys.executable,
+            "-m",
+            __name__,
+            *(model_types or []),
+            *(["--operators-only"] if operators_only else []),
+        ]
+        # PYTHONSAFEPATH: the working directory (maybe a checkout, whose kernels/ folder would shadow the
+        # `kernels` distribution transformers imports) stays off sys.path
+        environment = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"}
+        return subprocess.run(command, env=environment, check=False).returncode
     from ..core.registry import load_plugins
 
     installed = sorted(load_plugins())
@@ -142,3 +171,8 @@ def run(model_types: list[str] | None = None, operators_only: bool = False) -> i
         failed |= models_failed
     print("FAILED" if failed else "all checks pass")
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    sys.exit(run([a for a in arguments if a != "--operators-only"], "--operators-only" in arguments))
