@@ -348,3 +348,14 @@ def test_help_shows_defaults_and_list_fits_a_terminal(capsys):
     assert "(default: 300)" in capsys.readouterr().out
     assert main(["list"]) == 0
     assert max(len(line) for line in capsys.readouterr().out.splitlines() if line.startswith("    ")) <= 100
+
+
+def test_check_without_the_triton_interpreter_reruns_itself_with_it(capfd, monkeypatch):
+    """Triton is imported before `check` runs, too late to choose its interpreter: on a machine without CUDA the
+    check runs in a fresh interpreter that has chosen it (the Triton backends would crash otherwise)."""
+    from hf_seqplugins.app import check
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check.run(["seqp_mingru"], operators_only=True) == 0
+    assert "mingru_scan:torch" in capfd.readouterr().out
