@@ -174,8 +174,21 @@ def test_train_on_text_files_then_generate(tmp_path, capsys):
     other = tmp_path / "other.txt"
     other.write_text("hello world. " * 40)
     evaluation = tmp_path / "eval"
-    assert main(["evaluate", str(out / "model"), "--text-files", str(other), "--block-size", "32",
-                 "--output-dir", str(evaluation)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "model"),
+                "--text-files",
+                str(other),
+                "--block-size",
+                "32",
+                "--output-dir",
+                str(evaluation),
+            ]
+        )
+        == 0
+    )
     scores = json.loads((evaluation / "eval_other.json").read_text())
     assert scores[0]["bits_per_byte"] > 0 and "written:" in capsys.readouterr().out
 
