@@ -27,8 +27,9 @@ Backend contract (what `validate` hands every backend, positionally): ``(scores,
 chunk_size)`` with scores and values in the compute dtype and zeroed at padding, the initial state a tuple in the
 compute dtype with m = -inf where c = 0, `mask` `[B, T]` bool or None, `chunk_size` an int >= 1; "reference"
 also takes ``resets=``. A backend returns `(outputs [B, T, H, D], (m, c, a))`; its outputs at padded steps are
-unspecified. Backends: "reference" (the token loop), "torch" (a chunked two-level scan: within each chunk a
-cumulative max and cumulative sums, then one pass over the chunks), "doubling" (the Hillis-Steele scan of the
+unspecified. Backends: "reference" (the token loop), "torch" (a chunked two-level scan: within each chunk every
+prefix weighs its tokens against its own running maximum, a masked chunk x chunk matrix, then one pass over the
+chunks), "doubling" (the Hillis-Steele scan of the
 associative (m, u, w) combine, log2(T) steps) and "triton" (the online-softmax loop as a kernel).
 `softmax_scan_step(scores, values, state)` is one token, for decoding.
 """
