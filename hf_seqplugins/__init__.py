@@ -33,6 +33,7 @@ from .core.modeling import (
     RMSNorm,
     SeqForCausalLM,
     SeqForSequenceClassification,
+    SeqForTimeSeriesPrediction,
     SeqModel,
     SeqPreTrainedModel,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "SeqConfig",
     "SeqForCausalLM",
     "SeqForSequenceClassification",
+    "SeqForTimeSeriesPrediction",
     "SeqModel",
     "Segments",
     "SeqPreTrainedModel",

@@ -16,6 +16,12 @@ Sequence classification (`CLASSIFICATION_TASKS`; rows carry `attention_mask` and
 
 - `listops`: the value of a long nested MAX/MIN/MED/SM expression (Long Range Arena's ListOps), 10 classes.
 
+Time-series forecasting (rows carry real-valued `past_values` `[T, C]` and `future_values` `[P, C]`, for
+`AutoModelForTimeSeriesPrediction`; scored by the `forecast_error` metric, MSE and MAE):
+
+- `sine_forecasting`: sums of sines of random frequency, amplitude and phase per channel, plus noise; forecast
+  the next `prediction_length` steps.
+
 `splits(task, ...)` gives train/test splits; for `regbench` the held-out rows come from unseen DFAs.
 """
 
@@ -316,6 +322,37 @@ def listops(
     return Dataset.from_dict(
         {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, features=features
     )
+
+
+def sine_forecasting(
+    num_examples: int = 256,
+    length: int = 64,
+    prediction_length: int = 8,
+    channels: int = 2,
+    components: int = 2,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> Dataset:
+    """Rows of `past_values` `[length, channels]` and the following `future_values` `[prediction_length, channels]`
+    of x(t) = sum of `components` sines (period 4 to 32 steps, amplitude 0.5 to 1, random phase) + N(0, noise^2)."""
+    rng = random.Random(seed)
+    past, future = [], []
+    for _ in range(num_examples):
+        series = [[0.0] * channels for _ in range(length + prediction_length)]
+        for channel in range(channels):
+            for _ in range(components):
+                period, amplitude, phase = rng.uniform(4, 32), rng.uniform(0.5, 1), rng.uniform(0, 2 * math.pi)
+                for t, row in enumerate(series):
+                    row[channel] += amplitude * math.sin(2 * math.pi * t / period + phase)
+            for row in series:
+                row[channel] += rng.gauss(0, noise)
+        past.append(series[:length])
+        future.append(series[length:])
+    features = Features({"past_values": List(List(Value("float32"))), "future_values": List(List(Value("float32")))})
+    return Dataset.from_dict({"past_values": past, "future_values": future}, features=features)
+
+
+FORECASTING_TASKS = {"sine_forecasting": sine_forecasting}
 
 
 TASKS = {

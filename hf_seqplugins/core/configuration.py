@@ -21,6 +21,8 @@ class SeqConfig(PreTrainedConfig):
         kernel_backend: "auto", a backend every operator of the architecture has, or per operator
             ``"mlstm:parallel,headwise_rnn:torch"`` (or a dict operator -> backend); see
             `hf_seqplugins.available_architectures()` for each operator's backends.
+        num_input_channels, prediction_length: channels of the real-valued series and steps forecast by the
+            time-series head (`SeqForTimeSeriesPrediction`); unused by the text heads.
     """
 
     model_type = "seqp_base"
@@ -45,6 +47,8 @@ class SeqConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         kernel_backend: str = AUTO,
         use_cache: bool = True,
+        num_input_channels: int = 1,
+        prediction_length: int = 1,
         tie_word_embeddings: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -60,6 +64,8 @@ class SeqConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.kernel_backend = kernel_backend
         self.use_cache = use_cache
+        self.num_input_channels = num_input_channels
+        self.prediction_length = prediction_length
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
@@ -79,6 +85,8 @@ class SeqConfig(PreTrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
             require_positive_int(self, name)
         require_positive_int(self, "intermediate_size", allow_zero=True)
+        for name in ("num_input_channels", "prediction_length"):  # time-series heads
+            require_positive_int(self, name)
         if not 0.0 <= float(self.hidden_dropout) < 1.0:
             raise ValueError(f"{type(self).__name__}.hidden_dropout must be in [0, 1), got {self.hidden_dropout!r}")
         value = self.initializer_range

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
+from transformers.utils import ModelOutput
 
 from .cache import cached_batch_size
 from .configuration import SeqConfig
@@ -286,6 +288,17 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         return output if return_dict is not False else output.to_tuple()
 
 
+def last_real_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """hidden `[B, T, D]` -> `[B, D]` at each row's last position whose attention_mask is 1 (the last one without)."""
+    batch, length = hidden.shape[:2]
+    if attention_mask is None:
+        last = torch.full((batch,), length - 1, device=hidden.device)
+    else:
+        positions = torch.arange(length, device=hidden.device)
+        last = torch.where(attention_mask[:, -length:].bool(), positions, -1).amax(dim=1).clamp_min(0)
+    return hidden[torch.arange(batch, device=hidden.device), last]
+
+
 class SeqForSequenceClassification(SeqPreTrainedModel):
     """Classifier on the last real (non-padding) position. Subclasses set `config_class` and `backbone_class`."""
 
@@ -318,16 +331,78 @@ class SeqForSequenceClassification(SeqPreTrainedModel):
             use_cache=False,
             output_hidden_states=output_hidden_states,
         )
-        hidden = outputs.last_hidden_state
-        batch, length = hidden.shape[:2]
-        if attention_mask is None:
-            last = torch.full((batch,), length - 1, device=hidden.device)
-        else:
-            positions = torch.arange(length, device=hidden.device)
-            last = torch.where(attention_mask[:, -length:].bool(), positions, -1).amax(dim=1).clamp_min(0)
-        logits = self.score(hidden[torch.arange(batch, device=hidden.device), last])
+        logits = self.score(last_real_hidden(outputs.last_hidden_state, attention_mask))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
         output = SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+
+@dataclass
+class TimeSeriesPredictionOutput(ModelOutput):
+    """`prediction_outputs` `[B, prediction_length, num_input_channels]`; `loss`: their mean squared error against
+    `future_values` when given."""
+
+    loss: torch.FloatTensor | None = None
+    prediction_outputs: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class SeqForTimeSeriesPrediction(SeqPreTrainedModel):
+    """Forecasting from real-valued series: `past_values` `[B, T, C]` (C = `config.num_input_channels`) projected to
+    the model width (`value_projection`), the backbone, and a linear head from the last observed position to the
+    next `config.prediction_length` steps of every channel. Subclasses set `config_class` and `backbone_class`.
+
+    `past_observed_mask` `[B, T]` (or `[B, T, C]`, reduced to "any channel observed") marks real steps, 0 at
+    padding; left padding leaves the forecast unchanged, as for text."""
+
+    backbone_class: type[SeqModel]
+    main_input_name = "past_values"
+
+    def __init__(self, config: SeqConfig):
+        super().__init__(config)
+        self.model = self.backbone_class(config)
+        self.value_projection = nn.Linear(config.num_input_channels, config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.prediction_length * config.num_input_channels)
+        self.post_init()
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        past_observed_mask: torch.Tensor | None = None,
+        future_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TimeSeriesPredictionOutput | tuple:
+        channels, horizon = self.config.num_input_channels, self.config.prediction_length
+        if past_values.dim() != 3 or past_values.shape[-1] != channels:
+            raise ValueError(
+                f"past_values must be [batch, time, {channels}] (num_input_channels), "
+                f"got shape {list(past_values.shape)}"
+            )
+        mask = past_observed_mask
+        if mask is not None and mask.dim() == 3:
+            mask = mask.bool().any(-1)
+        embeds = self.value_projection(past_values.to(self.value_projection.weight.dtype))
+        outputs = self.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        prediction = self.head(last_real_hidden(outputs.last_hidden_state, mask)).view(-1, horizon, channels)
+        loss = None
+        if future_values is not None:
+            if tuple(future_values.shape[1:]) != (horizon, channels):
+                raise ValueError(
+                    f"future_values must be [batch, {horizon}, {channels}] (prediction_length, "
+                    f"num_input_channels), got shape {list(future_values.shape)}"
+                )
+            loss = nn.functional.mse_loss(prediction, future_values.to(prediction.dtype))
+        output = TimeSeriesPredictionOutput(
+            loss=loss, prediction_outputs=prediction, hidden_states=outputs.hidden_states
+        )
         return output if return_dict is not False else output.to_tuple()

@@ -30,6 +30,7 @@ AUTO_CLASSES = (
     "AutoModelForCausalLM",
     "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification",
+    "AutoModelForTimeSeriesPrediction",
 )
 
 hookspec = pluggy.HookspecMarker(ENTRY_POINT_GROUP)

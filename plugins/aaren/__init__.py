@@ -2,6 +2,19 @@
 softmax-weighted prefix scan in training and as an O(1)-state recurrence when decoding."""
 
 from .configuration import AarenConfig
-from .modeling import AarenForCausalLM, AarenForSequenceClassification, AarenMixer, AarenModel
+from .modeling import (
+    AarenForCausalLM,
+    AarenForSequenceClassification,
+    AarenForTimeSeriesPrediction,
+    AarenMixer,
+    AarenModel,
+)
 
-__all__ = ["AarenConfig", "AarenForCausalLM", "AarenForSequenceClassification", "AarenMixer", "AarenModel"]
+__all__ = [
+    "AarenConfig",
+    "AarenForCausalLM",
+    "AarenForSequenceClassification",
+    "AarenForTimeSeriesPrediction",
+    "AarenMixer",
+    "AarenModel",
+]

@@ -13,7 +13,10 @@ def seqplugins_architectures() -> list[Architecture]:
         Architecture(
             model_type="seqp_aaren",
             config_class=m.AarenConfig,
-            model_classes=standard_model_classes(m, "Aaren"),
+            model_classes={
+                **standard_model_classes(m, "Aaren"),
+                "AutoModelForTimeSeriesPrediction": m.AarenForTimeSeriesPrediction,
+            },
             api_version=1,
             tiny_config={
                 "vocab_size": 32,

@@ -9,7 +9,14 @@ from torch import nn
 from transformers import Cache
 from transformers import initialization as init
 
-from hf_seqplugins import SeqForCausalLM, SeqForSequenceClassification, SeqModel, read_state, write_state
+from hf_seqplugins import (
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqForTimeSeriesPrediction,
+    SeqModel,
+    read_state,
+    write_state,
+)
 from hf_seqplugins.kernels.softmax_scan import softmax_scan, state_shapes
 
 from .configuration import AarenConfig
@@ -79,5 +86,13 @@ class AarenForCausalLM(SeqForCausalLM):
 
 
 class AarenForSequenceClassification(SeqForSequenceClassification):
+    config_class = AarenConfig
+    backbone_class = AarenModel
+
+
+class AarenForTimeSeriesPrediction(SeqForTimeSeriesPrediction):
+    """Forecasting from real-valued series (the paper's time-series setting): `past_values [B, T, C]` in,
+    the next `prediction_length` steps out."""
+
     config_class = AarenConfig
     backbone_class = AarenModel
