@@ -248,7 +248,9 @@ def _left_padded(features: list[dict]) -> dict:
 def test_trainer_on_flattened_batches_gives_the_padded_loss(model_type, tmp_path):
     """`Trainer` with `DataCollatorWithFlattening` (padding-free training) evaluates the same loss as the padded
     batch of the same sequences."""
-    from datasets import Dataset
+    Dataset = pytest.importorskip(
+        "datasets", reason="Trainer's evaluation data needs `datasets` (the train extra)"
+    ).Dataset
     from transformers import Trainer, TrainingArguments
 
     model = _causal_lm(model_type)
