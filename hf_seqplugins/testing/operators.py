@@ -5,7 +5,8 @@ that can run here and returns one `Check` per (case, backend, check):
 
 - ``reference``: outputs, final state and the gradients of every floating input (per-token sequences,
   parameters, the initial state) equal the `reference` backend's, in float64 (float32 for a backend that
-  refuses float64, with a looser bound), at a length that is not a multiple of any chunk;
+  refuses float64, with a looser bound), at a length that is not a multiple of any chunk, with and without an
+  initial state;
 - ``chunk_size``: for operators with a `chunk_size` argument, results and gradients do not depend on it, over
   several chunks;
 - ``single_step``: a prefill then one-token calls, carrying the state, equal one pass (the decoding path);
@@ -222,11 +223,16 @@ class _Kit:
         return part
 
     def matches_reference(self) -> str:
-        expected, expected_grads = self._with_gradients(self.example(torch.float64), "reference")
-        result, grads = self._with_gradients(self.example(), self.backend)
-        _close(result, expected, self.bound, "outputs and final state")
-        for name in expected_grads:
-            _close(grads[name], expected_grads[name], self.bound, f"gradient of {name}")
+        """With the example's initial state and from the operator's zero state (None)."""
+        for state in ("the example's initial state", "no initial state"):
+            reference, arguments = self.example(torch.float64), self.example()
+            if state == "no initial state":
+                reference[self.operator.state] = arguments[self.operator.state] = None
+            expected, expected_grads = self._with_gradients(reference, "reference")
+            result, grads = self._with_gradients(arguments, self.backend)
+            _close(result, expected, self.bound, f"outputs and final state ({state})")
+            for name in expected_grads:
+                _close(grads[name], expected_grads[name], self.bound, f"gradient of {name} ({state})")
         return self.note
 
     def _with_gradients(self, arguments: dict, backend: str, real: torch.Tensor | None = None):
