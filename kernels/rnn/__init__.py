@@ -143,8 +143,9 @@ def _flashrnn_input_check(*validated_args):
     return unsupported_reason(*validated_args)
 
 
-def _example(cell: str, projection: bool = False):
-    """A factory of random inputs for `cell`: NH = 2 heads of DH = 3 (P = 2 with a projection), a non-zero state."""
+def _example(cell: str, projection: bool = False, bias: bool = True):
+    """A factory of random inputs for `cell`: NH = 2 heads of DH = 3 (P = 2 with a projection), a non-zero state,
+    a recurrent bias unless `bias` is False (the Triton kernel compiles a variant without)."""
 
     def example(batch: int, length: int, dtype: torch.dtype, generator: torch.Generator) -> dict:
         heads, head_dim, gates = 2, 3, NUM_GATES[cell]
@@ -157,7 +158,7 @@ def _example(cell: str, projection: bool = False):
             "cell": cell,
             "gates_x": randn(batch, length, gates, heads, head_dim),
             "recurrent_weight": randn(gates, heads, head_dim, proj_size or head_dim, scale=0.5),
-            "recurrent_bias": randn(gates, heads, head_dim, scale=0.1),
+            "recurrent_bias": randn(gates, heads, head_dim, scale=0.1) if bias else None,
             "initial_state": tuple(
                 randn(*shape, scale=0.5).abs() + (1 if i == 2 and cell == "slstm" else 0)
                 for i, shape in enumerate(state_shapes(cell, batch, heads, head_dim, proj_size))
@@ -185,6 +186,7 @@ OPERATOR = Operator(
     examples={
         **{cell: _example(cell) for cell in CELLS},
         "lstm_projection": _example("lstm", projection=True),
+        "gru_no_bias": _example("gru", bias=False),
     },
 )
 
