@@ -117,3 +117,13 @@ def test_state_norm_decoding_warns_and_chunk_one_makes_decoding_equal_a_forward(
         steps = [model(ids[:, :1], cache=cache, use_cache=True).logits]
         steps += [model(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(1, ids.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_a_per_layer_threshold_edited_on_a_built_model_is_checked_by_the_layer_reading_it():
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_mamba2", attention_layers=[])).eval()
+    config = model.config
+    config.sc_state_norm_threshold = [[1.0] * config.num_heads for _ in range(config.num_hidden_layers)]
+    model(torch.tensor([[1, 2, 3]]))
+    config.sc_state_norm_threshold[-1][0] = -1.0  # edited in place, in the last layer's row
+    with pytest.raises(ValueError, match="sc_state_norm_threshold must be None, a number > 0"):
+        model(torch.tensor([[1, 2, 3]]))

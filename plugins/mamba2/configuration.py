@@ -190,9 +190,10 @@ class Mamba2Config(SeqConfig):
                 )
         self.check_state_collapse_options()
 
-    def check_state_collapse_options(self) -> None:
+    def check_state_collapse_options(self, layer_idx: int | None = None) -> None:
         """Validate the `sc_*` options. They are read at every forward (so they can be switched on a trained
-        model), and the mixer calls this there too: a value edited after construction gets the same error."""
+        model), and each mixer calls this there too, for its own row of a per-layer threshold (`layer_idx`;
+        None: every row): a value edited after construction gets the same error as at construction."""
         name = type(self).__name__
         require_positive_int(self, "sc_state_norm_chunk")
         for field in ("sc_decay_scale", "sc_input_scale", "sc_dt_scale"):
@@ -210,8 +211,13 @@ class Mamba2Config(SeqConfig):
             if isinstance(threshold, (int, float)):
                 valid = threshold > 0
             else:
+                rows = (
+                    threshold
+                    if layer_idx is None or len(threshold) != self.num_hidden_layers
+                    else [threshold[layer_idx]]
+                )
                 valid = len(threshold) == self.num_hidden_layers and all(
-                    len(row) == self.num_heads and all(t > 0 for t in row) for row in threshold
+                    len(row) == self.num_heads and all(t > 0 for t in row) for row in rows
                 )
             if not valid:
                 raise ValueError(

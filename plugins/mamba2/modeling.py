@@ -165,7 +165,7 @@ class Mamba2Mixer(nn.Module):
         its zero initial state for left padding, what generation sends); `resets` start a new sequence in both
         the convolution and the SSM state."""
         config = self.config
-        config.check_state_collapse_options()
+        config.check_state_collapse_options(self.layer_idx)
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
         if attention_mask is not None:
             xbc = torch.where(attention_mask[..., None], xbc, 0)
