@@ -60,3 +60,21 @@ def cached_batch_size(cache: Cache | None) -> int | None:
         if getattr(layer, "is_initialized", False) and isinstance(keys, torch.Tensor) and keys.numel():
             return keys.shape[0]
     return None
+
+
+def read_growing_state(cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
+    """The state tensor `[B, ...]` stored by `write_growing_state` for `layer_idx`, or None before the first write."""
+    return None if cache is None else cache.get_recurrent_state(layer_idx)
+
+
+def write_growing_state(cache: Cache | None, layer_idx: int, state: torch.Tensor) -> None:
+    """Store a state tensor `[B, ...]` whose size may change from call to call (an n-gram table).
+
+    `update_recurrent_state` copies into the buffer made at the first write, so it keeps one shape: the tensor is
+    assigned instead. Beam-search reordering, offloading and `reset` handle it like any recurrent state."""
+    if cache is None:
+        return
+    layer = cache.layers[layer_idx]
+    layer.recurrent_states[0] = state.detach()
+    layer.is_recurrent_states_initialized[0] = True
+    layer.has_previous_state[0] = True

@@ -23,6 +23,9 @@ class SeqConfig(PreTrainedConfig):
             `hf_seqplugins.available_architectures()` for each operator's backends.
         num_input_channels, prediction_length: channels of the real-valued series and steps forecast by the
             time-series head (`SeqForTimeSeriesPrediction`); unused by the text heads.
+        ngram_layers: indices of blocks whose mixer is an n-gram head (`hf_seqplugins.core.ngram.NGramHead`)
+            instead of the architecture's own; such a model needs `input_ids` (not `inputs_embeds`).
+        ngram_orders: the order n of each n-gram layer (a list as long as `ngram_layers`), or one int for all.
     """
 
     model_type = "seqp_base"
@@ -49,6 +52,8 @@ class SeqConfig(PreTrainedConfig):
         use_cache: bool = True,
         num_input_channels: int = 1,
         prediction_length: int = 1,
+        ngram_layers: list[int] = (),
+        ngram_orders: int | list[int] = 1,
         tie_word_embeddings: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -66,6 +71,8 @@ class SeqConfig(PreTrainedConfig):
         self.use_cache = use_cache
         self.num_input_channels = num_input_channels
         self.prediction_length = prediction_length
+        self.ngram_layers = list(ngram_layers)
+        self.ngram_orders = ngram_orders if isinstance(ngram_orders, int) else list(ngram_orders)
         super().__init__(
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
@@ -94,6 +101,7 @@ class SeqConfig(PreTrainedConfig):
             raise ValueError(f"{type(self).__name__}.initializer_range must be a finite number >= 0, got {value!r}")
         if not float(self.norm_eps) > 0:
             raise ValueError(f"{type(self).__name__}.norm_eps must be > 0, got {self.norm_eps!r}")
+        self._validate_ngram_layers()
         choices = backend_choices(self.kernel_backend) if isinstance(self.kernel_backend, (str, dict)) else None
         if choices is None:
             raise ValueError(
@@ -113,6 +121,36 @@ class SeqConfig(PreTrainedConfig):
                         f"{operator.name!r}; it has {sorted(operator.backends)} (or 'auto'); per operator: "
                         f"'{operator.name}:<backend>,...'"
                     )
+
+    def ngram_order(self, layer_idx: int) -> int | None:
+        """The n-gram order of block `layer_idx`, None where the block keeps the architecture's mixer."""
+        if layer_idx not in self.ngram_layers:
+            return None
+        orders = self.ngram_orders
+        return orders if isinstance(orders, int) else orders[self.ngram_layers.index(layer_idx)]
+
+    def _validate_ngram_layers(self) -> None:
+        name, layers = type(self).__name__, self.ngram_layers
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in layers):
+            raise ValueError(
+                f"{name}.ngram_layers must be block indices in [0, {self.num_hidden_layers}), got {layers!r}"
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{name}.ngram_layers lists a block twice: {layers!r}")
+        orders = [self.ngram_orders] if isinstance(self.ngram_orders, int) else self.ngram_orders
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in orders) or (
+            not isinstance(self.ngram_orders, int) and len(orders) != len(layers)
+        ):
+            raise ValueError(
+                f"{name}.ngram_orders must be an integer >= 1 or one such integer per entry of ngram_layers "
+                f"({len(layers)}), got {self.ngram_orders!r}"
+            )
+        not_recurrent = [i for i in layers if self.layer_types[i] != "linear_attention"]
+        if not_recurrent:
+            raise ValueError(
+                f"{name}.ngram_layers {not_recurrent} are {self.layer_types[not_recurrent[0]]!r} blocks of this "
+                "config (e.g. attention layers of a hybrid); an n-gram head replaces a recurrent block only"
+            )
 
 
 def require_positive_int(config: PreTrainedConfig, name: str, allow_zero: bool = False) -> None:

@@ -39,6 +39,7 @@ from transformers.utils import ModelOutput
 
 from .cache import cached_batch_size
 from .configuration import SeqConfig
+from .ngram import NGramHead
 from .sequences import boundaries, compute_dtype
 
 # What the backbone reads from a head's keyword arguments to find packed sequences' boundaries.
@@ -81,7 +82,8 @@ class SeqBlock(GradientCheckpointingLayer):
     def __init__(self, config: SeqConfig, layer_idx: int, mixer_class: type[nn.Module]):
         super().__init__()
         self.mixer_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.mixer = mixer_class(config, layer_idx)
+        order = config.ngram_order(layer_idx)
+        self.mixer = mixer_class(config, layer_idx) if order is None else NGramHead(config, layer_idx, order)
         self.ffn = None
         if config.intermediate_size > 0:
             self.ffn_norm = RMSNorm(config.hidden_size, config.norm_eps)
@@ -96,12 +98,13 @@ class SeqBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         history_mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
     ):
         """`attention_mask` `[B, T]`: padding of the current tokens; `history_mask` `[B, T_past + T]`: of all tokens,
         for mixers that set `needs_history_mask` (attention); `resets` `[B, T]`: packed sequence starts. Each is
-        None when there is nothing to mark."""
+        None when there is nothing to mark. `input_ids` `[B, T]` reach the mixers that set `needs_input_ids`."""
         mask = history_mask if getattr(self.mixer, "needs_history_mask", False) else attention_mask
-        extra = {}
+        extra = {"input_ids": input_ids} if getattr(self.mixer, "needs_input_ids", False) else {}
         if resets is not None:
             if not self.mixer_takes_resets:
                 raise ValueError(
@@ -217,7 +220,9 @@ class SeqModel(SeqPreTrainedModel):
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, cache=cache, attention_mask=mask, history_mask=history_mask, resets=resets)
+            hidden = layer(
+                hidden, cache=cache, attention_mask=mask, history_mask=history_mask, resets=resets, input_ids=input_ids
+            )
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)

@@ -22,9 +22,31 @@ from . import tiny_config
 CONFORMANCE_ENV_VAR = "HF_SEQPLUGINS_CONFORMANCE"
 
 
+# Options of the shared backbone that change what a block computes, run as extra cases "<model_type>+<variant>"
+# on the architectures listed with them.
+VARIANTS = {"ngram": ({"ngram_layers": [0], "ngram_orders": 2}, ("seqp_gru", "seqp_aaren"))}
+
+
 def _model_types() -> list[str]:
     selected = {t.strip() for t in os.environ.get(CONFORMANCE_ENV_VAR, "").split(",") if t.strip()}
-    return sorted(t for t in load_plugins() if not selected or t in selected)
+    registered = sorted(t for t in load_plugins() if not selected or t in selected)
+    variants = [f"{t}+{name}" for name, (_, bases) in VARIANTS.items() for t in bases if t in registered]
+    return registered + variants
+
+
+def _split(model_type: str) -> tuple[str, dict]:
+    """A case's registered model type and the config overrides of its variant."""
+    base, _, variant = model_type.partition("+")
+    return base, VARIANTS[variant][0] if variant else {}
+
+
+def _architecture(model_type: str):
+    return load_plugins()[_split(model_type)[0]]
+
+
+def _config(model_type: str, **overrides):
+    base, variant = _split(model_type)
+    return tiny_config(base, **{**variant, **overrides})
 
 
 def pytest_generate_tests(metafunc):
@@ -35,28 +57,39 @@ def pytest_generate_tests(metafunc):
 def _causal_lm(model_type: str, seed: int = 0, **overrides):
     # A larger init than the default makes outputs depend on history, so a lost recurrent state shows.
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(model_type, **{"initializer_range": 0.3, **overrides})).eval()
+    return AutoModelForCausalLM.from_config(_config(model_type, **{"initializer_range": 0.3, **overrides})).eval()
 
 
 def _tokens(config, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _cache_bytes(cache) -> int:
-    """Bytes of the recurrent and conv states (a hybrid's attention layers, whose KV cache grows, left out)."""
+def _cache_bytes(cache, growing: list[int] = ()) -> int:
+    """Bytes of the recurrent and conv states (a hybrid's attention layers, whose KV cache grows, left out, and
+    the `growing` layers: n-gram heads, whose table grows with the distinct n-grams seen)."""
     return sum(
         t.numel() * t.element_size()
-        for layer in cache.layers
-        if hasattr(layer, "recurrent_states")
+        for index, layer in enumerate(cache.layers)
+        if hasattr(layer, "recurrent_states") and index not in growing
         for states in (layer.recurrent_states, layer.conv_states)
         for t in states.values()
         if t is not None
     )
 
 
+def _logits_with_embeddings(model, ids: torch.Tensor, change, **kwargs) -> torch.Tensor:
+    """Logits of `ids` with `change(embeddings)` in place of their embeddings: a hook on the embedding layer, so
+    mixers that read the token ids too (n-gram heads) still get them."""
+    handle = model.get_input_embeddings().register_forward_hook(lambda module, args, output: change(output))
+    try:
+        return model(ids, **kwargs).logits
+    finally:
+        handle.remove()
+
+
 def test_auto_classes_resolve(model_type):
-    architecture = load_plugins()[model_type]
-    config = AutoConfig.for_model(model_type, **architecture.tiny_config)
+    architecture = _architecture(model_type)
+    config = _config(model_type)
     assert type(config) is architecture.config_class
     for auto_name, model_class in architecture.model_classes.items():
         import transformers
@@ -82,7 +115,7 @@ def test_forward_backward(model_type):
 
 def _backend_cases(model_type) -> list[tuple[str, str]]:
     """(operator, backend) for every non-reference backend available here of every operator the model runs."""
-    operators = load_plugins()[model_type].config_class.operators
+    operators = _architecture(model_type).config_class.operators
     return sorted(
         (op.name, backend) for op in operators for backend in op.available_backends() if backend != "reference"
     )
@@ -91,7 +124,7 @@ def _backend_cases(model_type) -> list[tuple[str, str]]:
 def test_every_backend_matches_reference(model_type):
     """Logits and all parameter gradients with each available backend of each operator (the other operators on
     `reference`) equal the reference recurrence (float32). A backend that refuses these inputs says why (warning)."""
-    ids = _tokens(tiny_config(model_type), length=7)
+    ids = _tokens(_config(model_type), length=7)
 
     def run(**choice):
         model = _causal_lm(model_type, kernel_backend="reference").train()
@@ -156,7 +189,7 @@ def test_cache_size_is_constant_in_generated_tokens(model_type):
         out = model.generate(
             prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True
         )
-        sizes.append(_cache_bytes(out.cache))
+        sizes.append(_cache_bytes(out.cache, model.config.ngram_layers))
     assert sizes[0] == sizes[1] > 0
 
 
@@ -276,7 +309,7 @@ def test_save_and_load_round_trip(model_type, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     auto_map = AutoConfig.from_pretrained(tmp_path).auto_map
-    assert set(load_plugins()[model_type].model_classes) | {"AutoConfig"} <= set(auto_map), (
+    assert set(_architecture(model_type).model_classes) | {"AutoConfig"} <= set(auto_map), (
         "save_pretrained must write remote code"
     )
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -290,10 +323,10 @@ def test_save_and_load_round_trip(model_type, tmp_path):
 def test_sequence_classification_ignores_padding(model_type):
     from transformers import AutoModelForSequenceClassification
 
-    if "AutoModelForSequenceClassification" not in load_plugins()[model_type].model_classes:
+    if "AutoModelForSequenceClassification" not in _architecture(model_type).model_classes:
         pytest.skip(f"{model_type} registers no sequence-classification head")
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(tiny_config(model_type, num_labels=3)).eval()
+    model = AutoModelForSequenceClassification.from_config(_config(model_type, num_labels=3)).eval()
     ids = _tokens(model.config, batch=1, length=5)
     pad = torch.zeros(1, 2, dtype=torch.long)
     left, right = torch.cat([pad, ids], 1), torch.cat([ids, pad], 1)
@@ -307,7 +340,7 @@ def test_sequence_classification_ignores_padding(model_type):
 
 
 def test_gradient_checkpointing_gives_same_gradients(model_type):
-    ids = _tokens(tiny_config(model_type))
+    ids = _tokens(_config(model_type))
     grads = []
     for checkpointing in (False, True):
         model = _causal_lm(model_type).train()
@@ -380,7 +413,8 @@ def test_bfloat16_runs_and_stays_close_to_float32(model_type):
 
 
 def test_invalid_config_raises_naming_the_field(model_type):
-    base = load_plugins()[model_type].tiny_config
+    model_type, variant = _split(model_type)
+    base = {**_architecture(model_type).tiny_config, **variant}
     for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
         with pytest.raises(ValueError, match=field):
             AutoConfig.for_model(model_type, **{**base, field: 0})
@@ -415,11 +449,14 @@ def test_padded_positions_are_never_read(model_type):
     ids = _tokens(model.config)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
-    embeds = model.get_input_embeddings()(ids)
-    clean = model(inputs_embeds=embeds, attention_mask=mask).logits
-    poisoned = embeds.clone()
-    poisoned[1, :2], poisoned[1, 2:4] = float("nan"), float("inf")
-    logits = model(inputs_embeds=poisoned, attention_mask=mask).logits
+    clean = model(ids, attention_mask=mask).logits
+
+    def poison(embeds):
+        embeds = embeds.clone()
+        embeds[1, :2], embeds[1, 2:4] = float("nan"), float("inf")
+        return embeds
+
+    logits = _logits_with_embeddings(model, ids, poison, attention_mask=mask)
     assert torch.isfinite(logits[1, 4:]).all(), "non-finite padded inputs reached the real positions"
     torch.testing.assert_close(logits[:, 4:], clean[:, 4:], atol=1e-5, rtol=1e-4)
 
@@ -435,7 +472,7 @@ def test_float64_model_computes_in_float64(model_type):
     step = 1e-9 * float(embeds.abs().max())
 
     def moved(by):
-        return model(inputs_embeds=embeds + by * step * direction).logits
+        return _logits_with_embeddings(model, ids, lambda embeds: embeds + by * step * direction)
 
     base = moved(0)
     assert base.dtype == torch.float64
