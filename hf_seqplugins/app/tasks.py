@@ -8,6 +8,8 @@ causal LM's loss (labels shifted inside the model) and `recall_accuracy` score o
 - `modular_counting`: the running sum of the inputs modulo m at the end (parity for m = 2): state tracking.
 - `passkey`: a number hidden in filler text (byte tokens), asked for at the end; grow `length` to probe
   state capacity and length extrapolation.
+- `kv_extraction`: a document of key-value facts (with near-miss distractor keys), then one key whose value is
+  the answer (SWDE/FDA-style extraction); `read_twice=True` gives the JRT-Prompt rows of the same facts.
 - `regbench`: in-context language learning (RegBench): strings of a random regular language per row, to be
   continued validly; scored by the `dfa_accuracy` metric against the row's `dfa` column.
 
@@ -35,6 +37,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
 from .data import byte_tokenizer, pydoc_corpus
 from .dfa import NUM_SYMBOLS, unique_dfas
+from .recall import read_twice_ids
 
 IGNORE = -100
 PAD_TOKEN = "<pad>"
@@ -152,6 +155,79 @@ def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: in
         tokens = text[:cut] + needle + text[cut:] + question
         rows.append((tokens, _answer_labels(tokens, list(range(len(tokens) - digits, len(tokens))))))
     return _dataset(rows, len(tokenizer))
+
+
+KV_COLON, KV_PERIOD, KV_NEWLINE, KV_ABOUT = range(4)
+KV_FIRST_SYMBOL = 4
+
+
+def kv_extraction(
+    num_examples: int = 256,
+    num_facts: int = 8,
+    num_distractors: int = 2,
+    key_length: int = 2,
+    value_length: int = 2,
+    num_keys: int = 16,
+    num_values: int = 16,
+    read_twice: bool = False,
+    ask_first: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """Key-value extraction from a document, SWDE/FDA style, in token ids.
+
+    Tokens: `:` 0 (`KV_COLON`), `.` 1 (`KV_PERIOD`), newline 2 (`KV_NEWLINE`), "about" 3 (`KV_ABOUT`), key symbols
+    `[4, 4 + num_keys)`, value symbols after them. A fact is `key : value .` (keys of `key_length` symbols, values of
+    `value_length`); a document is `num_facts` facts with distinct keys in random order. One fact is asked about;
+    `num_distractors` of the others have near-miss keys (the asked key with only its last symbol changed), so the whole
+    key must match. Row: `document key :` then the value (the answers, the only labels).
+
+    `read_twice=True`: the JRT-Prompt rows of the same facts (same seed), `document newline document key : value`
+    (`recall.read_twice_ids`); `ask_first=True` puts the intro `about key .` first (SWDE's "Information about {Key}.").
+    Every row of one call has the same length.
+    """
+    for name, value, least in (
+        ("num_examples", num_examples, 1),
+        ("num_facts", num_facts, 1),
+        ("num_distractors", num_distractors, 0),
+        ("key_length", key_length, 1),
+        ("value_length", value_length, 1),
+        ("num_keys", num_keys, 2),
+        ("num_values", num_values, 1),
+    ):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"kv_extraction: {name} must be an integer >= {least}, got {value!r}")
+    if num_distractors >= num_facts:
+        raise ValueError(f"kv_extraction: need num_distractors < num_facts, got {num_distractors} and {num_facts}")
+    if num_distractors and (key_length < 2 or num_distractors >= num_keys):
+        raise ValueError(
+            "kv_extraction: near-miss distractors change the last key symbol of a key of 2+ symbols: need "
+            f"key_length >= 2 and num_distractors < num_keys, got {key_length} and {num_distractors} < {num_keys}"
+        )
+    if num_facts > num_keys**key_length:
+        raise ValueError(f"kv_extraction: {num_facts} distinct keys need num_keys ** key_length >= num_facts")
+    rng = random.Random(f"kv_extraction {seed}")
+    first_value = KV_FIRST_SYMBOL + num_keys
+    rows = []
+    for _ in range(num_examples):
+        asked = tuple(KV_FIRST_SYMBOL + rng.randrange(num_keys) for _ in range(key_length))
+        last_symbols = rng.sample(sorted(set(range(KV_FIRST_SYMBOL, first_value)) - {asked[-1]}), num_distractors)
+        keys = [asked, *(asked[:-1] + (symbol,) for symbol in last_symbols)]
+        while len(keys) < num_facts:
+            key = tuple(KV_FIRST_SYMBOL + rng.randrange(num_keys) for _ in range(key_length))
+            if key not in keys:
+                keys.append(key)
+        values = [[first_value + rng.randrange(num_values) for _ in range(value_length)] for _ in keys]
+        order = rng.sample(range(num_facts), num_facts)
+        document = [t for i in order for t in (*keys[i], KV_COLON, *values[i], KV_PERIOD)]
+        question = [*asked, KV_COLON]
+        intro = [KV_ABOUT, *asked, KV_PERIOD] if ask_first else []
+        if read_twice:
+            prompt = read_twice_ids(document, question, intro, [KV_NEWLINE])
+        else:
+            prompt = [*intro, *document, *question]
+        tokens = prompt + values[0]
+        rows.append((tokens, _answer_labels(tokens, list(range(len(prompt), len(tokens))))))
+    return _dataset(rows, first_value + num_values)
 
 
 REGBENCH_SEPARATOR, REGBENCH_PAD = NUM_SYMBOLS, NUM_SYMBOLS + 1
@@ -360,6 +436,7 @@ TASKS = {
     "selective_copying": selective_copying,
     "modular_counting": modular_counting,
     "passkey": passkey,
+    "kv_extraction": kv_extraction,
     "regbench": regbench,
     "listops": listops,
 }
