@@ -62,11 +62,15 @@ def clean_environment(tmp_path) -> dict:
     return env
 
 
-@pytest.mark.parametrize("model_type", ALL)
-def test_export_loads_without_the_package(model_type, tmp_path):
-    """Built-in and third-party architectures alike: neither this package nor the plugin's is importable."""
+@pytest.mark.parametrize(
+    ("model_type", "options"),
+    [(t, {}) for t in ALL] + [pytest.param("seqp_gru", {"ngram_layers": [1], "ngram_orders": 2}, id="seqp_gru+ngram")],
+)
+def test_export_loads_without_the_package(model_type, options, tmp_path):
+    """Built-in and third-party architectures alike (and a backbone option, n-gram heads): neither this package
+    nor the plugin's is importable."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, initializer_range=0.3)).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, initializer_range=0.3, **options)).eval()
     folder = export(model, tmp_path / "export")
     assert (folder / "model.safetensors").exists()
     assert not list(folder.glob("*.bin"))
