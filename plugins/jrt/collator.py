@@ -14,7 +14,7 @@ class JRTDataCollator:
     - `labels` `[B, L]`: transformers' unshifted next-token labels, ``labels[j] = x_j`` for j > M (predicted at
       the decoder positions j - 1 >= M), -100 at j <= M and at padding: the plain `labels` path of any causal LM
       scores exactly the decoder region;
-    - `mlm_labels` `[B, L]`: the original token at each masked prefix position, -100 elsewhere (same position,
+    - `mlm_targets` `[B, L]`: the original token at each masked prefix position, -100 elsewhere (same position,
       no shift; `JRTForCausalLM` adds ``mlm_weight`` times their cross-entropy).
 
     Features are dicts with `input_ids` (a list of ints or a 1-d tensor). `seed` makes the masking reproducible.
@@ -64,6 +64,6 @@ class JRTDataCollator:
         labels = torch.where(real & (position > self.enc_length), tokens, -100)
         draw = torch.rand(batch, longest, generator=self.generator) < self.mlm_probability
         masked = draw & real & (position < self.enc_length)
-        mlm_labels = torch.where(masked, tokens, -100)
+        mlm_targets = torch.where(masked, tokens, -100)
         input_ids = torch.where(masked, self.mask_token_id, tokens)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "mlm_labels": mlm_labels}
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "mlm_targets": mlm_targets}

@@ -73,7 +73,8 @@ class PrefixLinearAttention(nn.Module):
         return [(self.num_heads, features, self.head_dim), (self.num_heads, features), (1,)]
 
     def _heads(self, projection: nn.Linear, hidden: torch.Tensor, size: int) -> torch.Tensor:
-        return projection(hidden).view(*hidden.shape[:2], self.num_heads, size)
+        """`[B, T, H, size]` in the compute dtype (the feature map squares: no half precision there)."""
+        return projection(hidden).view(*hidden.shape[:2], self.num_heads, size).to(compute_dtype(hidden.dtype))
 
     def attend(self, q, k, v, k_enc, v_enc, initial_state=None, mask=None):
         """Decoder features q, k `[B, T, H, F]`, values v `[B, T, H, E]`, encoder features and values alike, state
@@ -190,9 +191,10 @@ class BaseConv(nn.Module):
     ) -> torch.Tensor:
         """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`."""
         state = read_state(cache, self.layer_idx)
-        y, state = _run(self.convolve, (self.in_proj(hidden),), state, attention_mask, resets)
+        inputs = self.in_proj(hidden).to(compute_dtype(hidden.dtype))
+        y, state = _run(self.convolve, (inputs,), state, attention_mask, resets)
         write_state(cache, self.layer_idx, state)
-        return self.out_proj(y * self.gate_proj(hidden))
+        return self.out_proj(y.to(hidden.dtype) * self.gate_proj(hidden))
 
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -212,7 +214,7 @@ class SlidingWindowAttention(nn.Module):
 
     Parameters: `q_proj`, `k_proj`, `v_proj` `[D -> H*E]`, `o_proj` `[H*E -> D]`. The cache holds the W most recent
     real (rotated) keys and values `[B, H, W, E]`, their positions and occupancy `[B, W]`, and the number of real
-    tokens seen `[B, 1]`, all in the compute dtype."""
+    tokens seen `[B, 1]`, all in the compute dtype, in which the attention runs too."""
 
     def __init__(self, config: JRTConfig, layer_idx: int):
         super().__init__()
@@ -275,11 +277,12 @@ class SlidingWindowAttention(nn.Module):
         """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`."""
         batch, steps, _ = hidden.shape
         shape = (batch, steps, self.num_heads, self.head_dim)
-        sequences = (self.q_proj(hidden).view(shape), self.k_proj(hidden).view(shape), self.v_proj(hidden).view(shape))
+        dtype = compute_dtype(hidden.dtype)
+        sequences = tuple(p(hidden).view(shape).to(dtype) for p in (self.q_proj, self.k_proj, self.v_proj))
         state = read_state(cache, self.layer_idx, self.state_shapes())
         y, state = _run(self.attend, sequences, state, attention_mask, resets)
         write_state(cache, self.layer_idx, state)
-        return self.o_proj(y.reshape(batch, steps, -1))
+        return self.o_proj(y.to(hidden.dtype).reshape(batch, steps, -1))
 
 
 def jrt_mixer(config: JRTConfig, layer_idx: int) -> nn.Module:
@@ -297,10 +300,11 @@ class JRTModel(SeqModel):
 
 class JRTForCausalLM(SeqForCausalLM):
     """The language model. With `labels` `[B, T]` (next-token labels, shifted inside, -100 ignored) the loss is
-    transformers' causal LM loss; with `mlm_labels` `[B, T]` too (same-position labels of masked prefix tokens,
+    transformers' causal LM loss; with `mlm_targets` `[B, T]` too (same-position labels of masked prefix tokens,
     -100 elsewhere; `JRTDataCollator` builds both) it is the JRT objective
-    ``loss = CE_next_token(labels) + mlm_weight * CE_masked(mlm_labels)``, the masked-LM term averaged over its
-    labelled positions."""
+    ``loss = CE_next_token(labels) + mlm_weight * CE_masked(mlm_targets)``, the masked-LM term averaged over its
+    labelled positions. (The argument is not named `*labels*`: `Trainer` takes every such forward argument for a
+    label it must find in each batch before it computes an evaluation loss.)"""
 
     config_class = JRTConfig
     backbone_class = JRTModel
@@ -316,12 +320,12 @@ class JRTForCausalLM(SeqForCausalLM):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        mlm_labels: torch.LongTensor | None = None,
+        mlm_targets: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
-        """`SeqForCausalLM.forward`, plus the masked-LM term when `mlm_labels` `[B, T]` is given."""
-        if mlm_labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
-            raise ValueError("JRT: mlm_labels need the logits of every position; leave logits_to_keep at 0")
+        """`SeqForCausalLM.forward`, plus the masked-LM term when `mlm_targets` `[B, T]` is given."""
+        if mlm_targets is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("JRT: mlm_targets need the logits of every position; leave logits_to_keep at 0")
         output = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -334,20 +338,20 @@ class JRTForCausalLM(SeqForCausalLM):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
-        if mlm_labels is not None:
+        if mlm_targets is not None:
             logits = output.logits
-            if tuple(mlm_labels.shape) != tuple(logits.shape[:2]):
+            if tuple(mlm_targets.shape) != tuple(logits.shape[:2]):
                 raise ValueError(
-                    f"JRT: mlm_labels must be [B, T] = {list(logits.shape[:2])}, got {list(mlm_labels.shape)}"
+                    f"JRT: mlm_targets must be [B, T] = {list(logits.shape[:2])}, got {list(mlm_targets.shape)}"
                 )
-            mlm_labels = mlm_labels.to(logits.device)
+            mlm_targets = mlm_targets.to(logits.device)
             total = F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]),
-                mlm_labels.reshape(-1),
+                mlm_targets.reshape(-1),
                 ignore_index=-100,
                 reduction="sum",
             )
-            mlm = self.config.mlm_weight * total / (mlm_labels != -100).sum().clamp_min(1)
+            mlm = self.config.mlm_weight * total / (mlm_targets != -100).sum().clamp_min(1)
             output.loss = mlm if output.loss is None else output.loss + mlm
         return output if return_dict is not False else output.to_tuple()
 
