@@ -281,3 +281,16 @@ def test_kernel_compiles_for_sm80_and_sm90():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["kernels"] == ["_layer_kernel"], "a kernel is missing from the compile check"
     assert len(result["compiled"]) == 8
+
+
+def test_the_aligned_fast_path_equals_the_general_layout():
+    """No padding and an empty cache take the reshape path; an all-True mask takes the scatter layout."""
+    q, k, v = randn(2, 10, 4), randn(2, 10, 4, seed=1), randn(2, 10, 3, seed=2)
+    bias = randn(4, seed=3)
+    fast, fast_state = chunked_attention(q, k, v, bias, empty_attention_state(2, 4, 4, 3))
+    general, general_state = chunked_attention(
+        q, k, v, bias, empty_attention_state(2, 4, 4, 3), torch.ones(2, 10, dtype=torch.bool)
+    )
+    torch.testing.assert_close(fast, general, **TOL)
+    for a, b in zip(fast_state, general_state):
+        torch.testing.assert_close(a, b, **TOL)

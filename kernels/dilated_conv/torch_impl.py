@@ -22,7 +22,7 @@ def conv_layer(window, inputs, weight, dilation, gelu):
     """One layer. window `[B, P, C]` (P = (K - 1) * dilation), inputs `[B, T, C]`, weight `[C, K]` (tap j weighs
     the input j * dilation steps back). Returns `[B, T, C]`, GELU applied when `gelu`."""
     channels, taps = weight.shape
-    extended = torch.cat([window, inputs], dim=1).transpose(1, 2)  # [B, C, P + T]
+    extended = torch.cat([window.transpose(1, 2), inputs.transpose(1, 2)], dim=2)  # [B, C, P + T], contiguous
     output = F.conv1d(extended, weight.flip(-1)[:, None, :], dilation=dilation, groups=channels).transpose(1, 2)
     return F.gelu(output) if gelu else output
 

@@ -47,6 +47,43 @@ def _chunk_layout(real, starts, count, chunk_size):
     return index, position, chunks, last
 
 
+def _relative_scores(bias, dtype):
+    """`[C, C]`: the bias of each causal (query slot, key slot) pair, -inf above the diagonal."""
+    slots = torch.arange(bias.shape[0], device=bias.device)
+    offset = slots[:, None] - slots[None, :]
+    return torch.where(offset >= 0, bias[offset.clamp(min=0)].to(dtype), -torch.inf)
+
+
+def _aligned_chunked_attention(q, k, v, bias, count, dropout_p):
+    """`chunked_attention` where no row has padding or packed sequences and every row's chunk grid starts at
+    the first token (count a multiple of C): chunk n is tokens nC .. nC + C - 1, the last one padded at its end
+    (causality keeps the padded keys away from every real query)."""
+    batch, steps, zdim = q.shape
+    chunk_size = bias.shape[0]
+    chunks = -(-steps // chunk_size)
+    pad = chunks * chunk_size - steps
+
+    def lay_out(x):
+        return F.pad(x, (0, 0, 0, pad)).view(batch * chunks, chunk_size, x.shape[-1])
+
+    keys, values = lay_out(k), lay_out(v)
+    outputs = F.scaled_dot_product_attention(
+        lay_out(q),
+        keys,
+        values,
+        attn_mask=_relative_scores(bias, q.dtype),
+        dropout_p=dropout_p,
+        scale=1.0 / math.sqrt(zdim),
+    ).view(batch, chunks * chunk_size, -1)[:, :steps]
+    last = slice((chunks - 1) * chunk_size, chunks * chunk_size)
+    new_state = (
+        keys.view(batch, chunks * chunk_size, zdim)[:, last],
+        values.view(batch, chunks * chunk_size, -1)[:, last],
+        (count + steps).to(q.dtype),
+    )
+    return outputs, new_state
+
+
 def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.0):
     """Causal softmax attention inside chunks of each sequence's own tokens.
 
@@ -61,6 +98,8 @@ def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.
     chunk_size = bias.shape[0]
     cached_keys, cached_values, count = state
     count = count.round().long()
+    if mask is None and resets is None and bool((count % chunk_size == 0).all()):
+        return _aligned_chunked_attention(q, k, v, bias, count, dropout_p)
     real = torch.ones(batch, steps, dtype=torch.bool, device=q.device) if mask is None else mask
     starts = torch.zeros_like(real) if resets is None else resets & real
     starts = torch.cat([torch.zeros_like(starts[:, :1]), starts[:, 1:]], dim=1)  # the first token continues the state
@@ -85,9 +124,9 @@ def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.
     valid = valid[:, :width].view(batch, chunks, chunk_size)
     valid = torch.cat([(valid[:, 0] | cached_valid)[:, None], valid[:, 1:]], dim=1)
 
-    offset = slots[:, None] - slots[None, :]  # [C, C]: query slot - key slot
-    allowed = (offset >= 0) & (valid[..., None, :] | (offset == 0))  # [B, N, C, C]; a slot always sees itself
-    scores_bias = torch.where(allowed, bias[offset.clamp(min=0)].to(q.dtype), -torch.inf)
+    diagonal = torch.eye(chunk_size, dtype=torch.bool, device=q.device)
+    seen = valid[..., None, :] | diagonal  # [B, N, C, C]: keys holding a token; an empty slot sees only itself
+    scores_bias = torch.where(seen, _relative_scores(bias, q.dtype), -torch.inf)
     outputs = F.scaled_dot_product_attention(
         queries.reshape(batch * chunks, chunk_size, zdim),
         keys.reshape(batch * chunks, chunk_size, zdim),
