@@ -69,7 +69,7 @@ class NGramHead(nn.Module):
         state = state.to(dtype)
         keys = self._keys(input_ids, real, starts, state[:, 0])
         suffix, suffix_ok, preceding, preceding_ok, sequence = keys
-        values = hidden.to(dtype)
+        values = torch.where(real[..., None], hidden, 0).to(dtype)  # selected: NaN x 0 would leak from padding
 
         # matches among the current tokens: j < i in the same sequence, preceding n-gram of j == suffix of i
         inside = torch.ones(steps, steps, dtype=torch.bool, device=hidden.device).tril(-1)
