@@ -6,7 +6,9 @@ SiLU feed-forward. The mixer is the plugin's class, built as ``mixer_class(confi
 called as ``mixer(hidden [B, T, D], cache=..., attention_mask=[B, T] | None) -> [B, T, D]``; it
 reads and writes its recurrent state with `hf_seqplugins.core.cache.read_state` / `write_state`. A mixer
 with ``needs_history_mask = True`` (e.g. `hf_seqplugins.core.attention.CausalSelfAttention`) gets the padding
-mask of the whole history `[B, T_past + T]` instead.
+mask of the whole history `[B, T_past + T]` instead; one with ``needs_input_ids = True`` also gets
+``input_ids=[B, T] | None``. The blocks listed in `config.ngram_layers` get an n-gram head
+(`hf_seqplugins.core.ngram.NGramHead`) instead of the plugin's mixer.
 
 A plugin declares its classes by subclassing, e.g.::
 
