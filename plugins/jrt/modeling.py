@@ -163,7 +163,8 @@ class BaseConv(nn.Module):
         """x `[B, T, C]`, state `(history [B, K - 1, C],)` or None -> `(conv(x) [B, T, C], (history,))`.
 
         The earlier inputs and the real current ones are gathered into one compact sequence per row (real entries
-        first, in order), convolved there, and each real token's output is read back at its rank."""
+        first, in order), convolved there, and each real token's output is read back at its rank. Runs in x's
+        dtype (the mixer passes the compute dtype)."""
         batch, steps, inner = x.shape
         before = self.kernel - 1
         history = x.new_zeros(batch, before, inner) if initial_state is None else initial_state[0].to(x.dtype)
