@@ -80,7 +80,8 @@ class _Collector:
 
 
 def model_rows(model_types: list[str]) -> list[Row]:
-    """One row per architecture: the model conformance suite run by pytest on these model types only."""
+    """One row per architecture, and per variant case ("seqp_gru+ngram": a backbone option on it): the model
+    conformance suite run by pytest on these model types only."""
     import pytest
 
     from ..testing import conformance
@@ -98,7 +99,8 @@ def model_rows(model_types: list[str]) -> list[Row]:
             os.environ.pop(conformance.CONFORMANCE_ENV_VAR)
         else:
             os.environ[conformance.CONFORMANCE_ENV_VAR] = previous
-    return [Row(t, collector.rows.get(t, {"suite": (FAIL, [(FAIL, "no conformance test ran")])})) for t in model_types]
+    cases = model_types + sorted(case for case in collector.rows if case not in model_types)
+    return [Row(t, collector.rows.get(t, {"suite": (FAIL, [(FAIL, "no conformance test ran")])})) for t in cases]
 
 
 def render(title: str, rows: list[Row]) -> tuple[str, bool]:
