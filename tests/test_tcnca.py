@@ -294,3 +294,16 @@ def test_the_aligned_fast_path_equals_the_general_layout():
     torch.testing.assert_close(fast, general, **TOL)
     for a, b in zip(fast_state, general_state):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_a_padded_decoding_step_holds_the_state():
+    model = tiny_model()
+    ids = torch.randint(0, 32, (2, 7), generator=torch.Generator().manual_seed(3))
+    out = model(ids[:, :6], cache=DynamicCache(config=model.config), use_cache=True)
+    before = [layer.recurrent_states[0].clone() for layer in out.cache.layers]
+    mask = torch.tensor([[1] * 6 + [0], [1] * 7])
+    out = model(ids[:, 6:], attention_mask=mask, cache=out.cache, use_cache=True)
+    after = [layer.recurrent_states[0] for layer in out.cache.layers]
+    for held, now in zip(before, after):
+        torch.testing.assert_close(now[0], held[0], atol=0, rtol=0)
+        assert not torch.equal(now[1], held[1])

@@ -79,7 +79,32 @@ def _aligned_chunked_attention(q, k, v, bias, count, dropout_p):
     new_state = (
         keys.view(batch, chunks * chunk_size, zdim)[:, last],
         values.view(batch, chunks * chunk_size, -1)[:, last],
-        (count + steps).to(q.dtype),
+        (count + steps).to(compute_dtype(q.dtype)),
+    )
+    return outputs, new_state
+
+
+def _one_token_attention(q, k, v, bias, state, mask, dropout_p):
+    """`chunked_attention` of one token per row: it takes slot n mod C of the cached chunk (n = count; slot 0
+    opens a new chunk) and attends to slots 0 .. n mod C; a padded token leaves the state as it was."""
+    cached_keys, cached_values, count = state
+    slots = torch.arange(bias.shape[0], device=q.device)
+    slot = (count % bias.shape[0])[:, None]  # [B, 1]
+    seen = slots[None, :] <= slot  # [B, C]: the chunk so far and the new token
+    here = (slots[None, :] == slot)[..., None]
+    keys = torch.where(seen[..., None], torch.where(here, k, cached_keys.to(k.dtype)), 0)  # [B, C, Z]
+    values = torch.where(seen[..., None], torch.where(here, v, cached_values.to(v.dtype)), 0)
+    scores_bias = torch.where(seen, bias[(slot - slots[None, :]).clamp(min=0)].to(q.dtype), -torch.inf)
+    outputs = F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=scores_bias[:, None], dropout_p=dropout_p, scale=1.0 / math.sqrt(q.shape[-1])
+    )
+    real = torch.ones_like(count, dtype=torch.bool) if mask is None else mask[:, 0]
+    outputs = torch.where(real[:, None, None], outputs, 0)
+    dtype = compute_dtype(q.dtype)
+    new_state = (
+        torch.where(real[:, None, None], keys, cached_keys.to(k.dtype)),
+        torch.where(real[:, None, None], values, cached_values.to(v.dtype)),
+        (count + real.long()).to(dtype),
     )
     return outputs, new_state
 
@@ -92,12 +117,14 @@ def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.
     0 .. count mod C - 1 are valid) and the real tokens of the row's current sequence so far; mask / resets
     `[B, T]` bool or None. The k-th real token of a sequence is in chunk floor(k / C) at slot k mod C and attends
     to the earlier tokens of that chunk; padding takes no slot and packed sequences each start a chunk. Returns
-    `(outputs [B, T, E]` (0 at padding), the new state)`.
+    `(outputs [B, T, E]` (0 at padding), the new state)` with the count in at least float32 (exact to 2^24 tokens).
     """
     batch, steps, zdim = q.shape
     chunk_size = bias.shape[0]
     cached_keys, cached_values, count = state
     count = count.round().long()
+    if steps == 1:  # decoding (a reset on a row's first token is ignored: the token continues the state)
+        return _one_token_attention(q, k, v, bias, (cached_keys, cached_values, count), mask, dropout_p)
     if mask is None and resets is None and bool((count % chunk_size == 0).all()):
         return _aligned_chunked_attention(q, k, v, bias, count, dropout_p)
     real = torch.ones(batch, steps, dtype=torch.bool, device=q.device) if mask is None else mask
@@ -142,7 +169,7 @@ def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.
     final_position = torch.where(real, position + 1, 0).gather(1, (real.long().cumsum(1).argmax(1))[:, None])[:, 0]
     new_count = torch.where(has_real, final_position, count)
     rows = torch.arange(batch, device=q.device)
-    new_state = (keys[rows, last], values[rows, last], new_count.to(q.dtype))
+    new_state = (keys[rows, last], values[rows, last], new_count.to(compute_dtype(q.dtype)))
     return outputs, new_state
 
 
