@@ -222,6 +222,9 @@ def test_loss_is_next_token_plus_weighted_masked_lm():
     torch.testing.assert_close(plain.loss.double(), ntp, **loss_tol)
     only_mlm = model(batch["input_ids"], attention_mask=batch["attention_mask"], mlm_targets=targets)
     torch.testing.assert_close(only_mlm.loss.double(), 0.25 * mlm, **loss_tol)
+    local = int((labels[:, 1:] != -100).sum())  # gradient accumulation: this micro-batch holds half the labels
+    accumulated = model(**batch, num_items_in_batch=2 * local)
+    torch.testing.assert_close(accumulated.loss.double(), (ntp + 0.25 * mlm) / 2, **loss_tol)
     with pytest.raises(ValueError, match="mlm_targets must be"):
         model(batch["input_ids"], mlm_targets=targets[:, :3])
 

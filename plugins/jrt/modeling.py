@@ -304,8 +304,11 @@ class JRTForCausalLM(SeqForCausalLM):
     transformers' causal LM loss; with `mlm_targets` `[B, T]` too (same-position labels of masked prefix tokens,
     -100 elsewhere; `JRTDataCollator` builds both) it is the JRT objective
     ``loss = CE_next_token(labels) + mlm_weight * CE_masked(mlm_targets)``, the masked-LM term averaged over its
-    labelled positions. (The argument is not named `*labels*`: `Trainer` takes every such forward argument for a
-    label it must find in each batch before it computes an evaluation loss.)"""
+    labelled positions. Under gradient accumulation `Trainer` passes `num_items_in_batch` (the next-token labels of
+    all micro-batches) and sums the micro-batches' losses: the masked-LM term is then weighted by this
+    micro-batch's share of those labels, so the sum stays one objective rather than growing with the number of
+    micro-batches. (The argument is not named `*labels*`: `Trainer` takes every such forward argument for a label
+    it must find in each batch before it computes an evaluation loss.)"""
 
     config_class = JRTConfig
     backbone_class = JRTModel
@@ -353,6 +356,9 @@ class JRTForCausalLM(SeqForCausalLM):
                 reduction="sum",
             )
             mlm = self.config.mlm_weight * total / (mlm_targets != -100).sum().clamp_min(1)
+            items = kwargs.get("num_items_in_batch")
+            if items is not None and labels is not None:
+                mlm = mlm * (labels[:, 1:] != -100).sum().to(mlm.device) / torch.as_tensor(items, device=mlm.device)
             output.loss = mlm if output.loss is None else output.loss + mlm
         return output if return_dict is not False else output.to_tuple()
 
