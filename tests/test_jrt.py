@@ -249,3 +249,28 @@ def test_invalid_config_names_the_field(field, value):
     name = "head_dim|pla_layers and swa_layers" if field in ("head_dim", "swa_layers") else field
     with pytest.raises(ValueError, match=name):
         config(**{field: value})
+
+
+def test_trainer_trains_on_the_jrt_objective(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    cfg = config()
+    torch.manual_seed(0)
+    model = JRTForCausalLM(cfg)
+    generator = torch.Generator().manual_seed(3)
+    data = [{"input_ids": torch.randint(0, 39, (int(n),), generator=generator).tolist()} for n in (9, 12, 7, 10)]
+    collator = JRTDataCollator.from_config(cfg, seed=0)
+    collator.mlm_probability = 0.5
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=4,
+        max_steps=3,
+        gradient_accumulation_steps=2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=data, eval_dataset=data)
+    assert math.isfinite(trainer.train().training_loss)
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
