@@ -130,6 +130,7 @@ def chunked_attention(q, k, v, bias, state, mask=None, resets=None, dropout_p=0.
     real = torch.ones(batch, steps, dtype=torch.bool, device=q.device) if mask is None else mask
     starts = torch.zeros_like(real) if resets is None else resets & real
     starts = torch.cat([torch.zeros_like(starts[:, :1]), starts[:, 1:]], dim=1)  # the first token continues the state
+    count = torch.where((starts & (real.long().cumsum(1) == 1)).any(1), 0, count)  # a new sequence after padding
     index, position, chunks, last = _chunk_layout(real, starts, count, chunk_size)
     width = chunks * chunk_size
 
