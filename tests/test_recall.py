@@ -1,5 +1,7 @@
 """JRT-Prompt (read twice), the key-value extraction task, and greedy exact-match recall accuracy."""
 
+import importlib.util
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -194,3 +196,35 @@ def test_teacher_forced_exact_match_agrees_with_greedy_generation():
                 {"input_ids": [prompt[0].tolist() + generated], "labels": [[IGNORE] * prompt.shape[1] + generated]}
             )
             assert recall.recall_accuracy(model, forced, progress=False) == 1.0, "greedy output is an exact match"
+
+
+def _benchmark_module():
+    """benchmarks/recall.py, imported from its file (benchmarks/ is not a package)."""
+    path = Path(__file__).parent.parent / "benchmarks" / "recall.py"
+    spec = importlib.util.spec_from_file_location("recall_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_model_specs_sizes_and_padding():
+    benchmark = _benchmark_module()
+    assert benchmark.parse_model_spec("seqp_gru") == ("seqp_gru", {})
+    assert benchmark.parse_model_spec("seqp_gru:ngram_layers=[1, 2]:cell=gru") == (
+        "seqp_gru",
+        {"ngram_layers": [1, 2], "cell": "gru"},
+    )
+    assert benchmark.parse_model_spec('seqp_gru:{"ngram_layers": [1]}') == ("seqp_gru", {"ngram_layers": [1]})
+    with pytest.raises(ValueError, match="has no config field 'hiden_size'"):
+        benchmark.sized_settings("seqp_gru", {"hiden_size": 8}, 10_000, 2, 64)
+    for model_type in ("seqp_gru", benchmark.bench.BASELINE):
+        settings = benchmark.sized_settings(model_type, {}, 50_000, 2, 64)
+        model = benchmark.build(benchmark.model_config(model_type, {**settings, "vocab_size": 64}))
+        total, inner = benchmark.parameter_counts(model)
+        assert 25_000 < inner < 100_000 and total - inner >= 64 * settings["hidden_size"]
+    batch = benchmark.pad_right(
+        [{"input_ids": [3, 4, 5], "labels": [-100, -100, 5]}, {"input_ids": [6], "labels": [6]}]
+    )
+    assert batch["input_ids"].tolist() == [[3, 4, 5], [6, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 5], [6, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
