@@ -56,6 +56,19 @@ def test_encode_read_twice_with_our_tokenizer_and_one_that_adds_a_bos():
         recall.encode_read_twice(None, context, question)
 
 
+def test_generate_answer_reads_once_or_twice():
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("seqp_gru", vocab_size=len(tokenizer))).eval()
+    for twice in (True, False):
+        answer = recall.generate_answer(model, tokenizer, "Ada: 1815.", " Ada:", twice=twice, max_new_tokens=3)
+        assert isinstance(answer, str)
+    with pytest.raises(TypeError, match="needs the model's tokenizer"):
+        recall.generate_answer(model, None, "Ada: 1815.", " Ada:")
+    with pytest.raises(ValueError, match="context is empty"):
+        recall.generate_answer(model, tokenizer, "", " Ada:", twice=False)
+
+
 def _facts(document: list[int], key_length: int, value_length: int) -> list[tuple[tuple, tuple]]:
     """(key, value) of each `key : value .` fact of a document, checking the layout."""
     size = key_length + value_length + 2

@@ -97,13 +97,11 @@ def generate_answer(
     max_new_tokens: int = 16,
 ) -> str:
     """A causal LM's greedy answer (`generate`, no sampling) to `question` after `context`, read twice
-    (`encode_read_twice`) or once (`intro + context + question`); the decoded new tokens only."""
-    if twice:
-        ids = encode_read_twice(tokenizer, context, question, intro, separator)
-    else:
-        if tokenizer is None:
-            raise TypeError("generate_answer needs the model's tokenizer to encode the prompt")
-        ids = tokenizer(intro + context + question)["input_ids"]
+    (`encode_read_twice`) or once (`intro + context + question`, with the same leading special tokens); the decoded
+    new tokens only."""
+    ids = encode_read_twice(tokenizer, context, question, intro, separator)  # checks the tokenizer and the strings
+    if not twice:
+        ids = _prompt_prefix(tokenizer) + tokenizer(intro + context + question, add_special_tokens=False)["input_ids"]
     prompt = torch.tensor([ids], device=model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     output = model.generate(
