@@ -152,6 +152,9 @@ def test_recall_accuracy_is_one_for_an_oracle_and_zero_for_a_constant_model():
     assert recall.recall_accuracy(_Lookup(queries["input_ids"], 64), queries) == 1.0, "three answers a row"
     with pytest.raises(ValueError, match="classification rows"):
         recall.recall_accuracy(oracle, tasks.listops(num_examples=2, length=16))
+    for labels, message in (([IGNORE, IGNORE], "no labelled answer"), ([1, IGNORE], "no prompt to answer from")):
+        with pytest.raises(ValueError, match=message):
+            recall.recall_accuracy(oracle, tasks.Dataset.from_dict({"input_ids": [[1, 2]], "labels": [labels]}))
 
 
 def _tiny_llama(vocab_size: int) -> LlamaForCausalLM:

@@ -144,7 +144,8 @@ def recall_accuracy(model, dataset: Dataset, batch_size: int = 32, progress: boo
     length: a batch is padded on the left, with an attention mask and position ids that start at each row's first
     real token. One forward per batch scores all answers with the true tokens before them (teacher forcing); for an
     exact match this is the same as greedy decoding of each answer from its prompt: greedy decoding writes the answer
-    exactly when every answer token is the argmax given the right tokens before it. No gradients are kept.
+    exactly when every answer token is the argmax given the right tokens before it. No gradients are kept; the model's
+    train/eval mode is restored.
     """
     from . import tasks  # tasks builds its read-twice rows with this module: imported here, not at the top
 
@@ -161,27 +162,35 @@ def recall_accuracy(model, dataset: Dataset, batch_size: int = 32, progress: boo
     pad_id = 0 if pad_id is None else pad_id
     was_training = model.training
     model.eval()
-    correct = total = 0
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="recall", disable=not progress or len(starts) < 2, leave=False):
-        batch = dataset[start : start + batch_size]
-        spans = [answer_spans(labels, tasks.IGNORE) for labels in batch["labels"]]
-        for row_index, row_spans in enumerate(spans):
-            if not row_spans:
-                raise ValueError(f"row {start + row_index} has no labelled answer")
-            if row_spans[0][0] == 0:
-                raise ValueError(f"row {start + row_index} is labelled at its first token: no prompt to answer from")
-        ids, mask, positions = _left_padded(batch["input_ids"], pad_id, model.device)
-        predicted = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits.argmax(-1)
-        longest = ids.shape[1]
-        for row, labels, row_spans, prediction in zip(batch["input_ids"], batch["labels"], spans, predicted.tolist()):
-            offset = longest - len(row)
-            for begin, end in row_spans:
-                # the logits at position t - 1 predict token t
-                guess = prediction[offset + begin - 1 : offset + end - 1]
-                correct += guess == list(labels[begin:end])
-                total += 1
-    model.train(was_training)
+    try:
+        correct = total = 0
+        starts = range(0, len(dataset), batch_size)
+        for start in tqdm(starts, desc="recall", disable=not progress or len(starts) < 2, leave=False):
+            batch = dataset[start : start + batch_size]
+            spans = [answer_spans(labels, tasks.IGNORE) for labels in batch["labels"]]
+            for row_index, row_spans in enumerate(spans):
+                if not row_spans:
+                    raise ValueError(f"row {start + row_index} has no labelled answer")
+                if row_spans[0][0] == 0:
+                    raise ValueError(
+                        f"row {start + row_index} is labelled at its first token: no prompt to answer from"
+                    )
+            ids, mask, positions = _left_padded(batch["input_ids"], pad_id, model.device)
+            predicted = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).logits.argmax(-1)
+            longest = ids.shape[1]
+            for row, labels, row_spans, prediction in zip(
+                batch["input_ids"], batch["labels"], spans, predicted.tolist()
+            ):
+                offset = longest - len(row)
+                for begin, end in row_spans:
+                    # the logits at position t - 1 predict token t
+                    guess = prediction[offset + begin - 1 : offset + end - 1]
+                    correct += guess == list(labels[begin:end])
+                    total += 1
+    finally:
+        model.train(was_training)
     return correct / total
 
 
