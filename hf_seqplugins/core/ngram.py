@@ -18,6 +18,7 @@ distinct n-grams (not O(1) per token, unlike a recurrent layer) and is reordered
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Cache
 
@@ -90,7 +91,8 @@ class NGramHead(nn.Module):
         out = self.match_proj(mean.to(hidden.dtype)) + self.skip_proj(hidden)
 
         if cache is not None:
-            write_growing_state(cache, self.layer_idx, self._updated(state, keys, real, values))
+            update = self._stepped if steps == 1 and resets is None else self._updated
+            write_growing_state(cache, self.layer_idx, update(state, keys, real, values))
         return out
 
     def _table(self, state):
@@ -125,6 +127,35 @@ class NGramHead(nn.Module):
         suffix = torch.stack([lags[lag][0] for lag in range(n - 1, -1, -1)], dim=-1)
         preceding = torch.stack([lags[lag][0] for lag in range(n, 0, -1)], dim=-1)
         return suffix, lags[n - 1][1] & real, preceding, lags[n][1] & real, sequence[:, n:]
+
+    def _stepped(self, state, keys, real, values):
+        """`_updated` for one token per row (decoding), in place of a rebuild: the token's hidden state joins the
+        entry of its preceding n-gram, or the first free slot (a new column when a row has none)."""
+        n = self.order
+        _, _, preceding, preceding_ok, _ = keys
+        table_keys, table_counts, _ = self._table(state)
+        insert = preceding_ok[:, 0]
+        match = (table_keys == preceding[:, :1]).all(-1) & (table_counts > 0)
+        free = table_counts == 0
+        if bool((insert & ~match.any(1) & ~free.any(1)).any()) or state.shape[1] == 1:
+            column = state.new_zeros(state.shape[0], 1, state.shape[-1])
+            column[..., :n] = -1
+            state, match, free = torch.cat([state, column], 1), F.pad(match, (0, 1)), F.pad(free, (0, 1), value=True)
+        else:
+            state = state.clone()
+        # the matching entry, else the first free one (argmax of a bool row: its first True)
+        slot = torch.where(match.any(1), match.float().argmax(1), free.float().argmax(1))
+        rows = torch.arange(state.shape[0], device=state.device)[insert]
+        entry = state[rows, 1 + slot[insert]]
+        entry[:, :n] = preceding[insert, 0].to(state.dtype)
+        entry[:, n] += 1
+        entry[:, n + 1 :] += values[insert, 0]
+        state[rows, 1 + slot[insert]] = entry
+        token = real[:, 0]
+        recent = torch.cat([state[:, 0, 1:n], keys[0][:, 0, -1:].to(state.dtype)], 1)  # shift in the token's id
+        state[:, 0, :n] = torch.where(token[:, None], recent, state[:, 0, :n])
+        state[:, 0, n] += token.to(state.dtype)
+        return state
 
     def _updated(self, state, keys, real, values):
         """The state after the current tokens: the table with every real token of the row's last sequence added
