@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import AutoConfig, DynamicCache
 
 from hf_seqplugins.kernels.feature_linear_attention import taylor_features
 from hf_seqplugins.plugins.jrt import (
@@ -274,3 +274,11 @@ def test_trainer_trains_on_the_jrt_objective(tmp_path):
     trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=data, eval_dataset=data)
     assert math.isfinite(trainer.train().training_loss)
     assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+@pytest.mark.parametrize(
+    ("depth", "pla", "swa"), [(1, [], []), (3, [1], [2]), (26, [1, 6, 11, 16, 21], [2, 7, 12, 17, 22])]
+)
+def test_default_block_pattern_repeats_the_released_one_up_to_the_depth(depth, pla, swa):
+    config = AutoConfig.for_model("seqp_jrt", num_hidden_layers=depth)
+    assert (config.pla_layers, config.swa_layers) == (pla, swa)

@@ -21,7 +21,9 @@ class JRTConfig(SeqConfig):
         num_heads: heads of PLA and of the sliding-window attention.
         head_dim: value size per head (None: hidden_size / num_heads); even (rotary embedding).
         eps: added to PLA's denominator.
-        pla_layers, swa_layers: block indices of the PLA and sliding-window blocks (disjoint).
+        pla_layers, swa_layers: block indices of the PLA and sliding-window blocks (disjoint). None: the released
+            model's pattern, repeated every 5 blocks up to the depth (PLA at 1, 6, 11, ..., sliding window at 2, 7,
+            12, ...; the 26-block default gives exactly the released 360M model's).
         swa_window: W, the tokens a sliding-window query sees (itself and the W - 1 before it).
         conv_kernel_size: kernel size of BaseConv's causal depthwise convolution.
         conv_expand: BaseConv's inner width as a multiple of hidden_size.
@@ -42,8 +44,8 @@ class JRTConfig(SeqConfig):
         num_heads: int = 16,
         head_dim: int | None = None,
         eps: float = 1e-12,
-        pla_layers: list[int] = (1, 6, 11, 16, 21),
-        swa_layers: list[int] = (2, 7, 12, 17, 22),
+        pla_layers: list[int] | None = None,
+        swa_layers: list[int] | None = None,
         swa_window: int = 256,
         conv_kernel_size: int = 3,
         conv_expand: int = 4,
@@ -60,8 +62,9 @@ class JRTConfig(SeqConfig):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.eps = eps
-        self.pla_layers = list(pla_layers)
-        self.swa_layers = list(swa_layers)
+        depth = range(num_hidden_layers) if isinstance(num_hidden_layers, int) else range(0)
+        self.pla_layers = [i for i in depth if i % 5 == 1] if pla_layers is None else list(pla_layers)
+        self.swa_layers = [i for i in depth if i % 5 == 2] if swa_layers is None else list(swa_layers)
         self.swa_window = swa_window
         self.conv_kernel_size = conv_kernel_size
         self.conv_expand = conv_expand
