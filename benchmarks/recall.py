@@ -1,6 +1,6 @@
 """Recall at equal size and training: MQAR, passkey and key-value extraction, and JRT-Prompt (read twice).
 
-    python benchmarks/recall.py [--models seqp_aaren seqp_mamba2 'seqp_gru:ngram_layers=[1]'] [--steps 300]
+    python benchmarks/recall.py [--models seqp_aaren seqp_mamba2 'seqp_gru:ngram_layers=[1]'] [--steps 1500]
         [--lengths 64 128 256] [--params 100000] [--quick] [--output-dir benchmarks/results/cpu/recall]
 
 Every model (default: every installed `seqp_*` type) and the Llama attention baseline (`llama (attention)`) is
@@ -8,7 +8,7 @@ sized to about `--params` parameters outside the embeddings (the width is search
 ratio are fixed, config overrides win) and trained from scratch with `Trainer` for `--steps` steps on each task at
 each length, then scored on held-out rows by greedy exact-match accuracy (`hf_seqplugins.app.recall`):
 
-- `mqar`: multi-query associative recall, 4 queries a row, as many key-value pairs as fit the length;
+- `mqar`: multi-query associative recall, `length / 4` key-value pairs, then every key asked once;
 - `passkey`: a 5-digit number in byte-level filler text of the length;
 - `kv_extraction`: a document of key-value facts (2 near-miss distractors) and one key to look up. Trained on
   plain and read-twice rows of the same facts (`--kv-train plain`: plain rows only, JRT-Prompt with no model
@@ -42,7 +42,6 @@ from hf_seqplugins.core.registry import MODEL_TYPE_PREFIX, load_plugins
 
 TASK_NAMES = ("mqar", "passkey", "kv_extraction")
 KV_TWICE = "kv_extraction read twice"
-MQAR_QUERIES = 4
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -115,12 +114,13 @@ def sized_settings(model_type: str, overrides: dict, target: int, layers: int, v
 
 
 def task_rows(task: str, length: int, num_train: int, num_test: int, seed: int = 0, **extra) -> dict:
-    """Train/test splits of `task` with rows of about `length` tokens (mqar: as many pairs as fit, with twice as many
-    keys and values as pairs; kv_extraction: as many 6-token facts as fit)."""
+    """Train/test splits of `task` with rows of about `length` tokens (mqar: `length / 4` pairs, each key asked once
+    as in Zoology, so every row carries as many answers as pairs; twice as many keys and values as pairs, at least
+    32; kv_extraction: as many 6-token facts as fit)."""
     if task == "mqar":
-        pairs = max(MQAR_QUERIES, (length - 2 * MQAR_QUERIES) // 2)
+        pairs = max(1, length // 4)
         symbols = max(32, 2 * pairs)
-        kwargs = {"num_pairs": pairs, "num_queries": MQAR_QUERIES, "num_keys": symbols, "num_values": symbols}
+        kwargs = {"num_pairs": pairs, "num_queries": pairs, "num_keys": symbols, "num_values": symbols}
     elif task == "passkey":
         kwargs = {"length": length}
     else:
@@ -180,9 +180,9 @@ def main():
     parser.add_argument("--no-baseline", action="store_true", help=f"leave out {bench.BASELINE!r}")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES)
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 128, 256], help="context lengths (tokens)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of every model on every task")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of every model on every task")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--params", type=int, default=100_000, help="target parameters outside the embeddings")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--num-test", type=int, default=128)
