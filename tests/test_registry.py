@@ -116,6 +116,16 @@ def test_plugin_for_another_api_version_is_refused(make_distribution):
         assert discover(eps) == {}
 
 
+def test_plugin_with_malformed_tiny_variants_is_refused(make_distribution):
+    source = GOOD_PLUGIN.format(model_type="seqp_variants", api_version=1).replace(
+        '"vocab_size": 16})', '"vocab_size": 16}, tiny_variants={"two words": {}})'
+    )
+    assert "tiny_variants" in source
+    eps = make_distribution("variants-plugin", "variants_plugin_mod", source)
+    with pytest.warns(PluginLoadWarning, match=r"tiny_variants must map identifier names"):
+        assert discover(eps) == {}
+
+
 def test_module_without_hook_is_skipped(make_distribution):
     eps = make_distribution("no-hook", "no_hook_mod", "x = 1\n")
     with pytest.warns(PluginLoadWarning, match="no `seqplugins_architectures` hook"):

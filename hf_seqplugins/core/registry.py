@@ -56,6 +56,9 @@ class Architecture:
         api_version: the plugin API version the plugin was written for: write the number (e.g. ``1``),
             not `PLUGIN_API_VERSION`, so an incompatible installation can refuse it.
         tiny_config: overrides giving a small, fast config for tests and demos.
+        tiny_variants: named overrides on top of `tiny_config` for settings that change what a block computes
+            (another memory rule, a hybrid layout): the conformance suite and `hf-seqplugins check` run each as
+            an extra case ``<model_type>+<name>``.
         description: one line for listings and model cards.
         model_card_template: path of a Jinja template for the model card's architecture section
             (rendered with `config`); default: `model_cards/<model_type>.md`, else `description`.
@@ -68,6 +71,7 @@ class Architecture:
     model_classes: dict[str, type]
     api_version: int = field(kw_only=True)
     tiny_config: dict = field(default_factory=dict)
+    tiny_variants: dict[str, dict] = field(default_factory=dict)
     description: str = ""
     model_card_template: str | None = None
     trainer_callbacks: tuple[type, ...] = ()
@@ -115,6 +119,15 @@ def _check(architecture: object) -> Architecture:
     unknown = set(architecture.model_classes) - set(AUTO_CLASSES)
     if unknown:
         raise ValueError(f"unknown Auto classes {sorted(unknown)}; supported: {list(AUTO_CLASSES)}")
+    variants = architecture.tiny_variants
+    if not isinstance(variants, dict) or not all(
+        isinstance(name, str) and name.isidentifier() and isinstance(overrides, dict)
+        for name, overrides in variants.items()
+    ):
+        raise ValueError(
+            f"{architecture.model_type}: tiny_variants must map identifier names to dicts of config overrides, "
+            f"got {variants!r}"
+        )
     return architecture
 
 

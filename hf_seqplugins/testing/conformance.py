@@ -23,21 +23,26 @@ CONFORMANCE_ENV_VAR = "HF_SEQPLUGINS_CONFORMANCE"
 
 
 # Options of the shared backbone that change what a block computes, run as extra cases "<model_type>+<variant>"
-# on the architectures listed with them.
+# on the architectures listed with them (an architecture's own such settings are its `tiny_variants`).
 VARIANTS = {"ngram": ({"ngram_layers": [0], "ngram_orders": 2}, ("seqp_gru", "seqp_aaren"))}
 
 
 def _model_types() -> list[str]:
     selected = {t.strip() for t in os.environ.get(CONFORMANCE_ENV_VAR, "").split(",") if t.strip()}
-    registered = sorted(t for t in load_plugins() if not selected or t in selected)
+    architectures = load_plugins()
+    registered = sorted(t for t in architectures if not selected or t in selected)
     variants = [f"{t}+{name}" for name, (_, bases) in VARIANTS.items() for t in bases if t in registered]
-    return registered + variants
+    own = [f"{t}+{name}" for t in registered for name in architectures[t].tiny_variants]
+    return registered + variants + own
 
 
 def _split(model_type: str) -> tuple[str, dict]:
     """A case's registered model type and the config overrides of its variant."""
     base, _, variant = model_type.partition("+")
-    return base, VARIANTS[variant][0] if variant else {}
+    if not variant:
+        return base, {}
+    own = load_plugins()[base].tiny_variants
+    return base, own[variant] if variant in own else VARIANTS[variant][0]
 
 
 def _architecture(model_type: str):
