@@ -37,7 +37,8 @@ Backend contract (what `validate` hands every backend, positionally): ``(q, k, v
 memory_chunk, retrieval, bias_power, retention_power, memora_scale, eps)`` with q, k, v zeroed and gates set
 to the identity (eta 0, alpha 1, delta 1) at padding, the state as full accumulators (memory + offsets). A
 backend returns `(outputs, state)` in that form. Backends: "reference" (the token loop, inner gradients by
-autograd), "torch" (chunk-parallel, closed-form gradients, the dual form; `torch_impl.py`).
+autograd), "torch" (chunk-parallel, closed-form gradients, the dual form; `torch_impl.py`), "triton" (the torch
+backend's chunk loop as one kernel per batch row and head, Yaad and Moneta; `triton_impl.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numbers
 
 import torch
 
-from hf_seqplugins import Operator, compute_dtype
+from hf_seqplugins import Operator, compute_dtype, triton_unavailable_reason
 
 from .memory import VARIANTS
 
@@ -200,6 +201,18 @@ def _load_torch():
     return kernel
 
 
+def _load_triton():
+    from .triton_impl import test_time_memory as kernel
+
+    return kernel
+
+
+def _triton_input_check(*validated_args):
+    from .triton_impl import unsupported_reason
+
+    return unsupported_reason(*validated_args)
+
+
 def _result(output: tuple, arguments: dict) -> tuple:
     """Outputs in the values' dtype; the state back to offsets from the initial memory."""
     outputs, (x1, x2, c1, c2, count) = output
@@ -247,10 +260,12 @@ def _example(variant: str, memory_chunk: int, retrieval: str = "dual_form", memo
 
 OPERATOR = Operator(
     name="test_time_memory",
-    backends={"reference": _load_reference, "torch": _load_torch},
+    backends={"reference": _load_reference, "torch": _load_torch, "triton": _load_triton},
     validate=_validate,
     sequences=("q", "k", "v", "gates"),
     result=_result,
+    requirements={"triton": triton_unavailable_reason},
+    input_checks={"triton": _triton_input_check},
     examples={
         "yaad": _example("yaad", 4),
         "yaad_exact": _example("yaad", 1),

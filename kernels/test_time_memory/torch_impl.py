@@ -23,6 +23,7 @@ is checkpointed, so training keeps only the chunk-boundary states and recomputes
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .memory import LN_EPS, gradient_weights, layer_norm, mlp, moneta_scale, output_gradient
 
-__all__ = ["test_time_memory"]
+__all__ = ["Layout", "test_time_memory"]
 
 
 def gelu_derivative(z: torch.Tensor) -> torch.Tensor:
@@ -86,43 +87,70 @@ def _chunk(q, k, v, gates, x1, x2, c1, c2, options):
     return outputs, new_x1, new_x2
 
 
+@dataclass
+class Layout:
+    """Each row's real tokens from its position in the current chunk on, whole chunks of `memory_chunk`: `q, k, v`
+    `[B, H, L, D]` (zeros elsewhere), `gates` `[B, H, L, G]` (the identity elsewhere), `position [B, T]` where each
+    real token went, `real [B, T]`, `ends [B]` one past each row's last token."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    gates: torch.Tensor
+    position: torch.Tensor
+    real: torch.Tensor
+    ends: torch.Tensor
+
+    @classmethod
+    def of(cls, q, k, v, gates, count, mask, memory_chunk: int) -> Layout:
+        batch, steps = q.shape[:2]
+        real = torch.ones(batch, steps, dtype=torch.bool, device=q.device) if mask is None else mask
+        offset = count.round().long()
+        position = offset[:, None] + real.long().cumsum(1) - 1
+        ends = offset + real.long().sum(1)
+        length = max(1, -(-int(ends.max()) // memory_chunk)) * memory_chunk
+        target = torch.where(real, position, length)  # padding goes to a slot that is cut off
+
+        def laid_out(x, fill):  # [B, T, H, e] -> [B, H, length, e]
+            buffer = fill.expand(batch, length + 1, *x.shape[2:]).clone()
+            buffer = buffer.scatter(1, target.view(batch, steps, 1, 1).expand_as(x), x)
+            return buffer[:, :length].transpose(1, 2)
+
+        identity = torch.tensor([0.0, 1.0, 1.0][: gates.shape[-1]], dtype=gates.dtype, device=gates.device)
+        zero = q.new_zeros(())
+        return cls(
+            laid_out(q, zero), laid_out(k, zero), laid_out(v, zero), laid_out(gates, identity), position, real, ends
+        )
+
+    def restore(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Laid-out outputs `[B, H, L, D]` -> `[B, T, H, D]` at the tokens' own positions."""
+        index = torch.where(self.real, self.position, 0)
+        return outputs.transpose(1, 2).gather(
+            1, index[..., None, None].expand(-1, -1, *outputs.shape[1:2], outputs.shape[-1])
+        )
+
+
 def test_time_memory(
     q, k, v, gates, state, mask, variant, memory_chunk, retrieval, bias_power, retention_power, memora_scale, eps
 ):
     """See the module docstring and `hf_seqplugins.kernels.test_time_memory` for the contract (inputs arrive
     validated, the state as full accumulators ``(X1, X2, C1, C2, count)``)."""
-    batch, steps, heads, _ = q.shape
     x1, x2, c1, c2, count = state
-    real = torch.ones(batch, steps, dtype=torch.bool, device=q.device) if mask is None else mask
-    offset = count.round().long()
-    position = offset[:, None] + real.long().cumsum(1) - 1  # where each real token goes
-    ends = offset + real.long().sum(1)
-    length = max(1, -(-int(ends.max()) // memory_chunk)) * memory_chunk
-    target = torch.where(real, position, length)  # padding goes to a slot that is cut off
-
-    def laid_out(x, fill):  # [B, T, H, e] -> [B, H, length, e], `fill` where no real token lands
-        buffer = fill.expand(batch, length + 1, *x.shape[2:]).clone()
-        buffer = buffer.scatter(1, target.view(batch, steps, 1, 1).expand_as(x), x)
-        return buffer[:, :length].transpose(1, 2)
-
-    zero = q.new_zeros(())
-    identity = torch.tensor([0.0, 1.0, 1.0][: gates.shape[-1]], dtype=gates.dtype, device=gates.device)
-    ql, kl, vl, gl = laid_out(q, zero), laid_out(k, zero), laid_out(v, zero), laid_out(gates, identity)
+    layout = Layout.of(q, k, v, gates, count, mask, memory_chunk)
     options = (variant, retrieval, bias_power, retention_power, memora_scale, eps)
-    last_chunk = ends // memory_chunk  # the chunk the row's next token falls in
+    last_chunk = layout.ends // memory_chunk  # the chunk the row's next token falls in
     final_c1 = torch.where((last_chunk == 0).view(-1, 1, 1, 1), c1, 0)
     final_c2 = torch.where((last_chunk == 0).view(-1, 1, 1, 1), c2, 0)
     pieces = []
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gates, x1, x2, c1, c2))
-    for index, begin in enumerate(range(0, length, memory_chunk)):
+    for index, begin in enumerate(range(0, layout.q.shape[2], memory_chunk)):
         window = slice(begin, begin + memory_chunk)
-        arguments = (ql[:, :, window], kl[:, :, window], vl[:, :, window], gl[:, :, window], x1, x2, c1, c2, options)
+        parts = (layout.q, layout.k, layout.v, layout.gates)
+        arguments = (*(t[:, :, window] for t in parts), x1, x2, c1, c2, options)
         outputs, x1, x2 = checkpoint(_chunk, *arguments, use_reentrant=False) if train else _chunk(*arguments)
         pieces.append(outputs)
         c1, c2 = x1, x2
         here = (last_chunk == index + 1).view(-1, 1, 1, 1)
         final_c1, final_c2 = torch.where(here, x1, final_c1), torch.where(here, x2, final_c2)
-    outputs = torch.cat(pieces, dim=2).transpose(1, 2)  # [B, length, H, D]
-    back = torch.where(real, position, 0).view(batch, steps, 1, 1).expand(-1, -1, heads, q.shape[-1])
-    final_count = (ends % memory_chunk).to(count.dtype)
-    return outputs.gather(1, back), (x1, x2, final_c1, final_c2, final_count)
+    final_count = (layout.ends % memory_chunk).to(count.dtype)
+    return layout.restore(torch.cat(pieces, dim=2)), (x1, x2, final_c1, final_c2, final_count)
