@@ -14,6 +14,10 @@ each length, then scored on held-out rows by greedy exact-match accuracy (`hf_se
   plain and read-twice rows of the same facts (`--kv-train plain`: plain rows only, JRT-Prompt with no model
   change), scored plain (`kv_extraction`) and read twice (`kv_extraction read twice`, twice the prefill).
 
+`--eval-lengths` also scores each trained model on rows of other lengths (extrapolation past the training length,
+e.g. single-needle retrieval: `--tasks passkey --lengths 64 --eval-lengths 128 256`); such rows keep their
+training length in `trained_at`, and the table and plot then show one line per model and training length.
+
 A model spec is `type` or `type:key=value[:key=value...]` (JSON values) or `type:{json object}` of config
 overrides; it is the label in the results, so one type can appear with several settings, e.g.
 `seqp_gru 'seqp_gru:ngram_layers=[1]'`. Writes `recall.json` / `recall.md` and `recall.png` (accuracy against
@@ -185,6 +189,13 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--params", type=int, default=100_000, help="target parameters outside the embeddings")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--eval-lengths",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also score every trained model at these context lengths (past the training length: extrapolation)",
+    )
     parser.add_argument("--num-test", type=int, default=128)
     parser.add_argument("--kv-train", choices=["both", "plain"], default="both", help="kv_extraction training rows")
     parser.add_argument("--ask-first", action="store_true", help="kv_extraction rows open with 'about KEY .'")
@@ -208,7 +219,7 @@ def main():
         print(f"{spec}: {settings}", flush=True)
 
     rows, started = resumed_rows(args, widths), time.time()
-    done = {(row["model"], row["task"], row["context"]) for row in rows}
+    done = {(row["model"], row["task"], _trained_at(row)) for row in rows}
     num_train = args.steps * args.batch_size
     progress = tqdm(total=len(specs) * len(args.tasks) * len(args.lengths), desc="recall")
     for task in args.tasks:
@@ -243,26 +254,35 @@ def main():
                     args.seed,
                 )
                 seconds = time.time() - clock
-                scored = {task: recall.recall_accuracy(model, data["test"], progress=False)}
-                if task == "kv_extraction":
-                    scored[KV_TWICE] = recall.recall_accuracy(model, twice["test"], progress=False)
-                for name, accuracy in scored.items():
-                    rows.append(
-                        {
-                            "model": spec,
-                            "task": name,
-                            "length": len((twice if name == KV_TWICE else data)["test"][0]["input_ids"]),
-                            "context": length,
-                            "accuracy": accuracy,
-                            "params": total,
-                            "non_embedding_params": non_embedding,
-                            "hidden_size": widths[spec]["hidden_size"],
-                            "final_train_loss": loss,
-                            "train_s": seconds,
-                            "steps": args.steps,
-                        }
-                    )
-                    print(rows[-1], flush=True)
+                evaluations = {length: (data, twice if task == "kv_extraction" else None)}
+                for longer in args.eval_lengths:  # past the training length: the same model on longer rows
+                    if longer != length:
+                        evaluations[longer] = (
+                            task_rows(task, longer, 1, args.num_test, args.seed, **extra),
+                            task_rows(task, longer, 1, args.num_test, args.seed, read_twice=True, **extra)
+                            if task == "kv_extraction"
+                            else None,
+                        )
+                for context, (plain, read_twice) in evaluations.items():
+                    tests = {task: plain["test"], **({KV_TWICE: read_twice["test"]} if read_twice else {})}
+                    for name, test in tests.items():
+                        rows.append(
+                            {
+                                "model": spec,
+                                "task": name,
+                                "length": len(test[0]["input_ids"]),
+                                "context": context,
+                                "trained_at": length,
+                                "accuracy": recall.recall_accuracy(model, test, progress=False),
+                                "params": total,
+                                "non_embedding_params": non_embedding,
+                                "hidden_size": widths[spec]["hidden_size"],
+                                "final_train_loss": loss,
+                                "train_s": seconds,
+                                "steps": args.steps,
+                            }
+                        )
+                        print(rows[-1], flush=True)
                 write(rows, args, widths, time.time() - started)  # after every model: a stopped run keeps its rows
                 progress.update()
     progress.close()
@@ -292,11 +312,11 @@ def write(rows: list[dict], args, widths: dict, seconds: float) -> None:
     output_dir = Path(args.output_dir)
     contexts = sorted({row["context"] for row in rows})
     pivot = []
-    for spec in dict.fromkeys(row["model"] for row in rows):
+    for series in dict.fromkeys(_series(row, rows) for row in rows):
         for task in dict.fromkeys(row["task"] for row in rows):
-            cells = {row["context"]: row["accuracy"] for row in rows if row["model"] == spec and row["task"] == task}
+            cells = {r["context"]: r["accuracy"] for r in rows if _series(r, rows) == series and r["task"] == task}
             if cells:
-                pivot.append({"model": spec, "task": task, **{f"T≈{c}": cells.get(c) for c in contexts}})
+                pivot.append({"model": series, "task": task, **{f"T≈{c}": cells.get(c) for c in contexts}})
     kv_note = (
         "plain and read-twice rows of the same facts, half each"
         if args.kv_train == "both"
@@ -321,18 +341,30 @@ def write(rows: list[dict], args, widths: dict, seconds: float) -> None:
     print("written:", ", ".join(map(str, written)))
 
 
+def _trained_at(row: dict) -> int:
+    return row.get("trained_at", row["context"])
+
+
+def _series(row: dict, rows: list[dict]) -> str:
+    """The row's model, and its training length when some model was scored at other lengths than its own."""
+    if all(_trained_at(r) == r["context"] for r in rows):
+        return row["model"]
+    return f"{row['model']} (trained at {_trained_at(row)})"
+
+
 def plot(rows: list[dict], path: Path) -> Path:
-    """Accuracy against context length, one panel per task, one line per model."""
+    """Accuracy against context length, one panel per task, one line per model (per model and training length when
+    models were also scored past it)."""
     plt = _pyplot()
     names = list(dict.fromkeys(row["task"] for row in rows))
     figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
     for axis, task in zip(axes[0], names):
-        for spec in dict.fromkeys(row["model"] for row in rows):
+        for series in dict.fromkeys(_series(row, rows) for row in rows):
             points = sorted(
-                (row["context"], row["accuracy"]) for row in rows if row["model"] == spec and row["task"] == task
+                (r["context"], r["accuracy"]) for r in rows if _series(r, rows) == series and r["task"] == task
             )
             if points:
-                axis.plot(*zip(*points), marker="o", label=spec)
+                axis.plot(*zip(*points), marker="o", label=series)
         axis.set_xscale("log", base=2)
         axis.set(title=task, xlabel="context length (tokens)", ylim=(-0.03, 1.03))
         axis.grid(alpha=0.3)
