@@ -24,24 +24,11 @@ from tqdm.auto import tqdm
 
 import hf_seqplugins
 from hf_seqplugins.app import bench
+from hf_seqplugins.app.bench import saved_bytes
 from hf_seqplugins.app.results import write_results
 
 sys.path.insert(0, str(Path(__file__).parent))
 import operators  # noqa: E402
-
-
-def saved_bytes(fn) -> int:
-    """Bytes of the distinct tensors autograd saves for backward during `fn()`: the activation memory."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(storages.values())
 
 
 def operator_rows(

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-from harness import saved_bytes
 from tqdm.auto import tqdm
 
 from hf_seqplugins.app import bench
+from hf_seqplugins.app.bench import saved_bytes
 from hf_seqplugins.app.plots import against_length
 from hf_seqplugins.app.results import write_results
 

@@ -67,6 +67,20 @@ def median_ms(fn: Callable[[], object], repeats: int = 5, device: str | torch.de
     return statistics.median(elapsed_ms(fn, device) for _ in range(repeats))
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during `fn()`: the activation memory."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
 def matmul_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int = 1024) -> float:
     """The machine's dense matmul rate: GFLOP/s of a `size`-square matmul, the ceiling kernels are read against."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
