@@ -33,7 +33,7 @@ class MirasConfig(SeqConfig):
         gate_rank: rank of the low-rank projections ``x -> R^gate_rank -> R^H`` of the per-head gates.
         conv_kernel_size: kernel of the depthwise causal convolution on q, k and v.
         eta_max: upper bound of the inner learning rate ``eta = eta_max * sigmoid(.)``.
-        swa_layers: block indices using sliding-window attention instead of the memory.
+        swa_layers: block indices using sliding-window attention instead of the memory (None: none).
         swa_window: W, the tokens a sliding-window query sees (itself and the W - 1 real tokens before it).
         rope_theta: base of the sliding-window attention's rotary embedding.
     """
@@ -56,7 +56,7 @@ class MirasConfig(SeqConfig):
         gate_rank: int = 32,
         conv_kernel_size: int = 4,
         eta_max: float = 1.0,
-        swa_layers: list[int] = (),
+        swa_layers: list[int] | None = None,
         swa_window: int = 512,
         rope_theta: float = 10000.0,
         **kwargs,
@@ -74,9 +74,7 @@ class MirasConfig(SeqConfig):
         self.gate_rank = gate_rank
         self.conv_kernel_size = conv_kernel_size
         self.eta_max = eta_max
-        self.swa_layers = (
-            [] if swa_layers is None else list(swa_layers) if isinstance(swa_layers, tuple) else swa_layers
-        )
+        self.swa_layers = [] if swa_layers is None else swa_layers
         self.swa_window = swa_window
         self.rope_theta = rope_theta
         super().__init__(**kwargs)
