@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .core.attention import CausalSelfAttention
+from .core.attention import CausalSelfAttention, SlidingWindowAttention
 from .core.backends import (
     AUTO,
     BackendUnavailableError,
@@ -69,6 +69,7 @@ __all__ = [
     "SeqModel",
     "Segments",
     "SeqPreTrainedModel",
+    "SlidingWindowAttention",
     "available_architectures",
     "boundaries",
     "backend_choices",

@@ -16,6 +16,7 @@ from hf_seqplugins import (
     SeqForCausalLM,
     SeqForSequenceClassification,
     SeqModel,
+    SlidingWindowAttention,
     compute_dtype,
     read_state,
     run_by_segments,
@@ -196,94 +197,6 @@ class BaseConv(nn.Module):
         y, state = _run(self.convolve, (inputs,), state, attention_mask, resets)
         write_state(cache, self.layer_idx, state)
         return self.out_proj(y.to(hidden.dtype) * self.gate_proj(hidden))
-
-
-def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (halves layout) of x `[B, T, H, E]` at positions `[B, T]`."""
-    dtype = compute_dtype(x.dtype)
-    half = x.shape[-1] // 2
-    frequency = 1.0 / theta ** (torch.arange(0, half, device=x.device, dtype=dtype) / half)
-    angles = positions[..., None, None].to(dtype) * frequency  # [B, T, 1, E / 2]
-    cos, sin = angles.cos(), angles.sin()
-    first, second = x.to(dtype).chunk(2, dim=-1)
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1).to(x.dtype)
-
-
-class SlidingWindowAttention(nn.Module):
-    """Causal softmax attention over the last W real tokens (W = swa_window), rotary positions counting real
-    tokens, with a fixed-size key/value buffer as its recurrent state (O(W) per token in decoding).
-
-    Parameters: `q_proj`, `k_proj`, `v_proj` `[D -> H*E]`, `o_proj` `[H*E -> D]`. The cache holds the W most recent
-    real (rotated) keys and values `[B, H, W, E]`, their positions and occupancy `[B, W]`, and the number of real
-    tokens seen `[B, 1]`, all in the compute dtype, in which the attention runs too."""
-
-    def __init__(self, config: JRTConfig, layer_idx: int):
-        super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.head_dim, self.window = config.num_heads, config.head_width, config.swa_window
-        width = self.num_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
-
-    def state_shapes(self) -> list[tuple[int, ...]]:
-        """Per-row shapes of `(keys, values, positions, occupied, seen)`."""
-        buffer = (self.num_heads, self.window, self.head_dim)
-        return [buffer, buffer, (self.window,), (self.window,), (1,)]
-
-    def attend(self, q, k, v, initial_state=None, mask=None):
-        """q, k, v `[B, T, H, E]`, state or None -> `(y [B, T, H, E], state)`."""
-        batch, steps = q.shape[:2]
-        dtype = compute_dtype(q.dtype)
-        if initial_state is None:
-            initial_state = [torch.zeros(batch, *shape, dtype=dtype, device=q.device) for shape in self.state_shapes()]
-        old_k, old_v, old_position, occupied, seen = initial_state
-        real = _real(q, mask)
-        position = seen + real.cumsum(1) - 1  # [B, T]
-        keep = real[..., None, None]
-        k = torch.where(keep, _rotate(k, position, self.config.rope_theta), 0).transpose(1, 2)
-        q = _rotate(q, position, self.config.rope_theta).transpose(1, 2)
-        v = torch.where(keep, v, 0).transpose(1, 2)
-        keys = torch.cat([old_k.to(q.dtype), k], dim=2)  # [B, H, W + T, E]
-        values = torch.cat([old_v.to(q.dtype), v], dim=2)
-        key_position = torch.cat([old_position, position.to(dtype)], dim=1)  # [B, W + T]
-        key_real = torch.cat([occupied > 0, real], dim=1)
-        index = torch.arange(self.window + steps, device=q.device)
-        distance = position.to(dtype)[:, :, None] - key_position[:, None, :]  # [B, T, W + T]
-        allowed = key_real[:, None, :] & (index <= self.window + torch.arange(steps, device=q.device)[:, None])
-        allowed = allowed & (distance < self.window)
-        allowed = allowed | (index == self.window + torch.arange(steps, device=q.device)[:, None])  # no empty row
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None])
-        # the new buffer: the W most recent real entries, oldest first
-        recent = torch.where(key_real, index, -1).topk(self.window, dim=1).values.flip(1)  # [B, W]
-        taken = recent.clamp_min(0)
-        gather = taken[:, None, :, None].expand(batch, self.num_heads, self.window, self.head_dim)
-        state = (
-            keys.gather(2, gather).to(dtype),
-            values.gather(2, gather).to(dtype),
-            key_position.gather(1, taken),
-            (recent >= 0).to(dtype),
-            seen + real.sum(1, keepdim=True).to(dtype),
-        )
-        return y.transpose(1, 2), state
-
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        cache: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        resets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`."""
-        batch, steps, _ = hidden.shape
-        shape = (batch, steps, self.num_heads, self.head_dim)
-        dtype = compute_dtype(hidden.dtype)
-        sequences = tuple(p(hidden).view(shape).to(dtype) for p in (self.q_proj, self.k_proj, self.v_proj))
-        state = read_state(cache, self.layer_idx, self.state_shapes())
-        y, state = _run(self.attend, sequences, state, attention_mask, resets)
-        write_state(cache, self.layer_idx, state)
-        return self.o_proj(y.to(hidden.dtype).reshape(batch, steps, -1))
 
 
 def jrt_mixer(config: JRTConfig, layer_idx: int) -> nn.Module:

@@ -16,6 +16,7 @@ from hf_seqplugins import (
     SeqForCausalLM,
     SeqForSequenceClassification,
     SeqModel,
+    SlidingWindowAttention,
     compute_dtype,
     read_state,
     run_by_segments,
@@ -230,90 +231,6 @@ class MirasMixer(nn.Module):
         gate = torch.sigmoid(self.gate_proj(hidden).to(dtype)).view(batch, steps, heads, size)
         y = self.norm(outputs) * gate
         return self.out_proj(y.reshape(batch, steps, -1).to(hidden.dtype))
-
-
-def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (halves layout, as Llama's) of x `[B, T, H, d]` at positions `[B, T]`, in x's dtype."""
-    half = x.shape[-1] // 2
-    frequency = theta ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
-    angles = positions[..., None, None].to(x.dtype) * frequency  # [B, T, 1, d / 2]
-    cos, sin = angles.cos(), angles.sin()
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-
-
-class SlidingWindowAttention(nn.Module):
-    """Causal softmax attention in which a query sees itself and the W - 1 real tokens before it (W = swa_window),
-    rotary positions counting real tokens: hidden `[B, T, D]` -> q, k, v `[B, T, H, d]` -> `o_proj` `[B, T, D]`.
-
-    Parameters: `q_proj`, `k_proj`, `v_proj` `[D -> H*d]`, `o_proj` `[H*d -> D]`. The cache is a fixed-size window,
-    not a growing KV cache: the rotated keys and values of the W most recent real tokens `[B, H, W, d]` (slot j holds
-    real token ``seen - W + j``, zeros before the first) and the real tokens seen `[B, 1]`, in the compute dtype.
-    Each call attends over the window plus its own tokens (the masked ``T x (W + T)`` scores: quadratic in the
-    call's length at prefill, O(W) per decoded token) and keeps the W most recent real entries."""
-
-    def __init__(self, config: MirasConfig, layer_idx: int):
-        super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.head_dim, self.window = config.num_heads, config.head_width, config.swa_window
-        width = self.num_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.o_proj = nn.Linear(width, config.hidden_size, bias=False)
-
-    def state_shapes(self) -> list[tuple[int, ...]]:
-        """Per-row shapes of `(keys, values, seen)`."""
-        buffer = (self.num_heads, self.window, self.head_dim)
-        return [buffer, buffer, (1,)]
-
-    def attend(self, q, k, v, initial_state=None, mask=None):
-        """q, k, v `[B, T, H, d]` (compute dtype), state `(keys, values, seen)` or None -> `(y [B, T, H, d], state)`."""
-        batch, steps = q.shape[:2]
-        window = self.window
-        if initial_state is None:
-            initial_state = [q.new_zeros(batch, *shape) for shape in self.state_shapes()]
-        old_keys, old_values, seen = (s.to(q.dtype) for s in initial_state)
-        real = _real(q, mask)
-        position = seen + real.cumsum(1).to(q.dtype) - 1  # [B, T] each token's index among the real tokens
-        keep = real[..., None, None]
-        q = _rotate(q, position, self.config.rope_theta).transpose(1, 2)
-        k = torch.where(keep, _rotate(k, position, self.config.rope_theta), 0).transpose(1, 2)
-        v = torch.where(keep, v, 0).transpose(1, 2)
-        keys, values = torch.cat([old_keys, k], dim=2), torch.cat([old_values, v], dim=2)  # [B, H, W + T, d]
-        slot_position = seen - window + torch.arange(window, device=q.device, dtype=q.dtype)  # [B, W]
-        key_position = torch.cat([slot_position, position], dim=1)  # [B, W + T]
-        key_real = torch.cat([slot_position >= 0, real], dim=1)
-        distance = position[:, :, None] - key_position[:, None, :]  # [B, T, W + T]
-        allowed = key_real[:, None, :] & (distance >= 0) & (distance < window)
-        itself = torch.arange(window + steps, device=q.device) == window + torch.arange(steps, device=q.device)[:, None]
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=(allowed | itself)[:, None])  # no empty row
-        new_seen = seen + real.sum(1, keepdim=True).to(q.dtype)
-        slot = key_position - (new_seen - window)  # the new window's slot of each entry (< W)
-        target = torch.where(key_real & (slot >= 0), slot, window).long()  # the others to a discarded slot W
-        target = target[:, None, :, None].expand_as(keys)
-
-        def kept(entries):
-            return entries.new_zeros(batch, self.num_heads, window + 1, self.head_dim).scatter(2, target, entries)
-
-        return y.transpose(1, 2), (kept(keys)[:, :, :window], kept(values)[:, :, :window], new_seen)
-
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        cache: Cache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        resets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """hidden `[B, T, D]`, attention_mask and resets `[B, T]` bool or None -> `[B, T, D]`."""
-        batch, steps, _ = hidden.shape
-        shape = (batch, steps, self.num_heads, self.head_dim)
-        dtype = compute_dtype(hidden.dtype)
-        sequences = tuple(p(hidden).view(shape).to(dtype) for p in (self.q_proj, self.k_proj, self.v_proj))
-        state = read_state(cache, self.layer_idx, self.state_shapes())
-        y, state = _run(self.attend, sequences, state, attention_mask, resets)
-        write_state(cache, self.layer_idx, state)
-        return self.o_proj(y.to(hidden.dtype).reshape(batch, steps, -1))
 
 
 def miras_mixer(config: MirasConfig, layer_idx: int) -> nn.Module:
