@@ -32,7 +32,8 @@ class MirasConfig(SeqConfig):
         smooth_eps: eps of the smooth signs ``e (e^2 + eps)^((p - 2) / 2)`` and of Moneta's q-norm.
         gate_rank: rank of the low-rank projections ``x -> R^gate_rank -> R^H`` of the per-head gates.
         conv_kernel_size: kernel of the depthwise causal convolution on q, k and v.
-        eta_max: upper bound of the inner learning rate ``eta = eta_max * sigmoid(.)``.
+        eta_max: upper bound of the inner learning rate ``eta = eta_max * sigmoid(.)``. Larger bounds make the
+            outer gradients through the inner updates explode (`docs/architectures/miras.md`, Stability).
         swa_layers: block indices using sliding-window attention instead of the memory (None: none).
         swa_window: W, the tokens a sliding-window query sees (itself and the W - 1 real tokens before it).
         rope_theta: base of the sliding-window attention's rotary embedding.
@@ -55,7 +56,7 @@ class MirasConfig(SeqConfig):
         smooth_eps: float = 1e-6,
         gate_rank: int = 32,
         conv_kernel_size: int = 4,
-        eta_max: float = 1.0,
+        eta_max: float = 0.01,
         swa_layers: list[int] | None = None,
         swa_window: int = 512,
         rope_theta: float = 10000.0,

@@ -32,7 +32,7 @@ MIN_RETENTION = 1e-6
 MIN_DELTA = 1e-6
 # Initial gates (`MirasMixer.init_mixer_weights`): eta as a fraction of eta_max, alpha, Yaad's delta.
 INITIAL_ETA_FRACTION = 0.02
-INITIAL_RETENTION = 0.95
+INITIAL_RETENTION = 0.999
 INITIAL_DELTA = 1.0
 L2_EPS = 1e-6
 MEMORA_LOG_WEIGHT_STD = 3.0
@@ -135,7 +135,7 @@ class MirasMixer(nn.Module):
           log-weights keeps that division well conditioned (N(0, 1) leaves a spread of about 1e-3 at d = 64,
           E = 256).
 
-        Gate biases: eta = 0.02 eta_max (Moneta: times s, at most eta_max / 2), alpha = 0.95 and Yaad's delta = 1
+        Gate biases: eta = 0.02 eta_max (Moneta: times s, at most eta_max / 2), alpha = 0.999 and Yaad's delta = 1
         (its outer branch then clips every component of the output gradient at 1, as an elementwise Huber loss
         does)."""
         bound = 1 / math.sqrt(self.kernel)
