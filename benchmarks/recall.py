@@ -357,7 +357,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     models were also scored past it)."""
     plt = _pyplot()
     names = list(dict.fromkeys(row["task"] for row in rows))
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(names), figsize=(max(7, 4 * len(names)), 4.6), sharey=True, squeeze=False)
     for axis, task in zip(axes[0], names):
         for series in dict.fromkeys(_series(row, rows) for row in rows):
             points = sorted(
@@ -369,10 +369,11 @@ def plot(rows: list[dict], path: Path) -> Path:
         axis.set(title=task, xlabel="context length (tokens)", ylim=(-0.03, 1.03))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("exact-match accuracy")
-    axes[0][-1].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", fontsize=7, ncol=2)  # below: spec labels can be long
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.tight_layout(rect=(0, 0.08 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
 
