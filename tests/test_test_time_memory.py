@@ -13,7 +13,7 @@ from hf_seqplugins.kernels.test_time_memory.memory import gradient_weights, mlp,
 HEADS, DIM, HIDDEN = 2, 4, 8
 
 
-def _inputs(batch=1, length=11, variant="yaad", lr=0.3, seed=0, low_alpha=0.7):
+def _inputs(batch=1, length=11, variant="yaad", lr=0.3, seed=0, low_alpha=0.7, dim=DIM, hidden=HIDDEN):
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -30,11 +30,11 @@ def _inputs(batch=1, length=11, variant="yaad", lr=0.3, seed=0, low_alpha=0.7):
         gates.append(torch.full((batch, length, HEADS, 1), 1.5, dtype=torch.float64))
     scale = 1.0 if variant == "memora" else 0.5
     return {
-        "q": unit(randn(batch, length, HEADS, DIM)),
-        "k": unit(randn(batch, length, HEADS, DIM)),
-        "v": randn(batch, length, HEADS, DIM),
+        "q": unit(randn(batch, length, HEADS, dim)),
+        "k": unit(randn(batch, length, HEADS, dim)),
+        "v": randn(batch, length, HEADS, dim),
         "gates": torch.cat(gates, -1),
-        "memory": (scale * randn(HEADS, DIM, HIDDEN), scale * randn(HEADS, HIDDEN, DIM)),
+        "memory": (scale * randn(HEADS, dim, hidden), scale * randn(HEADS, hidden, dim)),
         "variant": variant,
     }
 
@@ -171,6 +171,32 @@ def test_chunked_training_is_a_first_order_approximation_in_the_learning_rate(va
         chunked, _ = run_memory(**arguments, memory_chunk=16)
         gap = float((exact - chunked).abs().max() / exact.abs().max())
         assert lr / 100 < gap < 50 * lr, (lr, gap)
+
+
+@pytest.mark.parametrize(
+    "variant, retrieval", [("yaad", "dual_form"), ("moneta", "dual_form"), ("yaad", "chunk_start")]
+)
+def test_triton_kernel_tiles_a_memory_wider_than_one_block(variant, retrieval):
+    """E = 300 at D = 8 is two tiles of 256 hidden units, the second ragged: the tiled passes (Moneta's q-norm, the
+    pre-norm output, the per-tile reads and updates) equal the torch backend, state part-way into a chunk, a
+    padded row."""
+    pytest.importorskip("triton", reason="the triton backend needs Triton (the dev extra installs it)")
+    from hf_seqplugins.kernels.test_time_memory import triton_impl
+
+    assert triton_impl._tile_width(8, 300) == 256
+    arguments = _inputs(batch=2, length=13, variant=variant, dim=8, hidden=300, lr=0.1)
+    generator = torch.Generator().manual_seed(5)
+    shapes = state_shapes(2, HEADS, 8, 300)
+    offsets = [0.01 * torch.randn(*shape, generator=generator, dtype=torch.float64) for shape in shapes[:4]]
+    mask = torch.ones(2, 13, dtype=torch.bool)
+    mask[1, :3] = False
+    options = {"memory_chunk": 4, "retrieval": retrieval, "mask": mask}
+    options["initial_state"] = (*offsets, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    expected, expected_state = run_memory(**arguments, **options, backend="torch")
+    outputs, state = run_memory(**arguments, **options, backend="triton")
+    torch.testing.assert_close(outputs[mask], expected[mask], rtol=1e-9, atol=1e-9)
+    for got, want in zip(state, expected_state):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_state_shapes_and_sizes():

@@ -1,17 +1,24 @@
 """Triton backend of `test_time_memory` (Yaad and Moneta): the chunk loop of the dual form as one kernel.
 
 The tokens are laid out as in the torch backend (`torch_impl.Layout`: whole chunks from each row's position in its
-current chunk). One program per (batch row, head), grid ``(B * H,)``, holds the accumulators X1 `[D, E]`, X2
-`[E, D]` and the chunk-start ones C1, C2 in registers and walks the chunks in order; per chunk it loads the
-chunk's q, k, v `[b, D]` and gates, and computes with `tl.dot` what `torch_impl._chunk` computes: the memory at
-the chunk-start weights on the keys, the inner gradients by hand (layer-norm and GELU backward), the decay mask
-``Gamma_ti = eta_i beta_t / beta_i`` from a cumulative sum of log-retentions, the per-token reads by the dual
-form (or with the chunk-start weights, "chunk_start"), and the chunk's final accumulators. Block sizes are the
-powers of two at or above b, D and E (at least 16, `tl.dot`'s minimum), with masked loads; the layer norm and
-Moneta's q-norm count the real channels only.
+current chunk). One program per (batch row, head), grid ``(B * H,)``, walks the chunks in order and computes with
+`tl.dot` what `torch_impl._chunk` computes: the memory at the chunk-start weights on the keys, the inner gradients
+by hand (layer-norm and GELU backward), the decay mask ``Gamma_ti = eta_i beta_t / beta_i`` from a cumulative sum
+of log-retentions, the per-token reads by the dual form (or with the chunk-start weights, "chunk_start"), and the
+chunk's final accumulators.
+
+The accumulators X1 `[D, E]`, X2 `[E, D]` stay in the output buffers between chunks and are processed in tiles of
+BT hidden units (`_tile_width`: all E where a `[D, E]` block has at most `TILE_ELEMENTS` entries), so any E fits.
+Per chunk: (Moneta) a pass over the tiles for the chunk-start q-norm; a pass summing the memory's pre-norm output
+``u = sum_tiles gelu(K W2_tile^T) W1_tile^T``, then the layer norm and the output gradient ``gu`` on all D
+channels; a pass that, per tile, forms the tile's hidden gradients ``dz``, adds the tile's share of the reads
+(``H Hbar^T`` and ``beta H X1^T`` are sums over hidden units) and writes the tile's updated accumulators. The
+chunk's q, k, v `[b, D]` are in registers throughout, so D is bounded (`MAX_HEAD_DIM`). Block sizes are powers of
+two (at least 16, `tl.dot`'s minimum), with masked loads; the layer norm and Moneta's q-norm count the real
+channels only.
 
 Memora is not computed here: its reads ``c softmax(X_t)`` are not linear in X, so they have no dual form (the
-torch backend materialises them). `MAX_STATE` bounds D * E (four such matrices live in registers).
+torch backend materialises them).
 
 Backward: the Triton forward, the PyTorch backward. `_Function.backward` recomputes the call with the torch
 backend (`torch_impl.test_time_memory`) under `torch.enable_grad()` and returns its gradients; the backward is not
@@ -39,7 +46,8 @@ from .memory import LN_EPS
 __all__ = ["test_time_memory", "unsupported_reason"]
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_STATE = 4096
+TILE_ELEMENTS = 4096
+MAX_HEAD_DIM = TILE_ELEMENTS // 16
 MIN_BLOCK = 16
 VARIANT_CODES = {"yaad": 0, "moneta": 1}
 
@@ -64,10 +72,14 @@ def _layer_norm(u, d_ok, dim, ln_eps):
 
 
 @triton.jit
-def _moneta_scale(a, ok, retention_power, eps):
-    """``1 / ||A||_q^(q - 2)`` over the real entries of `a`, the q-norm of ``(a^2 + eps)^(1/2)``."""
-    powered = tl.where(ok, tl.exp(0.5 * retention_power * tl.log(a * a + eps)), 0.0)
-    return tl.exp(-(retention_power - 2) / retention_power * tl.log(tl.sum(tl.sum(powered, axis=1), axis=0)))
+def _powered(a, ok, retention_power, eps):
+    """``(a^2 + eps)^(q/2)`` at the real entries of `a`, 0 elsewhere: the terms of Moneta's q-norm."""
+    return tl.where(ok, tl.exp(0.5 * retention_power * tl.log(a * a + eps)), 0.0)
+
+
+@triton.jit
+def _load_tiles(first_ptr, second_ptr, at1, at2, ok1, ok2):
+    return tl.load(first_ptr + at1, mask=ok1, other=0.0), tl.load(second_ptr + at2, mask=ok2, other=0.0)
 
 
 @triton.jit
@@ -99,32 +111,41 @@ def _kernel(
     CHUNK_START: tl.constexpr,
     BB: tl.constexpr,
     BD: tl.constexpr,
-    BE: tl.constexpr,
+    BT: tl.constexpr,
 ):
     """Laid-out q, k, v `[B*H, L, D]`, gates `[B*H, L, G]`, the state `[B*H, D, E]` / `[B*H, E, D]` and each
-    program's chunk of its next token `last [B*H]` (all contiguous) -> outputs `[B*H, L, D]` and the final state."""
+    program's chunk of its next token `last [B*H]` (all contiguous) -> outputs `[B*H, L, D]` and the final state.
+    The accumulators live in `x1_out`, `x2_out` between chunks, read and written in tiles of BT hidden units."""
     row = tl.program_id(0).to(tl.int64)
     t_idx = tl.arange(0, BB)
     d_idx = tl.arange(0, BD)
-    e_idx = tl.arange(0, BE)
     t_ok = t_idx < chunk
     d_ok = d_idx < dim
-    e_ok = e_idx < hidden
-    ok1 = d_ok[:, None] & e_ok[None, :]
-    ok2 = e_ok[:, None] & d_ok[None, :]
-    at1 = row * dim * hidden + d_idx[:, None] * hidden + e_idx[None, :]
-    at2 = row * dim * hidden + e_idx[:, None] * dim + d_idx[None, :]
-    x1 = tl.load(x1_ptr + at1, mask=ok1, other=0.0)
-    x2 = tl.load(x2_ptr + at2, mask=ok2, other=0.0)
-    c1 = tl.load(c1_ptr + at1, mask=ok1, other=0.0)
-    c2 = tl.load(c2_ptr + at2, mask=ok2, other=0.0)
+    base = row * dim * hidden
     last = tl.load(last_ptr + row)
-    if last == 0:
-        tl.store(c1_out_ptr + at1, c1, mask=ok1)
-        tl.store(c2_out_ptr + at2, c2, mask=ok2)
+    for e0 in range(0, hidden, BT):
+        e_idx = e0 + tl.arange(0, BT)
+        e_ok = e_idx < hidden
+        ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
+        at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+        x1, x2 = _load_tiles(x1_ptr, x2_ptr, at1, at2, ok1, ok2)
+        tl.store(x1_out_ptr + at1, x1, mask=ok1)
+        tl.store(x2_out_ptr + at2, x2, mask=ok2)
+        if last == 0:
+            c1, c2 = _load_tiles(c1_ptr, c2_ptr, at1, at2, ok1, ok2)
+            tl.store(c1_out_ptr + at1, c1, mask=ok1)
+            tl.store(c2_out_ptr + at2, c2, mask=ok2)
+    tl.debug_barrier()
+
     causal = t_idx[:, None] >= t_idx[None, :]
     token_ok = t_ok[:, None] & d_ok[None, :]
+    is_last = t_idx == chunk - 1
     for n in range(0, length // chunk):
+        # The first chunk starts from the given chunk-start weights, every later one from the accumulators.
+        if n == 0:
+            start1_ptr, start2_ptr = c1_ptr, c2_ptr
+        else:
+            start1_ptr, start2_ptr = x1_out_ptr, x2_out_ptr
         tokens = row * length + n * chunk + t_idx
         at_tokens = tokens[:, None] * dim + d_idx[None, :]
         q = tl.load(q_ptr + at_tokens, mask=token_ok, other=0.0)
@@ -132,18 +153,32 @@ def _kernel(
         v = tl.load(v_ptr + at_tokens, mask=token_ok, other=0.0)
         lr = tl.load(g_ptr + tokens * num_gates, mask=t_ok, other=0.0)
         decay = tl.load(g_ptr + tokens * num_gates + 1, mask=t_ok, other=1.0)
-        if VARIANT == 1:
-            scale1 = _moneta_scale(c1, ok1, retention_power, eps)
-            scale2 = _moneta_scale(c2, ok2, retention_power, eps)
-        else:
-            scale1 = 1.0
-            scale2 = 1.0
-        w1 = c1 * scale1
-        w2 = c2 * scale2
 
-        z = tl.dot(k, tl.trans(w2), input_precision="ieee")
-        hbar = _gelu(z)
-        u = tl.dot(hbar, tl.trans(w1), input_precision="ieee")
+        scale1 = 1.0
+        scale2 = 1.0
+        if VARIANT == 1:
+            total1 = tl.zeros((BD,), dtype=q.dtype)
+            total2 = tl.zeros((BD,), dtype=q.dtype)
+            for e0 in range(0, hidden, BT):
+                e_idx = e0 + tl.arange(0, BT)
+                e_ok = e_idx < hidden
+                ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
+                at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+                c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
+                total1 += tl.sum(_powered(c1, ok1, retention_power, eps), axis=1)
+                total2 += tl.sum(_powered(c2, ok2, retention_power, eps), axis=0)
+            scale1 = tl.exp(-(retention_power - 2) / retention_power * tl.log(tl.sum(total1, axis=0)))
+            scale2 = tl.exp(-(retention_power - 2) / retention_power * tl.log(tl.sum(total2, axis=0)))
+
+        u = tl.zeros((BB, BD), dtype=q.dtype)
+        for e0 in range(0, hidden, BT):
+            e_idx = e0 + tl.arange(0, BT)
+            e_ok = e_idx < hidden
+            ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
+            at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+            c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
+            hbar = _gelu(tl.dot(k, tl.trans(c2 * scale2), input_precision="ieee"))
+            u += tl.dot(hbar, tl.trans(c1 * scale1), input_precision="ieee")
         normed, inverse_std = _layer_norm(u, d_ok, dim, ln_eps)
         error = k + normed - v
         if VARIANT == 1:
@@ -158,41 +193,58 @@ def _kernel(
         mean_grad_normed = tl.sum(grad * normed, axis=1) / dim
         gu = inverse_std[:, None] * (grad - mean_grad[:, None] - normed * mean_grad_normed[:, None])
         gu = tl.where(token_ok, gu, 0.0)
-        dz = tl.dot(gu, w1, input_precision="ieee") * _gelu_derivative(z)
+        tl.debug_barrier()  # every tile is read before the first is overwritten below
 
         log_beta = tl.cumsum(tl.log(decay), axis=0)
         gamma = tl.where(causal, tl.exp(tl.minimum(log_beta[:, None] - log_beta[None, :], 0.0)), 0.0) * lr[None, :]
         beta = tl.exp(log_beta)
-
-        if CHUNK_START:
-            hidden_q = _gelu(tl.dot(q, tl.trans(w2), input_precision="ieee"))
-            read = tl.dot(hidden_q, tl.trans(w1), input_precision="ieee")
-        else:
-            scores = tl.dot(q, tl.trans(k), input_precision="ieee") * gamma
-            pre = beta[:, None] * tl.dot(q, tl.trans(x2), input_precision="ieee")
-            hidden_q = _gelu(scale2 * (pre - tl.dot(scores, dz, input_precision="ieee")))
-            similarity = tl.dot(hidden_q, tl.trans(hbar), input_precision="ieee") * gamma
-            pre = beta[:, None] * tl.dot(hidden_q, tl.trans(x1), input_precision="ieee")
-            read = scale1 * (pre - tl.dot(similarity, gu, input_precision="ieee"))
-        read_normed, _ = _layer_norm(read, d_ok, dim, ln_eps)
-        tl.store(out_ptr + at_tokens, q + read_normed, mask=token_ok)
-
-        is_last = t_idx == chunk - 1
         gamma_last = tl.sum(tl.where(is_last[:, None], gamma, 0.0), axis=0)
         beta_last = tl.exp(tl.sum(tl.where(is_last, log_beta, 0.0), axis=0))
-        x1 = beta_last * x1 - tl.dot(tl.trans(gamma_last[:, None] * gu), hbar, input_precision="ieee")
-        x2 = beta_last * x2 - tl.dot(tl.trans(gamma_last[:, None] * dz), k, input_precision="ieee")
-        c1 = x1
-        c2 = x2
-        if last == n + 1:
-            tl.store(c1_out_ptr + at1, x1, mask=ok1)
-            tl.store(c2_out_ptr + at2, x2, mask=ok2)
-    tl.store(x1_out_ptr + at1, x1, mask=ok1)
-    tl.store(x2_out_ptr + at2, x2, mask=ok2)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * gamma
+
+        # Per tile: the tile's inner gradients, its share of every read, and its update.
+        read = tl.zeros((BB, BD), dtype=q.dtype)
+        similarity = tl.zeros((BB, BB), dtype=q.dtype)
+        for e0 in range(0, hidden, BT):
+            e_idx = e0 + tl.arange(0, BT)
+            e_ok = e_idx < hidden
+            ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
+            at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+            c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
+            w1 = c1 * scale1
+            z = tl.dot(k, tl.trans(c2 * scale2), input_precision="ieee")
+            hbar = _gelu(z)
+            dz = tl.dot(gu, w1, input_precision="ieee") * _gelu_derivative(z)
+            x1, x2 = _load_tiles(x1_out_ptr, x2_out_ptr, at1, at2, ok1, ok2)
+            if CHUNK_START:
+                hidden_q = _gelu(tl.dot(q, tl.trans(c2 * scale2), input_precision="ieee"))
+                read += tl.dot(hidden_q, tl.trans(w1), input_precision="ieee")
+            else:
+                pre = beta[:, None] * tl.dot(q, tl.trans(x2), input_precision="ieee")
+                hidden_q = _gelu(scale2 * (pre - tl.dot(scores, dz, input_precision="ieee")))
+                similarity += tl.dot(hidden_q, tl.trans(hbar), input_precision="ieee")
+                read += beta[:, None] * tl.dot(hidden_q, tl.trans(x1), input_precision="ieee")
+            x1 = beta_last * x1 - tl.dot(tl.trans(gamma_last[:, None] * gu), hbar, input_precision="ieee")
+            x2 = beta_last * x2 - tl.dot(tl.trans(gamma_last[:, None] * dz), k, input_precision="ieee")
+            tl.store(x1_out_ptr + at1, x1, mask=ok1)
+            tl.store(x2_out_ptr + at2, x2, mask=ok2)
+            if last == n + 1:
+                tl.store(c1_out_ptr + at1, x1, mask=ok1)
+                tl.store(c2_out_ptr + at2, x2, mask=ok2)
+        if not CHUNK_START:
+            read = scale1 * (read - tl.dot(similarity * gamma, gu, input_precision="ieee"))
+        read_normed, _ = _layer_norm(read, d_ok, dim, ln_eps)
+        tl.store(out_ptr + at_tokens, q + read_normed, mask=token_ok)
+        tl.debug_barrier()
 
 
 def _block(size: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(size))
+
+
+def _tile_width(dim: int, hidden: int) -> int:
+    """Hidden units per tile: all of them where a `[D, E]` block fits in `TILE_ELEMENTS`, else fewer."""
+    return min(_block(hidden), max(MIN_BLOCK, TILE_ELEMENTS // _block(dim)))
 
 
 def _device_context(device: torch.device):
@@ -231,7 +283,7 @@ def _forward(
             CHUNK_START=retrieval == "chunk_start",
             BB=_block(memory_chunk),
             BD=_block(dim),
-            BE=_block(hidden),
+            BT=_tile_width(dim, hidden),
         )
     x1, x2, c1, c2 = (t.view(batch, heads, *t.shape[1:]) for t in finals)
     final_count = (layout.ends % memory_chunk).to(count.dtype)
@@ -285,9 +337,8 @@ def unsupported_reason(
         return f"{variant!r} reads c softmax(X_t), which has no dual form (the torch backend materialises it)"
     if q.dtype not in (torch.float32, torch.float64):
         return f"the kernel computes in float32 or float64, got {q.dtype}"
-    dim, hidden = q.shape[-1], state[0].shape[-1]
-    if dim * hidden > MAX_STATE:
-        return f"D * E = {dim} * {hidden} exceeds the kernel's register budget of {MAX_STATE} per state matrix"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head size D = {q.shape[-1]} exceeds the kernel's {MAX_HEAD_DIM} (a tile holds all D channels)"
     if memory_chunk > 128:
         return f"memory_chunk {memory_chunk} exceeds the kernel's chunk block of at most 128 tokens"
     return None
