@@ -1,7 +1,11 @@
 """The `test_time_memory` operator (Miras) against a textbook loop, and the self-checks of its variants. The contract
 checks (backends against the reference, padding, packing, splits, decoding) are the operator kit's."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -177,13 +181,13 @@ def test_chunked_training_is_a_first_order_approximation_in_the_learning_rate(va
     "variant, retrieval", [("yaad", "dual_form"), ("moneta", "dual_form"), ("yaad", "chunk_start")]
 )
 def test_triton_kernel_tiles_a_memory_wider_than_one_block(variant, retrieval):
-    """E = 300 at D = 8 is two tiles of 256 hidden units, the second ragged: the tiled passes (Moneta's q-norm, the
+    """E = 300 at D = 8 is five tiles of 64 hidden units, the last ragged: the tiled passes (Moneta's q-norm, the
     pre-norm output, the per-tile reads and updates) equal the torch backend, state part-way into a chunk, a
     padded row."""
     pytest.importorskip("triton", reason="the triton backend needs Triton (the dev extra installs it)")
     from hf_seqplugins.kernels.test_time_memory import triton_impl
 
-    assert triton_impl._tile_width(8, 300) == 256
+    assert triton_impl._tile_width(8, 300) == 64
     arguments = _inputs(batch=2, length=13, variant=variant, dim=8, hidden=300, lr=0.1)
     generator = torch.Generator().manual_seed(5)
     shapes = state_shapes(2, HEADS, 8, 300)
@@ -197,6 +201,75 @@ def test_triton_kernel_tiles_a_memory_wider_than_one_block(variant, retrieval):
     torch.testing.assert_close(outputs[mask], expected[mask], rtol=1e-9, atol=1e-9)
     for got, want in zip(state, expected_state):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+COMPILE_SCRIPT = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from hf_seqplugins.kernels.test_time_memory import triton_impl
+
+assert not triton_impl.INTERPRETED
+kernel = triton_impl._kernel
+scalars = {"bias_power": "fp32", "retention_power": "fp32", "eps": "fp32", "ln_eps": "fp32"}
+shared = {}
+for capability in (80, 90):
+    for dtype, variant, chunk_start, dim in json.loads(sys.argv[1]):
+        signature = {
+            p.name: "constexpr" if p.is_constexpr
+            else ("*i64" if p.name == "last_ptr" else "*" + dtype) if p.name.endswith("_ptr")
+            else scalars.get(p.name, "i32")
+            for p in kernel.params
+        }
+        constexprs = {
+            "VARIANT": triton_impl.VARIANT_CODES[variant],
+            "CHUNK_START": chunk_start,
+            "BB": triton_impl._block(triton_impl.MAX_CHUNK),
+            "BD": triton_impl._block(dim),
+            "BT": triton_impl._tile_width(dim, 4 * dim),
+        }
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
+        assert compiled.asm["cubin"]
+        shared[f"sm_{capability} {dtype} {variant} chunk_start={chunk_start} D={dim}"] = compiled.metadata.shared
+kernels = sorted(name for name in dir(triton_impl) if name.endswith("_kernel"))
+print(json.dumps({"kernels": kernels, "shared": shared}))
+"""
+
+# Largest dynamic shared memory one program may use: A100 (sm_80) and H100 (sm_90).
+SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+
+
+def test_triton_kernel_compiles_for_sm80_and_sm90_within_shared_memory():
+    """The interpreter does not run the GPU compiler: lower the kernel to cubin for sm_80 and sm_90 at its largest
+    chunk and head size (E = 4 D), in a fresh interpreter without TRITON_INTERPRET, and check the shared memory it
+    needs fits an A100's."""
+    pytest.importorskip("triton", reason="the triton backend needs Triton (the dev extra installs it)")
+    from hf_seqplugins.kernels.test_time_memory.triton_impl import MAX_HEAD_DIM
+
+    corners = [
+        ("fp32", "yaad", False, MAX_HEAD_DIM[torch.float32]),
+        ("fp32", "moneta", True, MAX_HEAD_DIM[torch.float32]),
+        ("fp64", "moneta", False, MAX_HEAD_DIM[torch.float64]),
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps(corners)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["kernels"] == ["_kernel"], "a kernel is missing from the compile check"
+    assert len(result["shared"]) == 2 * len(corners)
+    for name, shared in result["shared"].items():
+        capability = int(name.split()[0][3:])
+        assert shared <= SHARED_MEMORY_LIMIT[capability], f"{name} needs {shared} bytes of shared memory"
 
 
 def test_state_shapes_and_sizes():

@@ -13,9 +13,11 @@ Per chunk: (Moneta) a pass over the tiles for the chunk-start q-norm; a pass sum
 ``u = sum_tiles gelu(K W2_tile^T) W1_tile^T``, then the layer norm and the output gradient ``gu`` on all D
 channels; a pass that, per tile, forms the tile's hidden gradients ``dz``, adds the tile's share of the reads
 (``H Hbar^T`` and ``beta H X1^T`` are sums over hidden units) and writes the tile's updated accumulators. The
-chunk's q, k, v `[b, D]` are in registers throughout, so D is bounded (`MAX_HEAD_DIM`). Block sizes are powers of
-two (at least 16, `tl.dot`'s minimum), with masked loads; the layer norm and Moneta's q-norm count the real
-channels only.
+chunk's q, k, v `[b, D]` and its `[b, b]` decay and score matrices are on chip throughout, so the chunk and D are
+bounded (`MAX_CHUNK`, `MAX_HEAD_DIM`): the shared memory the compiled kernel needs grows with both, and these bounds
+keep it within an A100's (`tests/test_test_time_memory.py` compiles the corners for sm_80 and sm_90). Block sizes
+are powers of two (at least 16, `tl.dot`'s minimum), with masked loads; the layer norm and Moneta's q-norm count
+the real channels only.
 
 Memora is not computed here: its reads ``c softmax(X_t)`` are not linear in X, so they have no dual form (the
 torch backend materialises them).
@@ -46,8 +48,9 @@ from .memory import LN_EPS
 __all__ = ["test_time_memory", "unsupported_reason"]
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-TILE_ELEMENTS = 4096
-MAX_HEAD_DIM = TILE_ELEMENTS // 16
+TILE_ELEMENTS = 1024
+MAX_CHUNK = 32
+MAX_HEAD_DIM = {torch.float32: 128, torch.float64: 64}
 MIN_BLOCK = 16
 VARIANT_CODES = {"yaad": 0, "moneta": 1}
 
@@ -337,10 +340,10 @@ def unsupported_reason(
         return f"{variant!r} reads c softmax(X_t), which has no dual form (the torch backend materialises it)"
     if q.dtype not in (torch.float32, torch.float64):
         return f"the kernel computes in float32 or float64, got {q.dtype}"
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return f"head size D = {q.shape[-1]} exceeds the kernel's {MAX_HEAD_DIM} (a tile holds all D channels)"
-    if memory_chunk > 128:
-        return f"memory_chunk {memory_chunk} exceeds the kernel's chunk block of at most 128 tokens"
+    if q.shape[-1] > MAX_HEAD_DIM[q.dtype]:
+        return f"head size D = {q.shape[-1]} exceeds the kernel's {MAX_HEAD_DIM[q.dtype]} in {q.dtype}"
+    if memory_chunk > MAX_CHUNK:
+        return f"memory_chunk {memory_chunk} exceeds the kernel's chunk block of at most {MAX_CHUNK} tokens"
     return None
 
 
