@@ -19,10 +19,8 @@ A separate check compiles every kernel for sm_80 and sm_90 with `triton.compile`
 the interpreter does not run the GPU compiler.
 """
 
-import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -37,7 +35,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="Triton is in the `triton` extra (installed by the dev extra CI uses)")
 
 from hf_seqplugins.core.backends import BackendUnavailableError  # noqa: E402
-from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm, reference, triton_impl  # noqa: E402  # noqa: E402
+from hf_seqplugins.kernels.mlstm import OPERATOR, mlstm, reference, triton_impl  # noqa: E402
+from hf_seqplugins.testing.triton_compile import assert_fits_shared_memory, run_compile_script
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCES = {torch.float32: {"atol": 1e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-9}}
@@ -333,27 +332,12 @@ for capability in capabilities:
 print(json.dumps({"kernels": len(kernels), "shared": shared}))
 """
 
-# Largest dynamic shared memory one program may use: A100 (sm_80) and H100 (sm_90).
-SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
-
 
 def compile_for_gpus(capabilities, dtype, tiles):
     """Compiles every kernel, both gates, for each capability in a fresh interpreter without TRITON_INTERPRET."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps([capabilities, dtype, tiles])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_compile_script(COMPILE_SCRIPT, [capabilities, dtype, tiles])
     assert result["kernels"] == 6
-    for name, shared in result["shared"].items():
-        capability = int(name.split()[0][3:])
-        assert shared <= SHARED_MEMORY_LIMIT[capability], f"{name} needs {shared} bytes of shared memory"
+    assert_fits_shared_memory(result["shared"])
     return result
 
 

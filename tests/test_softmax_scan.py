@@ -15,17 +15,14 @@ float64 oracle 3e-5 relative to the scale (observed at T = 4096: up to 4e-6 for 
 triton, 3e-7 for the chunked and doubling scans).
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.softmax_scan import OPERATOR, empty_state, softmax_scan, softmax_scan_step
+from hf_seqplugins.testing.triton_compile import run_compile_script
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DOUBLE = torch.float64
@@ -318,11 +315,6 @@ def test_kernel_compiles_for_sm80_and_sm90():
     """The interpreter does not run the GPU compiler: lower the kernel to cubin for sm_80 and sm_90 in float32 and
     float64 (no GPU needed), in a fresh interpreter without TRITON_INTERPRET."""
     pytest.importorskip("triton", reason="Triton is not installed (the triton extra); nothing to compile")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_compile_script(COMPILE_SCRIPT)
     assert result["kernels"] == ["_scan_kernel"], "a kernel is missing from the compile check"
     assert len(result["compiled"]) == 12

@@ -13,11 +13,7 @@ Tolerances: float64 atol 1e-10 / rtol 1e-9 (observed about 1e-15).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -27,6 +23,7 @@ from transformers import DynamicCache
 from hf_seqplugins.core.backends import BackendUnavailableError
 from hf_seqplugins.kernels.dilated_conv import OPERATOR, dilated_conv, receptive_field, state_shapes
 from hf_seqplugins.plugins.tcnca import TCNCAConfig, TCNCAForCausalLM, chunked_attention
+from hf_seqplugins.testing.triton_compile import run_compile_script
 
 DOUBLE = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-9}
@@ -273,12 +270,7 @@ def test_kernel_compiles_for_sm80_and_sm90():
     """The interpreter does not run the GPU compiler: lower the kernel to cubin for sm_80 and sm_90 in float32 and
     float64, with and without the GELU (no GPU needed), in a fresh interpreter without TRITON_INTERPRET."""
     pytest.importorskip("triton", reason="Triton is not installed (the triton extra); nothing to compile")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run(
-        [sys.executable, "-P", "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_compile_script(COMPILE_SCRIPT)
     assert result["kernels"] == ["_layer_kernel"], "a kernel is missing from the compile check"
     assert len(result["compiled"]) == 8
 

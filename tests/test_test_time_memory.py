@@ -1,11 +1,7 @@
 """The `test_time_memory` operator (Miras) against a textbook loop, and the self-checks of its variants. The contract
 checks (backends against the reference, padding, packing, splits, decoding) are the operator kit's."""
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +9,7 @@ import torch
 from hf_seqplugins.kernels.test_time_memory import OPERATOR, state_shapes
 from hf_seqplugins.kernels.test_time_memory import test_time_memory as run_memory
 from hf_seqplugins.kernels.test_time_memory.memory import gradient_weights, mlp, read_weights
+from hf_seqplugins.testing.triton_compile import assert_fits_shared_memory, run_compile_script
 
 HEADS, DIM, HIDDEN = 2, 4, 8
 
@@ -237,9 +234,6 @@ kernels = sorted(name for name in dir(triton_impl) if name.endswith("_kernel"))
 print(json.dumps({"kernels": kernels, "shared": shared}))
 """
 
-# Largest dynamic shared memory one program may use: A100 (sm_80) and H100 (sm_90).
-SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
-
 
 def test_triton_kernel_compiles_for_sm80_and_sm90_within_shared_memory():
     """The interpreter does not run the GPU compiler: lower the kernel to cubin for sm_80 and sm_90 at its largest
@@ -253,23 +247,10 @@ def test_triton_kernel_compiles_for_sm80_and_sm90_within_shared_memory():
         ("fp32", "moneta", True, MAX_HEAD_DIM[torch.float32]),
         ("fp64", "moneta", False, MAX_HEAD_DIM[torch.float64]),
     ]
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, json.dumps(corners)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_compile_script(COMPILE_SCRIPT, corners)
     assert result["kernels"] == ["_kernel"], "a kernel is missing from the compile check"
     assert len(result["shared"]) == 2 * len(corners)
-    for name, shared in result["shared"].items():
-        capability = int(name.split()[0][3:])
-        assert shared <= SHARED_MEMORY_LIMIT[capability], f"{name} needs {shared} bytes of shared memory"
+    assert_fits_shared_memory(result["shared"])
 
 
 def test_state_shapes_and_sizes():

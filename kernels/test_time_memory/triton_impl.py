@@ -81,6 +81,16 @@ def _powered(a, ok, retention_power, eps):
 
 
 @triton.jit
+def _tile(base, e0, d_idx, d_ok, dim, hidden, BT: tl.constexpr):
+    """Offsets and masks of the tile of hidden units `e0 .. e0 + BT` in X1 / C1 `[D, E]` and X2 / C2 `[E, D]`."""
+    e_idx = e0 + tl.arange(0, BT)
+    e_ok = e_idx < hidden
+    at1 = base + d_idx[:, None] * hidden + e_idx[None, :]
+    at2 = base + e_idx[:, None] * dim + d_idx[None, :]
+    return at1, at2, d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
+
+
+@triton.jit
 def _load_tiles(first_ptr, second_ptr, at1, at2, ok1, ok2):
     return tl.load(first_ptr + at1, mask=ok1, other=0.0), tl.load(second_ptr + at2, mask=ok2, other=0.0)
 
@@ -127,10 +137,7 @@ def _kernel(
     base = row * dim * hidden
     last = tl.load(last_ptr + row)
     for e0 in range(0, hidden, BT):
-        e_idx = e0 + tl.arange(0, BT)
-        e_ok = e_idx < hidden
-        ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
-        at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+        at1, at2, ok1, ok2 = _tile(base, e0, d_idx, d_ok, dim, hidden, BT)
         x1, x2 = _load_tiles(x1_ptr, x2_ptr, at1, at2, ok1, ok2)
         tl.store(x1_out_ptr + at1, x1, mask=ok1)
         tl.store(x2_out_ptr + at2, x2, mask=ok2)
@@ -163,10 +170,7 @@ def _kernel(
             total1 = tl.zeros((BD,), dtype=q.dtype)
             total2 = tl.zeros((BD,), dtype=q.dtype)
             for e0 in range(0, hidden, BT):
-                e_idx = e0 + tl.arange(0, BT)
-                e_ok = e_idx < hidden
-                ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
-                at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+                at1, at2, ok1, ok2 = _tile(base, e0, d_idx, d_ok, dim, hidden, BT)
                 c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
                 total1 += tl.sum(_powered(c1, ok1, retention_power, eps), axis=1)
                 total2 += tl.sum(_powered(c2, ok2, retention_power, eps), axis=0)
@@ -175,10 +179,7 @@ def _kernel(
 
         u = tl.zeros((BB, BD), dtype=q.dtype)
         for e0 in range(0, hidden, BT):
-            e_idx = e0 + tl.arange(0, BT)
-            e_ok = e_idx < hidden
-            ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
-            at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+            at1, at2, ok1, ok2 = _tile(base, e0, d_idx, d_ok, dim, hidden, BT)
             c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
             hbar = _gelu(tl.dot(k, tl.trans(c2 * scale2), input_precision="ieee"))
             u += tl.dot(hbar, tl.trans(c1 * scale1), input_precision="ieee")
@@ -209,10 +210,7 @@ def _kernel(
         read = tl.zeros((BB, BD), dtype=q.dtype)
         similarity = tl.zeros((BB, BB), dtype=q.dtype)
         for e0 in range(0, hidden, BT):
-            e_idx = e0 + tl.arange(0, BT)
-            e_ok = e_idx < hidden
-            ok1, ok2 = d_ok[:, None] & e_ok[None, :], e_ok[:, None] & d_ok[None, :]
-            at1, at2 = base + d_idx[:, None] * hidden + e_idx[None, :], base + e_idx[:, None] * dim + d_idx[None, :]
+            at1, at2, ok1, ok2 = _tile(base, e0, d_idx, d_ok, dim, hidden, BT)
             c1, c2 = _load_tiles(start1_ptr, start2_ptr, at1, at2, ok1, ok2)
             w1 = c1 * scale1
             z = tl.dot(k, tl.trans(c2 * scale2), input_precision="ieee")
