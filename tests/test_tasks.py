@@ -8,14 +8,21 @@ import pytest
 
 from hf_seqplugins.app.data import byte_tokenizer
 from hf_seqplugins.app.dfa import DFA, minimize, unique_dfas
+from hf_seqplugins.app.recall import answer_spans
 from hf_seqplugins.app.tasks import (
+    ADDITION_EQUALS,
+    ADDITION_PLUS,
+    ADDITION_VOCAB,
     CLASSIFICATION_TASKS,
+    COPY_SEPARATOR,
     IGNORE,
     LISTOPS_PAD,
     LISTOPS_VOCAB,
     REGBENCH_PAD,
     REGBENCH_SEPARATOR,
     TASKS,
+    addition,
+    copy,
     listops,
     modular_counting,
     mqar,
@@ -23,6 +30,7 @@ from hf_seqplugins.app.tasks import (
     pad_token_id,
     passkey,
     regbench,
+    reverse,
     selective_copying,
     splits,
     vocab_size,
@@ -197,3 +205,112 @@ def test_listops_is_seeded_and_split():
 def test_listops_refuses_invalid_arguments(argument, value):
     with pytest.raises(ValueError, match=f"{argument} must be an integer >= "):
         listops(**{"num_examples": 2, "length": 32, argument: value})
+
+
+def test_copy_and_reverse_answers_are_the_string_and_its_reverse():
+    copies = copy(num_examples=20, length=7, num_symbols=5, seed=4)
+    reverses = reverse(num_examples=20, length=7, seed=4)
+    assert vocab_size(copies) == 6 and vocab_size(reverses) == 9
+    for row in copies:
+        tokens, labels = row["input_ids"], row["labels"]
+        assert len(tokens) == 15 and tokens[7] == COPY_SEPARATOR and tokens[8:] == tokens[:7]
+        assert all(1 <= t <= 5 for t in tokens[:7]) and labels == [IGNORE] * 8 + tokens[:7]
+        assert answer_spans(labels) == [(8, 15)], "one answer: recall.recall_accuracy scores the whole copy"
+    for row in reverses:
+        tokens, labels = row["input_ids"], row["labels"]
+        assert tokens[7] == COPY_SEPARATOR and tokens[8:] == tokens[6::-1] and labels == [IGNORE] * 8 + tokens[8:]
+    same_strings = reverse(num_examples=20, length=7, num_symbols=5, seed=4)
+    assert [row[:7] for row in same_strings["input_ids"]] == [row[:7] for row in copies["input_ids"]]
+
+
+def decode_number(digits: list[int], least_significant_first: bool = True) -> int:
+    return int("".join(map(str, digits[::-1] if least_significant_first else digits)))
+
+
+@pytest.mark.parametrize("least_significant_first", [True, False])
+def test_addition_answer_is_the_sum_with_every_carry(least_significant_first):
+    length = 4
+    data = addition(num_examples=600, length=length, least_significant_first=least_significant_first, seed=5)
+    names = data.features["input_ids"].feature
+    carried_into, final_carries, leading_zeros = set(), 0, 0
+    for tokens, labels in zip(data["input_ids"], data["labels"]):
+        assert len(tokens) == 3 * length + 3
+        text = "".join(names.int2str(tokens))
+        a, b, s = text[:length], text[length + 1 : 2 * length + 1], text[2 * length + 2 :]
+        assert text[length] == "+" and text[2 * length + 1] == "=" and len(s) == length + 1 and s.isdigit()
+        if least_significant_first:
+            a, b, s = a[::-1], b[::-1], s[::-1]
+        assert int(a) + int(b) == int(s), text
+        assert labels == [IGNORE] * (2 * length + 2) + tokens[2 * length + 2 :]
+        # a carry into digit i (counted from the least significant): the low i digits overflow
+        carried_into |= {i for i in range(1, length + 1) if int(a[-i:]) + int(b[-i:]) >= 10**i}
+        final_carries += s[0] == "1"
+        leading_zeros += a[0] == "0"
+    assert carried_into == set(range(1, length + 1)), "carries into every position, the final carry included"
+    assert final_carries > 0 and leading_zeros > 0, "leading zeros are allowed (uniform digits)"
+    assert decode_number([3, 2, 1]) == 123 == decode_number([1, 2, 3], False)
+
+
+def test_addition_of_long_numbers_and_its_token_ids():
+    row = addition(num_examples=1, length=300, seed=2)[0]
+    tokens = row["input_ids"]
+    assert tokens[300] == ADDITION_PLUS == 10 and tokens[601] == ADDITION_EQUALS == 11
+    assert ADDITION_VOCAB == (*"0123456789", "+", "=")
+    first, second, total = tokens[:300], tokens[301:601], tokens[602:]
+    assert decode_number(first) + decode_number(second) == decode_number(total) and len(total) == 301
+
+
+@pytest.mark.parametrize(
+    "make, kwargs",
+    [(copy, {}), (reverse, {}), (copy, {"num_symbols": 3}), (addition, {}), (addition, {"seq2seq": True})],
+)
+def test_vocabulary_is_the_same_at_every_length(make, kwargs):
+    short, long = make(num_examples=8, length=2, **kwargs), make(num_examples=8, length=40, **kwargs)
+    assert vocab_size(short) == vocab_size(long) and short.features == long.features
+    assert max(max(row) for row in long["input_ids"]) < vocab_size(short)
+    assert pad_token_id(short) is None
+
+
+def test_seq2seq_rows_are_source_and_target_of_the_causal_rows():
+    for make, source_length, target_length in ((copy, 6, 6), (reverse, 6, 6), (addition, 13, 7)):
+        causal, pairs = make(num_examples=10, length=6, seed=3), make(num_examples=10, length=6, seq2seq=True, seed=3)
+        assert vocab_size(causal) == vocab_size(pairs) and set(pairs.column_names) == {"input_ids", "labels"}
+        for tokens, (source, target) in zip(causal["input_ids"], zip(pairs["input_ids"], pairs["labels"])):
+            assert len(source) == source_length and len(target) == target_length and IGNORE not in target
+            assert tokens == [*source, COPY_SEPARATOR if make is not addition else ADDITION_EQUALS, *target]
+    source, target = (reverse(num_examples=1, length=5, seq2seq=True)[0][key] for key in ("input_ids", "labels"))
+    assert target == source[::-1]
+    row = addition(num_examples=1, length=5, seq2seq=True)[0]
+    assert decode_number(row["input_ids"][:5]) + decode_number(row["input_ids"][6:]) == decode_number(row["labels"])
+
+
+@pytest.mark.parametrize(
+    "make, argument, value",
+    [
+        (copy, "length", 0),
+        (reverse, "length", -1),
+        (addition, "length", 0),
+        (addition, "length", 2.0),
+        (copy, "num_symbols", 1),
+        (reverse, "num_symbols", 0),
+        (copy, "num_examples", 0),
+        (addition, "num_examples", 0),
+    ],
+)
+def test_algorithmic_tasks_refuse_invalid_arguments(make, argument, value):
+    with pytest.raises(ValueError, match=f"{make.__name__}: {argument} must be an integer >= "):
+        make(**{"num_examples": 2, argument: value})
+
+
+def test_algorithmic_tasks_are_seeded_and_split():
+    for make in (copy, reverse, addition):
+        first, again, other = (make(num_examples=8, length=5, seed=seed) for seed in (1, 1, 2))
+        assert first["input_ids"] == again["input_ids"] and first["input_ids"] != other["input_ids"]
+    data = splits("addition", num_train=30, num_test=10, length=5)
+    assert len(data["train"]) == 30 and len(data["test"]) == 10
+    assert {len(row) for split in data.values() for row in split["input_ids"]} == {18}
+    assert data["train"]["input_ids"][:10] != data["test"]["input_ids"]
+    pairs = splits("copy", num_train=4, num_test=2, length=3, seq2seq=True)
+    assert {len(row) for split in pairs.values() for row in split["labels"]} == {3}
+    with pytest.raises(ValueError, match="takes no argument"):
+        splits("reverse", length=3, digits=2)

@@ -1,7 +1,8 @@
 """Synthetic probes of the recurrent-model literature as seeded `datasets.Dataset`s (no downloads).
 
 Every row has `input_ids` and `labels` of one length; labels are -100 except at the answer tokens, so a
-causal LM's loss (labels shifted inside the model) and `recall_accuracy` score only the answers.
+causal LM's loss (labels shifted inside the model) and `recall_accuracy` score only the answers (the `seq2seq=True`
+rows of `copy`, `reverse` and `addition` aside: source `input_ids` and target `labels`, without -100).
 
 - `mqar`: multi-query associative recall (key-value pairs, then queries of some keys).
 - `selective_copying`: data tokens scattered among blanks, to be reproduced in order after a marker.
@@ -12,6 +13,10 @@ causal LM's loss (labels shifted inside the model) and `recall_accuracy` score o
   the answer (SWDE/FDA-style extraction); `read_twice=True` gives the JRT-Prompt rows of the same facts.
 - `regbench`: in-context language learning (RegBench): strings of a random regular language per row, to be
   continued validly; scored by the `dfa_accuracy` metric against the row's `dfa` column.
+- `copy`, `reverse`, `addition`: the Universal Transformer paper's algorithmic tasks (t2t's): a random string to be
+  copied or reversed after a separator, two `length`-digit numbers (least-significant digit first) and their sum;
+  the vocabulary does not depend on `length`, so train short and score longer rows (length generalisation);
+  `seq2seq=True` gives source/target rows for `AutoModelForSeq2SeqLM` instead.
 
 Sequence classification (`CLASSIFICATION_TASKS`; rows carry `attention_mask` and one `labels` class per row, a
 `ClassLabel`, see `num_labels`):
@@ -50,9 +55,13 @@ def _answer_labels(tokens: list[int], answer_positions: list[int]) -> list[int]:
     return labels
 
 
-def _dataset(rows: list[tuple[list[int], list[int]]], vocab_size: int) -> Dataset:
-    """Rows as a Dataset whose `input_ids` feature records the vocabulary: `ClassLabel(num_classes=vocab_size)`."""
-    features = Features({"input_ids": List(ClassLabel(num_classes=vocab_size)), "labels": List(Value("int64"))})
+def _dataset(rows: list[tuple[list[int], list[int]]], vocab_size: int, names: tuple[str, ...] | None = None) -> Dataset:
+    """Rows as a Dataset whose `input_ids` feature records the vocabulary: `ClassLabel(num_classes=vocab_size)`, or
+    `ClassLabel(names=names)` when the tokens have names (`len(names) == vocab_size`)."""
+    if names is not None and len(names) != vocab_size:
+        raise ValueError(f"{len(names)} token names for a vocabulary of {vocab_size}")
+    vocabulary = ClassLabel(names=list(names)) if names is not None else ClassLabel(num_classes=vocab_size)
+    features = Features({"input_ids": List(vocabulary), "labels": List(Value("int64"))})
     return Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]}, features=features)
 
 
@@ -155,6 +164,118 @@ def passkey(num_examples: int = 32, length: int = 512, digits: int = 5, seed: in
         tokens = text[:cut] + needle + text[cut:] + question
         rows.append((tokens, _answer_labels(tokens, list(range(len(tokens) - digits, len(tokens))))))
     return _dataset(rows, len(tokenizer))
+
+
+def _check_integers(task: str, *checks: tuple[str, int, int]) -> None:
+    """Refuse an argument that is not an integer (`name`, `value`, `least`) of at least `least`, naming it."""
+    for name, value, least in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{task}: {name} must be an integer >= {least}, got {value!r}")
+
+
+COPY_SEPARATOR = 0
+COPY_FIRST_SYMBOL = 1
+
+
+def _copy_rows(
+    task: str, num_examples: int, length: int, num_symbols: int, seq2seq: bool, seed: int, reverse: bool
+) -> Dataset:
+    _check_integers(task, ("num_examples", num_examples, 1), ("length", length, 1), ("num_symbols", num_symbols, 2))
+    rng = random.Random(f"copy/reverse {seed}")  # one stream for both: `reverse` rows are `copy` rows reversed
+    rows = []
+    for _ in range(num_examples):
+        string = [COPY_FIRST_SYMBOL + rng.randrange(num_symbols) for _ in range(length)]
+        target = string[::-1] if reverse else string
+        if seq2seq:
+            rows.append((string, target))
+        else:
+            tokens = [*string, COPY_SEPARATOR, *target]
+            rows.append((tokens, _answer_labels(tokens, list(range(length + 1, len(tokens))))))
+    return _dataset(rows, COPY_FIRST_SYMBOL + num_symbols)
+
+
+def copy(
+    num_examples: int = 256, length: int = 16, num_symbols: int = 8, seq2seq: bool = False, seed: int = 0
+) -> Dataset:
+    """Copy a string (the Universal Transformer paper's algorithmic copy task, t2t `algorithmic_identity`).
+
+    Tokens: separator 0 (`COPY_SEPARATOR`), symbols `[1, 1 + num_symbols)`; vocabulary `1 + num_symbols` at every
+    `length`, so a model trained on short rows can be scored on longer ones (length generalisation). Row (causal LM,
+    `2 * length + 1` tokens): `length` uniformly random symbols, the separator, then the same symbols (the answers,
+    the only labels). `seq2seq=True` (for `AutoModelForSeq2SeqLM`): `input_ids` the `length` symbols (the source),
+    `labels` the copy (the target only, no -100; the same strings as the causal rows of the same seed; the
+    separator id, unused there, can be the decoder start / padding id).
+
+    Scored by exact match of the labelled answer tokens: the `recall_accuracy` metric (per token and
+    `sequence_accuracy`, what `workflows.evaluate` reports) or `recall.recall_accuracy` (greedy, the fraction of rows
+    whose whole copy is right); for seq2seq rows, the metric on the generated targets against `labels`.
+    """
+    return _copy_rows("copy", num_examples, length, num_symbols, seq2seq, seed, reverse=False)
+
+
+def reverse(
+    num_examples: int = 256, length: int = 16, num_symbols: int = 8, seq2seq: bool = False, seed: int = 0
+) -> Dataset:
+    """Reverse a string (the Universal Transformer paper's algorithmic reverse task, t2t `algorithmic_reverse`).
+
+    Tokens and layout as `copy` (separator 0, symbols `[1, 1 + num_symbols)`, vocabulary `1 + num_symbols` at every
+    `length`), but the answer is the string reversed: causal LM `s1 ... sL <sep> sL ... s1`, labelled at the
+    reversed part; `seq2seq=True`: `input_ids` `s1 ... sL`, `labels` `sL ... s1`. With the same seed the strings are
+    those of `copy`. Scored like `copy` (`recall_accuracy`).
+    """
+    return _copy_rows("reverse", num_examples, length, num_symbols, seq2seq, seed, reverse=True)
+
+
+ADDITION_VOCAB = (*(str(digit) for digit in range(10)), "+", "=")
+ADDITION_PLUS, ADDITION_EQUALS = 10, 11
+
+
+def addition(
+    num_examples: int = 256,
+    length: int = 8,
+    seq2seq: bool = False,
+    least_significant_first: bool = True,
+    seed: int = 0,
+) -> Dataset:
+    """Add two decimal numbers (the Universal Transformer paper's algorithmic addition, t2t `algorithmic_addition`,
+    in base 10).
+
+    Tokens (`ADDITION_VOCAB`, vocabulary 12 at every `length`, named in the `input_ids` feature): digits 0-9 are ids
+    0-9, `+` 10 (`ADDITION_PLUS`), `=` 11 (`ADDITION_EQUALS`). Each number has `length` uniformly random digits, so a
+    leading zero is allowed (the numbers are uniform on `[0, 10 ** length)`); the sum is written with `length + 1`
+    digits (zero-padded; the last is the final carry), so every row of a call has one length.
+
+    Digits are written least-significant first (t2t's lower-endian form, the one a model reading left to right can
+    learn: each sum digit depends only on the digits already read and a carry); `least_significant_first=False`
+    writes every number most-significant first (the usual way, harder: the first sum digit depends on every carry).
+
+    Row (causal LM, `3 * length + 3` tokens): `a + b = s`, labelled at the `length + 1` digits of `s = a + b`.
+    `seq2seq=True` (for `AutoModelForSeq2SeqLM`): `input_ids` `a + b` (`2 * length + 1` tokens, the source),
+    `labels` the digits of `s` (the target only, no -100; the numbers of the causal rows of the same seed).
+
+    Scored by exact match of the sum digits: the `recall_accuracy` metric (per digit and `sequence_accuracy`, what
+    `workflows.evaluate` reports) or `recall.recall_accuracy` (greedy, the fraction of rows whose whole sum is right).
+    """
+    _check_integers("addition", ("num_examples", num_examples, 1), ("length", length, 1))
+    rng = random.Random(f"addition {seed}")
+    rows = []
+    for _ in range(num_examples):
+        first = [rng.randrange(10) for _ in range(length)]  # least-significant digit first
+        second = [rng.randrange(10) for _ in range(length)]
+        total, carry = [], 0
+        for x, y in zip(first, second):
+            carry, digit = divmod(x + y + carry, 10)
+            total.append(digit)
+        total.append(carry)
+        if not least_significant_first:
+            first, second, total = first[::-1], second[::-1], total[::-1]
+        source = [*first, ADDITION_PLUS, *second]
+        if seq2seq:
+            rows.append((source, total))
+        else:
+            tokens = [*source, ADDITION_EQUALS, *total]
+            rows.append((tokens, _answer_labels(tokens, list(range(len(source) + 1, len(tokens))))))
+    return _dataset(rows, len(ADDITION_VOCAB), ADDITION_VOCAB)
 
 
 KV_COLON, KV_PERIOD, KV_NEWLINE, KV_ABOUT = range(4)
@@ -439,6 +560,9 @@ TASKS = {
     "kv_extraction": kv_extraction,
     "regbench": regbench,
     "listops": listops,
+    "copy": copy,
+    "reverse": reverse,
+    "addition": addition,
 }
 CLASSIFICATION_TASKS = frozenset({"listops"})
 
