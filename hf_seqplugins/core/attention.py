@@ -35,16 +35,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Llama-style attention: hidden `[B, T, D]` -> `[B, T, D]`, with a KV cache.
+    """Llama-style attention: hidden `[B, T, D]` -> `[B, T, D]`, with a KV cache (`rotary=False`: no rotary
+    embedding, for models that add position signals to their inputs).
 
     Parameters: `q_proj` `[D -> NQ*HD]`, `k_proj`, `v_proj` `[D -> NKV*HD]`, `o_proj` `[NQ*HD -> D]`.
     """
 
     needs_history_mask = True  # SeqModel passes the whole history's padding mask `[B, T_past + T]`
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, rotary: bool = True):
         super().__init__()
         self.layer_idx = layer_idx
+        self.rotary = rotary
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.attention_head_dim
         if self.num_heads % self.num_kv_heads:
@@ -57,15 +59,15 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.rope_theta = config.rope_theta
+        self.rope_theta = config.rope_theta if rotary else None
 
     def positions(
-        self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device
+        self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device, slot=None
     ) -> torch.Tensor:
-        """`[B, T]` rotary positions of the current tokens."""
+        """`[B, T]` positions of the current tokens (real tokens before each one)."""
         if history_mask is not None:
             return (history_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -steps:]
-        past = 0 if cache is None else cache.get_seq_length(self.layer_idx)
+        past = 0 if cache is None else cache.get_seq_length(self.layer_idx if slot is None else slot)
         return (past + torch.arange(steps, device=device)).expand(batch, steps)
 
     def forward(
@@ -74,9 +76,12 @@ class CausalSelfAttention(nn.Module):
         cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        cache_slot: int | None = None,
     ) -> torch.Tensor:
         """hidden `[B, T, D]`; attention_mask: the history's padding mask `[B, T_past + T]` (bool) or None;
-        resets `[B, T]` bool or None: True where a packed sequence starts."""
+        resets `[B, T]` bool or None: True where a packed sequence starts; cache_slot: the cache layer holding the
+        keys and values (None: `layer_idx`; a layer applied several times in depth uses one slot per step)."""
+        slot = self.layer_idx if cache_slot is None else cache_slot
         batch, steps, _ = hidden.shape
         q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -84,20 +89,21 @@ class CausalSelfAttention(nn.Module):
         if attention_mask is not None:  # padded keys and values are never read (NaN there would leak through SDPA)
             real = attention_mask[:, None, -steps:, None].bool()
             k, v = torch.where(real, k, 0), torch.where(real, v, 0)
-        # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
-        dtype = compute_dtype(hidden.dtype)
-        inverse_frequency = 1.0 / self.rope_theta ** (
-            torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim
-        )
-        positions = self.positions(attention_mask, batch, steps, cache, hidden.device)
-        if resets is not None:
-            positions = positions - torch.where(resets, positions, 0).cummax(1).values
-        angles = positions[..., None].to(dtype) * inverse_frequency
-        angles = torch.cat((angles, angles), dim=-1)[:, None]
-        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if self.rotary:
+            # computed here, not kept as a buffer: transformers leaves non-persistent buffers unset when loading
+            dtype = compute_dtype(hidden.dtype)
+            inverse_frequency = 1.0 / self.rope_theta ** (
+                torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim
+            )
+            positions = self.positions(attention_mask, batch, steps, cache, hidden.device, slot)
+            if resets is not None:
+                positions = positions - torch.where(resets, positions, 0).cummax(1).values
+            angles = positions[..., None].to(dtype) * inverse_frequency
+            angles = torch.cat((angles, angles), dim=-1)[:, None]
+            cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
+            k, v = cache.update(k, v, slot)
         total = k.shape[2]
         query_index = torch.arange(total - steps, total, device=hidden.device)[:, None]
         key_index = torch.arange(total, device=hidden.device)

@@ -107,6 +107,11 @@ class SeqConfig(PreTrainedConfig):
             raise ValueError(
                 f"{type(self).__name__}.kernel_backend must be a string or a dict, got {self.kernel_backend!r}"
             )
+        if not self.operators and set(choices.values()) != {AUTO}:
+            raise ValueError(
+                f"{type(self).__name__}.kernel_backend must be 'auto': this architecture runs no sequence operator, "
+                f"got {self.kernel_backend!r}"
+            )
         by_name = {operator.name: operator for operator in self.operators}
         for key, backend in choices.items():
             if key != DEFAULT and key not in by_name:

@@ -216,8 +216,21 @@ class SeqModel(SeqPreTrainedModel):
         history_mask = None
         if self.uses_history_mask and attention_mask is not None and not bool(attention_mask.all()):
             history_mask = attention_mask.bool()
+        output = self.run_blocks(inputs_embeds, cache, mask, history_mask, resets, input_ids, output_hidden_states)
+        return output if return_dict is not False else output.to_tuple()
 
-        hidden = inputs_embeds
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None,
+        mask: torch.Tensor | None,
+        history_mask: torch.Tensor | None,
+        resets: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPast:
+        """The blocks and the final norm on the embedded inputs `[B, T, D]` (the arguments as `SeqBlock.forward`
+        takes them). A backbone with another depth structure overrides this."""
         all_hidden = [] if output_hidden_states else None
         for layer in self.layers:
             if all_hidden is not None:
@@ -228,20 +241,34 @@ class SeqModel(SeqPreTrainedModel):
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
-
-        output = BaseModelOutputWithPast(
+        return BaseModelOutputWithPast(
             last_hidden_state=hidden, cache=cache, hidden_states=tuple(all_hidden) if all_hidden is not None else None
         )
-        return output if return_dict is not False else output.to_tuple()
+
+
+def head_output(output_class: type[ModelOutput], backbone_output: ModelOutput, loss, **fields) -> ModelOutput:
+    """A head's `output_class` from its own `fields`, the backbone's `auxiliary_loss` (when it has one) added to
+    `loss`, and every other field of `output_class` the backbone output carries (e.g. ponder times)."""
+    auxiliary = backbone_output.get("auxiliary_loss")
+    if loss is not None and auxiliary is not None:
+        loss = loss + auxiliary
+    carried = {
+        name: backbone_output[name]
+        for name in output_class.__dataclass_fields__
+        if name not in fields and name != "loss" and name in backbone_output
+    }
+    return output_class(loss=loss, **fields, **carried)
 
 
 class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
-    """Language model head on a backbone. Subclasses set `config_class` and `backbone_class`.
+    """Language model head on a backbone. Subclasses set `config_class` and `backbone_class`, and may set an
+    `output_class` with more fields, which are filled from the backbone output (`head_output`).
 
     A config with `output_logit_soft_cap` > 0 gets ``logits = cap * tanh(logits / cap)`` (loss included).
     """
 
     backbone_class: type[SeqModel]
+    output_class: type[ModelOutput] = CausalLMOutputWithPast
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     @classmethod
@@ -289,8 +316,8 @@ class SeqForCausalLM(SeqPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        output = head_output(
+            self.output_class, outputs, loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -310,6 +337,7 @@ class SeqForSequenceClassification(SeqPreTrainedModel):
     """Classifier on the last real (non-padding) position. Subclasses set `config_class` and `backbone_class`."""
 
     backbone_class: type[SeqModel]
+    output_class: type[ModelOutput] = SequenceClassifierOutputWithPast
 
     def __init__(self, config: SeqConfig):
         super().__init__(config)
@@ -342,7 +370,7 @@ class SeqForSequenceClassification(SeqPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
-        output = SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = head_output(self.output_class, outputs, loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict is not False else output.to_tuple()
 
 

@@ -1,0 +1,18 @@
+"""Universal Transformer (`docs/architectures/ut.md`): one shared self-attention + feed-forward layer applied in
+depth, a fixed number of steps or per position with adaptive computation time (ACT)."""
+
+from .configuration import UniversalTransformerConfig
+from .modeling import (
+    UniversalTransformerForCausalLM,
+    UniversalTransformerForSequenceClassification,
+    UniversalTransformerLayer,
+    UniversalTransformerModel,
+)
+
+__all__ = [
+    "UniversalTransformerConfig",
+    "UniversalTransformerForCausalLM",
+    "UniversalTransformerForSequenceClassification",
+    "UniversalTransformerLayer",
+    "UniversalTransformerModel",
+]

@@ -1,0 +1,262 @@
+"""Universal Transformer model classes: one shared attention + feed-forward layer applied in depth, a fixed number
+of steps or per position with adaptive computation time (`docs/architectures/ut.md`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Cache
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+
+from hf_seqplugins import (
+    CausalSelfAttention,
+    SeqForCausalLM,
+    SeqForSequenceClassification,
+    SeqModel,
+    SeqPreTrainedModel,
+    compute_dtype,
+)
+
+from .configuration import UniversalTransformerConfig
+
+MAX_TIMESCALE = 1e4
+
+
+def timing_signal(positions: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """tensor2tensor's sinusoid at `positions` (any shape `[...]`) -> `[..., channels]`: the sines of all timescales,
+    then their cosines (halves concatenated, not interleaved), zero-padded to an odd `channels`."""
+    half = channels // 2
+    increment = math.log(MAX_TIMESCALE) / max(half - 1, 1)
+    inverse = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float64) * -increment)
+    angles = positions[..., None].to(torch.float64) * inverse
+    signal = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return nn.functional.pad(signal, (0, channels % 2)).to(dtype)
+
+
+class UniversalTransformerLayer(GradientCheckpointingLayer):
+    """The shared layer: causal self-attention (no rotary embedding: positions come from the timing signal), then a
+    ReLU feed-forward, each residual with LayerNorm before ("pre") or after ("post"). `[B, T, D] -> [B, T, D]`."""
+
+    def __init__(self, config: UniversalTransformerConfig):
+        super().__init__()
+        self.post_norm = config.norm_style == "post"
+        self.mixer_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.mixer = CausalSelfAttention(config, layer_idx=0, rotary=False)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden_size, config.intermediate_size),
+            nn.ReLU(),
+            nn.Linear(config.intermediate_size, config.hidden_size),
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cache: Cache | None = None,
+        cache_slot: int = 0,
+        history_mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`cache_slot`: the cache layer of this depth step; `history_mask` `[B, T_past + T]` and `resets` `[B, T]`
+        as `CausalSelfAttention` takes them."""
+
+        def attend(x):
+            return self.dropout(self.mixer(x, cache, history_mask, resets, cache_slot=cache_slot))
+
+        if self.post_norm:
+            hidden = self.mixer_norm(hidden + attend(hidden))
+            return self.ffn_norm(hidden + self.dropout(self.ffn(hidden)))
+        hidden = hidden + attend(self.mixer_norm(hidden))
+        return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+
+
+@dataclass
+class UniversalTransformerOutput(BaseModelOutputWithPast):
+    """`ponder_times` `[B, T]`: the steps N each position ran (ACT; the fixed depth otherwise); `remainders`
+    `[B, T]`: R, the weight of each position's halting step; `auxiliary_loss`: the ponder loss
+    ``act_loss_weight * mean(N + R)`` (None without ACT)."""
+
+    ponder_times: torch.Tensor | None = None
+    remainders: torch.Tensor | None = None
+    auxiliary_loss: torch.Tensor | None = None
+
+
+@dataclass
+class UniversalTransformerCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` (its `loss` includes the ponder loss) with the backbone's ponder outputs."""
+
+    ponder_times: torch.Tensor | None = None
+    remainders: torch.Tensor | None = None
+    auxiliary_loss: torch.Tensor | None = None
+
+
+@dataclass
+class UniversalTransformerSequenceClassifierOutput(SequenceClassifierOutputWithPast):
+    """`SequenceClassifierOutputWithPast` (its `loss` includes the ponder loss) with the backbone's ponder outputs."""
+
+    ponder_times: torch.Tensor | None = None
+    remainders: torch.Tensor | None = None
+    auxiliary_loss: torch.Tensor | None = None
+
+
+class UniversalTransformerModel(SeqModel):
+    """Embeddings, the shared layer applied in depth, a final LayerNorm (pre-norm style).
+
+    Each step adds the position and step timing signals to the state, ``x = h + P_pos + P_step(t)``, then
+    ``h = layer(x)``. Under ACT a halting unit ``p = sigmoid(w . x + b)`` decides per position when its output
+    ``prev`` freezes; halted positions keep being transformed, since later positions attend to them.
+
+    Without a cache the loop stops once every position has halted (as tensor2tensor's). With one, every call runs
+    all `num_hidden_layers` steps and keeps each step's keys and values: a later token may run more steps than
+    earlier ones did and attends to their states at those steps. Halted positions' outputs are frozen, so the extra
+    steps change no output: cached decoding computes what a forward over the whole sequence computes.
+    """
+
+    config_class = UniversalTransformerConfig
+    _no_split_modules = ["UniversalTransformerLayer"]
+
+    def __init__(self, config: UniversalTransformerConfig):
+        SeqPreTrainedModel.__init__(self, config)
+        width = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, width)
+        self.layer = UniversalTransformerLayer(config)
+        self.depth = config.num_hidden_layers
+        self.act = config.recurrence_type == "act"
+        # The halting unit w . x + b as a product and a sum, not Linear(D, 1): a checkpoint's tensors load at
+        # unaligned addresses, which sends a one-output matrix product down another BLAS path, and the loaded model's
+        # outputs would differ from the saved one's in the last bit.
+        self.halting_weight = nn.Parameter(torch.empty(width)) if self.act else None
+        self.halting_bias = nn.Parameter(torch.empty(1)) if self.act else None
+        self.step_table = None
+        if config.add_step_timing_signal and config.step_timing_signal_type == "learned":
+            self.step_table = nn.Parameter(torch.empty(self.depth, width))
+        self.norm = nn.LayerNorm(width, eps=config.norm_eps) if config.norm_style == "pre" else nn.Identity()
+        self.gradient_checkpointing = False
+        self.uses_history_mask = True
+        self.post_init()
+
+    def init_mixer_weights(self) -> None:
+        """The learned step signal N(0, 1/D) (scaled by sqrt(D) when added); the halting weights
+        N(0, initializer_range^2), its bias `act_halting_bias_init`."""
+        if self.step_table is not None:
+            init.normal_(self.step_table, std=self.config.hidden_size**-0.5)
+        if self.halting_bias is not None:
+            init.normal_(self.halting_weight, std=self.config.initializer_range)
+            init.constant_(self.halting_bias, self.config.act_halting_bias_init)
+
+    def step_signal(self, step: int, like: torch.Tensor) -> torch.Tensor | float:
+        """`[D]` signal of depth step `step` (0 when the config adds none)."""
+        if not self.config.add_step_timing_signal:
+            return 0.0
+        if self.step_table is not None:
+            return self.step_table[step].to(like.dtype) * math.sqrt(self.config.hidden_size)
+        table = timing_signal(torch.arange(self.depth, device=like.device), like.shape[-1], like.dtype)
+        return table[step]
+
+    def position_signal(self, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+        """`[B, T, D]` signal of the token positions `[B, T]` (0 when the config adds none)."""
+        if not self.config.add_position_timing_signal:
+            return 0.0
+        return timing_signal(positions, like.shape[-1], like.dtype)
+
+    def halting_probability(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.act_type == "random":
+            return torch.rand(x.shape[:2], device=x.device, dtype=compute_dtype(x.dtype))
+        logit = (x * self.halting_weight.to(x.dtype)).sum(-1) + self.halting_bias.to(x.dtype)
+        return torch.sigmoid(logit.to(compute_dtype(x.dtype)))
+
+    def run_blocks(self, hidden, cache, mask, history_mask, resets, input_ids, output_hidden_states):
+        """The recurrence in depth on the embedded inputs `[B, T, D]` (see the class docstring)."""
+        config = self.config
+        batch, length, _ = hidden.shape
+        positions = self.layer.mixer.positions(history_mask, batch, length, cache, hidden.device, slot=0)
+        if resets is not None:
+            positions = positions - torch.where(resets, positions, 0).cummax(1).values
+        position_signal = self.position_signal(positions, hidden)
+        real = torch.ones(batch, length, dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
+
+        threshold = 1.0 - config.act_epsilon
+        # the bookkeeping in float32 at least (float64 for a float64 model); padding starts halted, so it never keeps
+        # the loop running
+        counts = {"dtype": compute_dtype(hidden.dtype), "device": hidden.device}
+        halting_sum = torch.where(real, 0.0, 1.0).to(**counts)
+        remainders = torch.zeros(batch, length, **counts)
+        updates = torch.zeros(batch, length, **counts)
+        output = torch.zeros_like(hidden)
+        state = hidden
+        all_hidden = [] if output_hidden_states else None
+        for step in range(self.depth):
+            if self.act and cache is None and not bool((halting_sum < threshold).any()):
+                break
+            if all_hidden is not None:
+                all_hidden.append(state)
+            x = state + position_signal + self.step_signal(step, hidden)
+            transformed = self.layer(x, cache, step, history_mask, resets)
+            if self.act:
+                weight = self._act_update(x, step, halting_sum, remainders, updates, threshold)
+                weight = weight[..., None].to(hidden.dtype)
+                kept = output if config.act_type == "accumulated" else output * (1 - weight)
+                output = transformed * weight + kept
+            else:
+                output = transformed
+            state = transformed
+
+        hidden = self.norm(output)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        auxiliary_loss = None
+        if self.act:
+            ponder = updates + remainders
+            if config.act_loss_ignores_padding:
+                ponder = ponder[real]
+            auxiliary_loss = config.act_loss_weight * ponder.mean()
+        else:
+            updates = torch.full((batch, length), float(self.depth), **counts)
+        return UniversalTransformerOutput(
+            last_hidden_state=hidden,
+            cache=cache,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            ponder_times=updates,
+            remainders=remainders,
+            auxiliary_loss=auxiliary_loss,
+        )
+
+    def _act_update(self, x, step, halting_sum, remainders, updates, threshold) -> torch.Tensor:
+        """One step of the ACT bookkeeping on `[B, T]` tensors, in place: the summed halting probability,
+        the remainders R and the step counts N. Returns the weight `[B, T]` of this step's output."""
+        probability = self.halting_probability(x)
+        running = (halting_sum < 1.0).float()
+        reached = halting_sum + probability * running
+        halts = (reached > threshold).float() * running
+        if self.config.act_force_halt_at_max and step == self.depth - 1:
+            halts = running
+        running = running - halts
+        halting_sum += probability * running
+        remainders += halts * (1 - halting_sum)
+        halting_sum += halts * remainders
+        updates += running + halts
+        return probability * running + halts * remainders
+
+
+class UniversalTransformerForCausalLM(SeqForCausalLM):
+    config_class = UniversalTransformerConfig
+    backbone_class = UniversalTransformerModel
+    output_class = UniversalTransformerCausalLMOutput
+    _no_split_modules = ["UniversalTransformerLayer"]
+
+
+class UniversalTransformerForSequenceClassification(SeqForSequenceClassification):
+    config_class = UniversalTransformerConfig
+    backbone_class = UniversalTransformerModel
+    output_class = UniversalTransformerSequenceClassifierOutput
+    _no_split_modules = ["UniversalTransformerLayer"]
