@@ -1,0 +1,221 @@
+"""Universal Transformer (`seqp_ut`), what the conformance suite does not check: the fixed-depth form is the shared
+layer applied step by step with the timing signals; ACT equals a textbook per-position loop of tensor2tensor's
+bookkeeping (halting sums end at exactly 1, weights sum to 1 where a position halted); a halting bias near +inf runs
+one step; force_halt_at_max; the ponder loss in the returned loss, with or without padding; cached decoding where a
+new token runs more steps than the cached ones; config errors. The generic model checks run in
+`tests/test_conformance.py`."""
+
+import math
+
+import pytest
+import torch
+
+from hf_seqplugins.plugins.ut import UniversalTransformerConfig, UniversalTransformerForCausalLM
+from hf_seqplugins.plugins.ut.modeling import timing_signal
+
+SMALL = {
+    "vocab_size": 32,
+    "hidden_size": 16,
+    "num_hidden_layers": 4,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "initializer_range": 0.3,
+}
+
+
+def model(seed: int = 0, **overrides) -> UniversalTransformerForCausalLM:
+    torch.manual_seed(seed)
+    return UniversalTransformerForCausalLM(UniversalTransformerConfig(**{**SMALL, **overrides})).eval().double()
+
+
+def tokens(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, SMALL["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def signals(lm, length: int, step: int) -> torch.Tensor:
+    """`[T, D]` position + step signals of step `step` for a row of `length` tokens."""
+    width = lm.config.hidden_size
+    position = timing_signal(torch.arange(length), width, torch.float64)
+    return position + lm.model.step_signal(step, position)
+
+
+def test_timing_signal_is_tensor2tensors_sinusoid_with_concatenated_halves():
+    signal = timing_signal(torch.tensor([0, 3]), 6, torch.float64)
+    increments = math.log(1e4) / 2
+    expected = [
+        [math.sin(3 * math.exp(-j * increments)) for j in range(3)]
+        + [math.cos(3 * math.exp(-j * increments)) for j in range(3)]
+    ]
+    torch.testing.assert_close(signal[1:], torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(signal[0], torch.tensor([0.0, 0, 0, 1, 1, 1], dtype=torch.float64))
+    assert timing_signal(torch.tensor([2]), 7, torch.float64)[0, -1] == 0  # odd width: zero-padded
+
+
+@pytest.mark.parametrize("norm_style", ["pre", "post"])
+@pytest.mark.parametrize("step_signal", ["learned", "sinusoid"])
+def test_fixed_depth_is_the_shared_layer_applied_step_by_step(norm_style, step_signal):
+    lm = model(recurrence_type="basic", norm_style=norm_style, step_timing_signal_type=step_signal)
+    ids = tokens()
+    with torch.no_grad():
+        state = lm.model.embed_tokens(ids)
+        for step in range(lm.config.num_hidden_layers):
+            state = lm.model.layer(state + signals(lm, ids.shape[1], step))
+        expected = lm.lm_head(lm.model.norm(state))
+        out = lm(ids)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-12, atol=1e-12)
+    assert out.ponder_times.eq(lm.config.num_hidden_layers).all() and out.auxiliary_loss is None
+
+
+def textbook_act(lm, ids):
+    """tensor2tensor's ACT loop written per position with Python floats: returns outputs `[B, T, D]` (before the
+    final norm), step counts N, remainders R, the summed halting probabilities and the summed update weights."""
+    config = lm.config
+    batch, length = ids.shape
+    threshold, depth = 1 - config.act_epsilon, config.num_hidden_layers
+    halting = [[0.0] * length for _ in range(batch)]
+    remainders = [[0.0] * length for _ in range(batch)]
+    updates = [[0] * length for _ in range(batch)]
+    weights_sum = [[0.0] * length for _ in range(batch)]
+    state = lm.model.embed_tokens(ids)
+    output = torch.zeros_like(state)
+    for step in range(depth):
+        if all(h >= threshold for row in halting for h in row):
+            break
+        x = state + signals(lm, length, step)
+        probability = torch.sigmoid((x * lm.model.halting_weight).sum(-1) + lm.model.halting_bias)
+        transformed = lm.model.layer(x)
+        for b in range(batch):
+            for t in range(length):
+                p, weight = float(probability[b, t]), 0.0
+                if halting[b][t] < 1.0:
+                    if halting[b][t] + p > threshold or (config.act_force_halt_at_max and step == depth - 1):
+                        remainders[b][t] = 1 - halting[b][t]
+                        halting[b][t] = 1.0
+                        weight = remainders[b][t]
+                    else:
+                        halting[b][t] += p
+                        weight = p
+                    updates[b][t] += 1
+                weights_sum[b][t] += weight
+                if config.act_type == "accumulated":
+                    output[b, t] = transformed[b, t] * weight + output[b, t]
+                else:
+                    output[b, t] = transformed[b, t] * weight + output[b, t] * (1 - weight)
+        state = transformed
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    return output, *(as_tensor(rows) for rows in (updates, remainders, halting, weights_sum))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"act_halting_bias_init": 2.0},
+        {"act_halting_bias_init": 2.0, "act_type": "accumulated"},
+        {"act_halting_bias_init": 2.0, "act_force_halt_at_max": True},
+    ],
+    ids=["basic", "accumulated", "force_halt"],
+)
+@torch.no_grad()
+def test_act_equals_the_textbook_loop(overrides):
+    lm = model(**overrides)
+    ids = tokens(length=9)
+    output, updates, remainders, halting, weights_sum = textbook_act(lm, ids)
+    out = lm(ids, output_hidden_states=True, use_cache=False)
+    torch.testing.assert_close(out.hidden_states[-1], lm.model.norm(output), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ponder_times, updates)
+    torch.testing.assert_close(out.remainders, remainders, rtol=1e-12, atol=1e-12)
+    assert len(set(updates.flatten().tolist())) > 1, "every position ran as many steps: the case proves little"
+    halted = remainders > 0
+    assert halted.any()
+    torch.testing.assert_close(halting[halted], torch.ones_like(halting[halted]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(weights_sum[halted], torch.ones_like(weights_sum[halted]), rtol=0, atol=1e-12)
+    if overrides.get("act_force_halt_at_max"):
+        assert halted.all()
+    expected_loss = lm.config.act_loss_weight * (updates + remainders).mean()
+    torch.testing.assert_close(out.auxiliary_loss, expected_loss)
+
+
+@torch.no_grad()
+def test_halting_bias_near_infinity_runs_one_step_with_weight_one():
+    lm = model(act_halting_bias_init=50.0)
+    ids = tokens()
+    out = lm(ids, output_hidden_states=True, use_cache=False)
+    expected = lm.model.layer(lm.model.embed_tokens(ids) + signals(lm, ids.shape[1], 0))
+    assert out.ponder_times.eq(1).all()
+    torch.testing.assert_close(out.remainders, torch.ones_like(out.remainders))
+    torch.testing.assert_close(out.hidden_states[-1], lm.model.norm(expected), rtol=1e-12, atol=1e-12)
+    assert len(out.hidden_states) == 2  # without a cache the loop stopped after one step: the input and the output
+    assert len(lm(ids, output_hidden_states=True).hidden_states) == 1 + lm.config.num_hidden_layers  # with one
+
+
+def test_the_ponder_loss_is_part_of_the_returned_loss():
+    lm = model(act_halting_bias_init=-1.0, act_loss_weight=0.5)
+    ids = tokens()
+    out = lm(ids, labels=ids)
+    language_model_loss = lm.loss_function(logits=out.logits, labels=ids, vocab_size=lm.config.vocab_size)
+    torch.testing.assert_close(out.loss, language_model_loss + out.auxiliary_loss)
+    assert out.auxiliary_loss > 0
+    out.loss.backward()
+    assert lm.model.halting_bias.grad.abs() > 0  # the ponder loss reaches the halting unit through R
+
+
+@pytest.mark.parametrize("ignores_padding", [True, False])
+@torch.no_grad()
+def test_ponder_loss_over_real_tokens_or_all_positions(ignores_padding):
+    lm = model(act_halting_bias_init=-1.0, act_loss_ignores_padding=ignores_padding)
+    ids = tokens(batch=1)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    alone, with_padding = lm(ids), lm(padded, attention_mask=mask)
+    assert with_padding.ponder_times[0, :3].eq(0).all()  # padding never runs a step
+    torch.testing.assert_close(with_padding.ponder_times[:, 3:], alone.ponder_times)
+    real_positions = ids.shape[1] / padded.shape[1]
+    ratio = 1.0 if ignores_padding else real_positions
+    torch.testing.assert_close(with_padding.auxiliary_loss, alone.auxiliary_loss * ratio)
+
+
+@torch.no_grad()
+def test_cached_decoding_when_a_new_token_runs_more_steps_than_the_cached_ones():
+    """The prompt's tokens halt after one step; the next token (one whose embedding turns the halting unit off)
+    runs all four: it attends to the prompt's states at steps the prompt's own outputs never needed."""
+    lm = model()
+    depth = lm.config.num_hidden_layers
+    lm.model.halting_weight.zero_()
+    lm.model.halting_weight[0] = 1.0
+    lm.model.halting_bias.fill_(0.0)
+    embeddings = lm.model.embed_tokens.weight
+    embeddings[:, 0] = 50.0  # halting logit about +50 at every step: one step
+    slow = 5
+    embeddings[slow, 0] = -1e4  # about -1e4: never halts
+    lm.model.step_table.zero_()
+    lm.config.add_position_timing_signal = False  # keep channel 0 free of position signals
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    ids = torch.cat([prompt, torch.tensor([[slow]])], dim=1)
+    full = lm(ids)
+    assert full.ponder_times[0, :4].eq(1).all() and full.ponder_times[0, 4] == depth
+    prefill = lm(prompt, use_cache=True)
+    assert prefill.ponder_times.eq(1).all()
+    decoded = lm(ids[:, 4:], cache=prefill.cache, use_cache=True)
+    torch.testing.assert_close(decoded.logits[:, -1], full.logits[:, -1], rtol=1e-12, atol=1e-12)
+    assert [decoded.cache.get_seq_length(step) for step in range(depth)] == [5] * depth
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"act_epsilon": 0.0}, "act_epsilon must be in"),
+        ({"act_epsilon": 1.0}, "act_epsilon must be in"),
+        ({"recurrence_type": "global"}, "recurrence_type must be one of"),
+        ({"act_type": "global"}, "act_type must be one of"),
+        ({"norm_style": "sandwich"}, "norm_style must be one of"),
+        ({"step_timing_signal_type": "rope"}, "step_timing_signal_type must be one of"),
+        ({"act_loss_weight": -1.0}, "act_loss_weight must be >= 0"),
+        ({"act_halting_bias_init": float("nan")}, "act_halting_bias_init must be a finite number"),
+        ({"act_force_halt_at_max": 1}, "act_force_halt_at_max must be True or False"),
+        ({"hidden_size": 15}, "divisible by num_attention_heads"),
+        ({"kernel_backend": "torch"}, "kernel_backend must be 'auto'"),
+    ],
+)
+def test_bad_config_is_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        UniversalTransformerConfig(**{**SMALL, **change})
