@@ -26,6 +26,20 @@ from .core.backends import (
     use_backend,
 )
 from .core.cache import read_state, write_state
+from .core.cola import (
+    ChainSearchResult,
+    CoLaSearch,
+    CoLaSummary,
+    CorrectnessReward,
+    current_chain,
+    identity_chain,
+    next_token_correct,
+    remove_chain,
+    search_chain,
+    summarize_searches,
+    use_chain,
+    with_chain,
+)
 from .core.configuration import SeqConfig, require_choice, require_positive_int
 from .core.conversion import build_with_weights, load_complete, refuse
 from .core.modeling import (
@@ -56,6 +70,10 @@ __all__ = [
     "ArchitectureInfo",
     "BackendUnavailableError",
     "CausalSelfAttention",
+    "ChainSearchResult",
+    "CoLaSearch",
+    "CoLaSummary",
+    "CorrectnessReward",
     "DuplicateModelTypeError",
     "GatedFeedForward",
     "Operator",
@@ -74,22 +92,30 @@ __all__ = [
     "boundaries",
     "backend_choices",
     "compute_dtype",
+    "current_chain",
     "build_with_weights",
     "export",
     "hookimpl",
+    "identity_chain",
     "load_complete",
     "load_plugins",
     "module_unavailable_reason",
+    "next_token_correct",
     "push_to_hub",
     "read_state",
     "refuse",
+    "remove_chain",
     "require_choice",
     "require_positive_int",
     "run_by_segments",
+    "search_chain",
     "standard_model_classes",
+    "summarize_searches",
     "triton_device_reason",
     "triton_unavailable_reason",
     "use_backend",
+    "use_chain",
+    "with_chain",
     "write_state",
 ]
 

@@ -8,7 +8,9 @@ Embeddings, the final norm, the head and the rotary positions are the model's ow
 `with_chain(model, chain)` (or the context manager `use_chain`) puts a chain in place and `remove_chain` restores the
 model exactly. While a chain is in place:
 
-- the decoder's layer list holds one `ChainStep` per chain position, wrapping the (shared) layer module;
+- the decoder's layer list holds one `ChainStep` per chain position, which runs the (shared) layer module; the
+  layers themselves move to the decoder's ``cola_layers`` (each once, so `parameters()`, ``.to()`` and hooks see
+  every layer once, skipped ones included, and state-dict keys read ``model.cola_layers.<i>...``);
 - the model and its decoder see a copy of the config whose `num_hidden_layers` is the chain length and whose
   `layer_types` (and `mlp_layer_types`) list the type of the layer at each position, so `DynamicCache(config=...)`,
   built by `generate()` or the decoder, has one slot per position;
@@ -53,6 +55,8 @@ CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
 # Config lists with one entry per layer, reordered along the chain.
 PER_LAYER_CONFIG_LISTS = ("layer_types", "mlp_layer_types")
 APPLIED = "_cola_applied"
+# Where the decoder keeps its own layer list while a chain is in place.
+ORIGINAL_LAYERS = "cola_layers"
 
 
 @dataclass
@@ -146,7 +150,9 @@ class ChainStep(nn.Module):
 
     def __init__(self, layer: nn.Module, layer_index: int, position: int):
         super().__init__()
-        self.layer = layer
+        # not registered as a submodule: the layer stays in the module tree once, under the decoder's
+        # `ORIGINAL_LAYERS`, so parameters(), .to() and transformers' output-capturing hooks see it once
+        self.__dict__["layer"] = layer
         self.layer_index, self.position = layer_index, position
         parameters = list(inspect.signature(layer.forward).parameters)
         self.cache_argument = next((name for name in CACHE_ARGUMENTS if name in parameters), None)
@@ -271,8 +277,19 @@ def chain_config(config, chain: tuple[int, ...]):
 
 def with_chain(model: nn.Module, chain: Iterable[int]) -> nn.Module:
     """Put `chain` (indices into the model's own layers) in place on `model`, replacing any chain already there, and
-    return the model. `remove_chain` restores it exactly; see the module docstring for what changes meanwhile."""
+    return the model. `remove_chain` restores it exactly; see the module docstring for what changes meanwhile. On
+    a ValueError the model keeps the chain it had."""
+    previous = model.__dict__.get(APPLIED)
     remove_chain(model)
+    try:
+        return _apply_chain(model, chain)
+    except BaseException:
+        if previous is not None:
+            _apply_chain(model, previous.chain)
+        raise
+
+
+def _apply_chain(model: nn.Module, chain: Iterable[int]) -> nn.Module:
     holder, attribute, path = _find_layers(model)
     layers = getattr(holder, attribute)
     chain = check_chain(chain, len(layers))
@@ -287,6 +304,7 @@ def with_chain(model: nn.Module, chain: Iterable[int]) -> nn.Module:
             module.config = chained
     steps = nn.ModuleList(ChainStep(layers[index], index, position) for position, index in enumerate(chain))
     setattr(holder, attribute, steps)
+    setattr(holder, ORIGINAL_LAYERS, layers)
     model.__dict__[APPLIED] = _Applied(holder, attribute, layers, configs, chain)
     return model
 
@@ -295,6 +313,7 @@ def remove_chain(model: nn.Module) -> nn.Module:
     """Put the model's own layer list and config back (a no-op without a chain) and return the model."""
     applied = model.__dict__.pop(APPLIED, None)
     if applied is not None:
+        delattr(applied.holder, ORIGINAL_LAYERS)
         setattr(applied.holder, applied.attribute, applied.layers)
         for module, config in applied.configs:
             module.config = config
