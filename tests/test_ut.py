@@ -36,7 +36,7 @@ def signals(lm, length: int, step: int) -> torch.Tensor:
     """`[T, D]` position + step signals of step `step` for a row of `length` tokens."""
     width = lm.config.hidden_size
     position = timing_signal(torch.arange(length), width, torch.float64)
-    return position + lm.model.step_signal(step, position)
+    return position + lm.model.recurrence.step_signal(step, position)
 
 
 def test_timing_signal_is_tensor2tensors_sinusoid_with_concatenated_halves():
@@ -82,7 +82,7 @@ def textbook_act(lm, ids):
         if all(h >= threshold for row in halting for h in row):
             break
         x = state + signals(lm, length, step)
-        probability = torch.sigmoid((x * lm.model.halting_weight).sum(-1) + lm.model.halting_bias)
+        probability = torch.sigmoid((x * lm.model.recurrence.halting_weight).sum(-1) + lm.model.recurrence.halting_bias)
         transformed = lm.model.layer(x)
         for b in range(batch):
             for t in range(length):
@@ -156,7 +156,7 @@ def test_the_ponder_loss_is_part_of_the_returned_loss():
     torch.testing.assert_close(out.loss, language_model_loss + out.auxiliary_loss)
     assert out.auxiliary_loss > 0
     out.loss.backward()
-    assert lm.model.halting_bias.grad.abs() > 0  # the ponder loss reaches the halting unit through R
+    assert lm.model.recurrence.halting_bias.grad.abs() > 0  # the ponder loss reaches the halting unit through R
 
 
 @pytest.mark.parametrize("ignores_padding", [True, False])
@@ -180,14 +180,14 @@ def test_cached_decoding_when_a_new_token_runs_more_steps_than_the_cached_ones()
     runs all four: it attends to the prompt's states at steps the prompt's own outputs never needed."""
     lm = model()
     depth = lm.config.num_hidden_layers
-    lm.model.halting_weight.zero_()
-    lm.model.halting_weight[0] = 1.0
-    lm.model.halting_bias.fill_(0.0)
+    lm.model.recurrence.halting_weight.zero_()
+    lm.model.recurrence.halting_weight[0] = 1.0
+    lm.model.recurrence.halting_bias.fill_(0.0)
     embeddings = lm.model.embed_tokens.weight
     embeddings[:, 0] = 50.0  # halting logit about +50 at every step: one step
     slow = 5
     embeddings[slow, 0] = -1e4  # about -1e4: never halts
-    lm.model.step_table.zero_()
+    lm.model.recurrence.step_table.zero_()
     lm.config.add_position_timing_signal = False  # keep channel 0 free of position signals
     prompt = torch.tensor([[1, 2, 3, 4]])
     ids = torch.cat([prompt, torch.tensor([[slow]])], dim=1)

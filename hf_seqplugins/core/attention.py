@@ -29,6 +29,14 @@ from .cache import read_state, write_state
 from .sequences import compute_dtype, run_by_segments
 
 
+def token_positions(history_mask: torch.Tensor | None, batch: int, steps: int, past: int, device) -> torch.Tensor:
+    """`[B, T]` positions of the current `steps` tokens: the real tokens before each, from the padding mask of the
+    whole history `[B, T_past + T]`, or `past + 0 .. T - 1` when nothing is padded."""
+    if history_mask is not None:
+        return (history_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -steps:]
+    return (past + torch.arange(steps, device=device)).expand(batch, steps)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
@@ -65,10 +73,8 @@ class CausalSelfAttention(nn.Module):
         self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device, slot=None
     ) -> torch.Tensor:
         """`[B, T]` positions of the current tokens (real tokens before each one)."""
-        if history_mask is not None:
-            return (history_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -steps:]
         past = 0 if cache is None else cache.get_seq_length(self.layer_idx if slot is None else slot)
-        return (past + torch.arange(steps, device=device)).expand(batch, steps)
+        return token_positions(history_mask, batch, steps, past, device)
 
     def forward(
         self,

@@ -4,9 +4,11 @@ of steps or per position with adaptive computation time (`docs/architectures/ut.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Cache
 from transformers import initialization as init
@@ -25,6 +27,7 @@ from hf_seqplugins import (
     SeqPreTrainedModel,
     compute_dtype,
 )
+from hf_seqplugins.core.attention import token_positions
 
 from .configuration import UniversalTransformerConfig
 
@@ -42,15 +45,52 @@ def timing_signal(positions: torch.Tensor, channels: int, dtype: torch.dtype) ->
     return nn.functional.pad(signal, (0, channels % 2)).to(dtype)
 
 
-class UniversalTransformerLayer(GradientCheckpointingLayer):
-    """The shared layer: causal self-attention (no rotary embedding: positions come from the timing signal), then a
-    ReLU feed-forward, each residual with LayerNorm before ("pre") or after ("post"). `[B, T, D] -> [B, T, D]`."""
+class PaddedAttention(nn.Module):
+    """Multi-head attention of queries from `hidden` `[B, T, D]` over a `memory` `[B, S, D]` (the encoder's
+    self-attention: `hidden` itself; cross-attention: the encoder output), keys masked by `memory_mask` `[B, S]`
+    (True or 1 at real tokens; None: all real). No causal mask, no cache, no rotary embedding."""
 
     def __init__(self, config: UniversalTransformerConfig):
         super().__init__()
+        self.num_heads, self.head_dim = config.num_attention_heads, config.attention_head_dim
+        width, inner, bias = config.hidden_size, self.num_heads * self.head_dim, config.attention_bias
+        self.q_proj = nn.Linear(width, inner, bias=bias)
+        self.k_proj = nn.Linear(width, inner, bias=bias)
+        self.v_proj = nn.Linear(width, inner, bias=bias)
+        self.o_proj = nn.Linear(inner, width, bias=bias)
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None):
+        batch, steps, _ = hidden.shape
+
+        def heads(x):
+            return x.view(batch, x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(hidden)), heads(self.k_proj(memory)), heads(self.v_proj(memory))
+        allowed = None
+        if memory_mask is not None:
+            real = memory_mask.bool()
+            k, v = torch.where(real[:, None, :, None], k, 0), torch.where(real[:, None, :, None], v, 0)
+            allowed = real[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
+
+
+class UniversalTransformerLayer(GradientCheckpointingLayer):
+    """The shared layer: self-attention (causal, with a KV cache slot per depth step, for decoders; over the whole
+    input for the encoder), then for a seq2seq decoder cross-attention to the encoder output, then a ReLU
+    feed-forward; each residual with LayerNorm before ("pre") or after ("post"). `[B, T, D] -> [B, T, D]`. No rotary
+    embedding: positions come from the timing signal."""
+
+    def __init__(self, config: UniversalTransformerConfig, causal: bool = True, cross_attention: bool = False):
+        super().__init__()
         self.post_norm = config.norm_style == "post"
+        self.causal = causal
         self.mixer_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
-        self.mixer = CausalSelfAttention(config, layer_idx=0, rotary=False)
+        self.mixer = CausalSelfAttention(config, layer_idx=0, rotary=False) if causal else PaddedAttention(config)
+        self.cross_norm = self.cross_attention = None
+        if cross_attention:
+            self.cross_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+            self.cross_attention = PaddedAttention(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.ffn = nn.Sequential(
             nn.Linear(config.hidden_size, config.intermediate_size),
@@ -66,18 +106,164 @@ class UniversalTransformerLayer(GradientCheckpointingLayer):
         cache_slot: int = 0,
         history_mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`cache_slot`: the cache layer of this depth step; `history_mask` `[B, T_past + T]` and `resets` `[B, T]`
-        as `CausalSelfAttention` takes them."""
+        as `CausalSelfAttention` takes them (the encoder: `history_mask` is its padding mask `[B, T]`); `memory`
+        `[B, S, D]` and `memory_mask` `[B, S]`: the encoder output a decoder's cross-attention reads."""
+        sublayers = []
+        if self.causal:
+            sublayers.append(
+                (self.mixer_norm, lambda x: self.mixer(x, cache, history_mask, resets, cache_slot=cache_slot))
+            )
+        else:
+            sublayers.append((self.mixer_norm, lambda x: self.mixer(x, x, history_mask)))
+        if self.cross_attention is not None:
+            sublayers.append((self.cross_norm, lambda x: self.cross_attention(x, memory, memory_mask)))
+        sublayers.append((self.ffn_norm, self.ffn))
+        for norm, sublayer in sublayers:
+            if self.post_norm:
+                hidden = norm(hidden + self.dropout(sublayer(hidden)))
+            else:
+                hidden = hidden + self.dropout(sublayer(norm(hidden)))
+        return hidden
 
-        def attend(x):
-            return self.dropout(self.mixer(x, cache, history_mask, resets, cache_slot=cache_slot))
 
-        if self.post_norm:
-            hidden = self.mixer_norm(hidden + attend(hidden))
-            return self.ffn_norm(hidden + self.dropout(self.ffn(hidden)))
-        hidden = hidden + attend(self.mixer_norm(hidden))
-        return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
+@dataclass
+class DepthResult:
+    """What `DepthRecurrence.run` returns: `output` `[B, T, D]` (before the final norm), `ponder_times` and
+    `remainders` `[B, T]`, `auxiliary_loss` (the ponder loss; None without ACT), `states` (the state entering each
+    step, when asked for)."""
+
+    output: torch.Tensor
+    ponder_times: torch.Tensor
+    remainders: torch.Tensor
+    auxiliary_loss: torch.Tensor | None
+    states: list[torch.Tensor] | None
+
+
+class DepthRecurrence(nn.Module):
+    """The timing signals, the halting unit and the ACT bookkeeping around a shared layer (`run`)."""
+
+    def __init__(self, config: UniversalTransformerConfig):
+        super().__init__()
+        self.config = config
+        width, self.depth = config.hidden_size, config.num_hidden_layers
+        self.act = config.recurrence_type == "act"
+        # The halting unit w . x + b as a product and a sum, not Linear(D, 1): a checkpoint's tensors load at
+        # unaligned addresses, which sends a one-output matrix product down another BLAS path, and the loaded model's
+        # outputs would differ from the saved one's in the last bit.
+        self.halting_weight = nn.Parameter(torch.empty(width)) if self.act else None
+        self.halting_bias = nn.Parameter(torch.empty(1)) if self.act else None
+        self.step_table = None
+        if config.add_step_timing_signal and config.step_timing_signal_type == "learned":
+            self.step_table = nn.Parameter(torch.empty(self.depth, width))
+
+    def init_mixer_weights(self) -> None:
+        """The learned step signal N(0, 1/D) (scaled by sqrt(D) when added); the halting weights
+        N(0, initializer_range^2), its bias `act_halting_bias_init`."""
+        if self.step_table is not None:
+            init.normal_(self.step_table, std=self.config.hidden_size**-0.5)
+        if self.halting_bias is not None:
+            init.normal_(self.halting_weight, std=self.config.initializer_range)
+            init.constant_(self.halting_bias, self.config.act_halting_bias_init)
+
+    def step_signal(self, step: int, like: torch.Tensor) -> torch.Tensor | float:
+        """`[D]` signal of depth step `step` (0 when the config adds none)."""
+        if not self.config.add_step_timing_signal:
+            return 0.0
+        if self.step_table is not None:
+            return self.step_table[step].to(like.dtype) * math.sqrt(self.config.hidden_size)
+        table = timing_signal(torch.arange(self.depth, device=like.device), like.shape[-1], like.dtype)
+        return table[step]
+
+    def position_signal(self, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+        """`[B, T, D]` signal of the token positions `[B, T]` (0 when the config adds none)."""
+        if not self.config.add_position_timing_signal:
+            return 0.0
+        return timing_signal(positions, like.shape[-1], like.dtype)
+
+    def halting_probability(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.act_type == "random":
+            return torch.rand(x.shape[:2], device=x.device, dtype=compute_dtype(x.dtype))
+        logit = (x * self.halting_weight.to(x.dtype)).sum(-1) + self.halting_bias.to(x.dtype)
+        return torch.sigmoid(logit.to(compute_dtype(x.dtype)))
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        real: torch.Tensor,
+        layer: Callable[[torch.Tensor, int], torch.Tensor],
+        full_depth: bool,
+        keep_states: bool = False,
+    ) -> DepthResult:
+        """Steps ``x = h + P_pos + P_step(t)``, ``h = layer(x, t)`` on the embedded inputs `hidden` `[B, T, D]` at
+        token `positions` `[B, T]`; `real` `[B, T]` bool marks the tokens (padding starts halted, so it never keeps
+        the loop running and runs no step). Under ACT the loop stops once every position has halted, unless
+        `full_depth` (a cached call: every step's keys and values must exist for later tokens)."""
+        config = self.config
+        threshold = 1.0 - config.act_epsilon
+        counts = {"dtype": compute_dtype(hidden.dtype), "device": hidden.device}  # float64 for a float64 model
+        halting_sum = torch.where(real, 0.0, 1.0).to(**counts)
+        remainders = torch.zeros(real.shape, **counts)
+        updates = torch.zeros(real.shape, **counts)
+        position_signal = self.position_signal(positions, hidden)
+        output, state = torch.zeros_like(hidden), hidden
+        states = [] if keep_states else None
+        for step in range(self.depth):
+            if self.act and not full_depth and not bool((halting_sum < threshold).any()):
+                break
+            if states is not None:
+                states.append(state)
+            x = state + position_signal + self.step_signal(step, hidden)
+            transformed = layer(x, step)
+            if self.act:
+                weight = self._act_update(x, step, halting_sum, remainders, updates, threshold)
+                weight = weight[..., None].to(hidden.dtype)
+                kept = output if config.act_type == "accumulated" else output * (1 - weight)
+                output = transformed * weight + kept
+            else:
+                output = transformed
+            state = transformed
+        if not self.act:
+            return DepthResult(output, torch.full(real.shape, float(self.depth), **counts), remainders, None, states)
+        ponder = updates + remainders
+        if config.act_loss_ignores_padding:
+            ponder = ponder[real]
+        return DepthResult(output, updates, remainders, config.act_loss_weight * ponder.mean(), states)
+
+    def _act_update(self, x, step, halting_sum, remainders, updates, threshold) -> torch.Tensor:
+        """One step of the ACT bookkeeping on `[B, T]` tensors, in place: the summed halting probability, the
+        remainders R and the step counts N. Returns the weight `[B, T]` of this step's output."""
+        probability = self.halting_probability(x)
+        running = (halting_sum < 1.0).to(probability.dtype)
+        reached = halting_sum + probability * running
+        halts = (reached > threshold).to(probability.dtype) * running
+        if self.config.act_force_halt_at_max and step == self.depth - 1:
+            halts = running
+        running = running - halts
+        halting_sum += probability * running
+        remainders += halts * (1 - halting_sum)
+        halting_sum += halts * remainders
+        updates += running + halts
+        return probability * running + halts * remainders
+
+
+def final_norm(config: UniversalTransformerConfig) -> nn.Module:
+    """LayerNorm on the output of a pre-norm stack; nothing after a post-norm one (its layers end with one)."""
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps) if config.norm_style == "pre" else nn.Identity()
+
+
+def _positions(history_mask, batch, length, cache, device, resets=None) -> torch.Tensor:
+    """`[B, T]` positions of the current tokens: real tokens before each (after the cached ones), restarting at
+    packed sequence starts."""
+    past = 0 if cache is None else cache.get_seq_length(0)
+    positions = token_positions(history_mask, batch, length, past, device)
+    if resets is not None:
+        positions = positions - torch.where(resets, positions, 0).cummax(1).values
+    return positions
 
 
 @dataclass
@@ -110,11 +296,11 @@ class UniversalTransformerSequenceClassifierOutput(SequenceClassifierOutputWithP
 
 
 class UniversalTransformerModel(SeqModel):
-    """Embeddings, the shared layer applied in depth, a final LayerNorm (pre-norm style).
+    """Embeddings, the shared layer applied in depth (`DepthRecurrence`), a final LayerNorm (pre-norm style).
 
     Each step adds the position and step timing signals to the state, ``x = h + P_pos + P_step(t)``, then
     ``h = layer(x)``. Under ACT a halting unit ``p = sigmoid(w . x + b)`` decides per position when its output
-    ``prev`` freezes; halted positions keep being transformed, since later positions attend to them.
+    freezes; halted positions keep being transformed, since later positions attend to them.
 
     Without a cache the loop stops once every position has halted (as tensor2tensor's). With one, every call runs
     all `num_hidden_layers` steps and keeps each step's keys and values: a later token may run more steps than
@@ -127,125 +313,36 @@ class UniversalTransformerModel(SeqModel):
 
     def __init__(self, config: UniversalTransformerConfig):
         SeqPreTrainedModel.__init__(self, config)
-        width = config.hidden_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, width)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layer = UniversalTransformerLayer(config)
-        self.depth = config.num_hidden_layers
-        self.act = config.recurrence_type == "act"
-        # The halting unit w . x + b as a product and a sum, not Linear(D, 1): a checkpoint's tensors load at
-        # unaligned addresses, which sends a one-output matrix product down another BLAS path, and the loaded model's
-        # outputs would differ from the saved one's in the last bit.
-        self.halting_weight = nn.Parameter(torch.empty(width)) if self.act else None
-        self.halting_bias = nn.Parameter(torch.empty(1)) if self.act else None
-        self.step_table = None
-        if config.add_step_timing_signal and config.step_timing_signal_type == "learned":
-            self.step_table = nn.Parameter(torch.empty(self.depth, width))
-        self.norm = nn.LayerNorm(width, eps=config.norm_eps) if config.norm_style == "pre" else nn.Identity()
+        self.recurrence = DepthRecurrence(config)
+        self.norm = final_norm(config)
         self.gradient_checkpointing = False
         self.uses_history_mask = True
         self.post_init()
 
-    def init_mixer_weights(self) -> None:
-        """The learned step signal N(0, 1/D) (scaled by sqrt(D) when added); the halting weights
-        N(0, initializer_range^2), its bias `act_halting_bias_init`."""
-        if self.step_table is not None:
-            init.normal_(self.step_table, std=self.config.hidden_size**-0.5)
-        if self.halting_bias is not None:
-            init.normal_(self.halting_weight, std=self.config.initializer_range)
-            init.constant_(self.halting_bias, self.config.act_halting_bias_init)
-
-    def step_signal(self, step: int, like: torch.Tensor) -> torch.Tensor | float:
-        """`[D]` signal of depth step `step` (0 when the config adds none)."""
-        if not self.config.add_step_timing_signal:
-            return 0.0
-        if self.step_table is not None:
-            return self.step_table[step].to(like.dtype) * math.sqrt(self.config.hidden_size)
-        table = timing_signal(torch.arange(self.depth, device=like.device), like.shape[-1], like.dtype)
-        return table[step]
-
-    def position_signal(self, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
-        """`[B, T, D]` signal of the token positions `[B, T]` (0 when the config adds none)."""
-        if not self.config.add_position_timing_signal:
-            return 0.0
-        return timing_signal(positions, like.shape[-1], like.dtype)
-
-    def halting_probability(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.act_type == "random":
-            return torch.rand(x.shape[:2], device=x.device, dtype=compute_dtype(x.dtype))
-        logit = (x * self.halting_weight.to(x.dtype)).sum(-1) + self.halting_bias.to(x.dtype)
-        return torch.sigmoid(logit.to(compute_dtype(x.dtype)))
-
     def run_blocks(self, hidden, cache, mask, history_mask, resets, input_ids, output_hidden_states):
         """The recurrence in depth on the embedded inputs `[B, T, D]` (see the class docstring)."""
-        config = self.config
         batch, length, _ = hidden.shape
-        positions = self.layer.mixer.positions(history_mask, batch, length, cache, hidden.device, slot=0)
-        if resets is not None:
-            positions = positions - torch.where(resets, positions, 0).cummax(1).values
-        position_signal = self.position_signal(positions, hidden)
+        positions = _positions(history_mask, batch, length, cache, hidden.device, resets)
         real = torch.ones(batch, length, dtype=torch.bool, device=hidden.device) if mask is None else mask.bool()
-
-        threshold = 1.0 - config.act_epsilon
-        # the bookkeeping in float32 at least (float64 for a float64 model); padding starts halted, so it never keeps
-        # the loop running
-        counts = {"dtype": compute_dtype(hidden.dtype), "device": hidden.device}
-        halting_sum = torch.where(real, 0.0, 1.0).to(**counts)
-        remainders = torch.zeros(batch, length, **counts)
-        updates = torch.zeros(batch, length, **counts)
-        output = torch.zeros_like(hidden)
-        state = hidden
-        all_hidden = [] if output_hidden_states else None
-        for step in range(self.depth):
-            if self.act and cache is None and not bool((halting_sum < threshold).any()):
-                break
-            if all_hidden is not None:
-                all_hidden.append(state)
-            x = state + position_signal + self.step_signal(step, hidden)
-            transformed = self.layer(x, cache, step, history_mask, resets)
-            if self.act:
-                weight = self._act_update(x, step, halting_sum, remainders, updates, threshold)
-                weight = weight[..., None].to(hidden.dtype)
-                kept = output if config.act_type == "accumulated" else output * (1 - weight)
-                output = transformed * weight + kept
-            else:
-                output = transformed
-            state = transformed
-
-        hidden = self.norm(output)
-        if all_hidden is not None:
-            all_hidden.append(hidden)
-        auxiliary_loss = None
-        if self.act:
-            ponder = updates + remainders
-            if config.act_loss_ignores_padding:
-                ponder = ponder[real]
-            auxiliary_loss = config.act_loss_weight * ponder.mean()
-        else:
-            updates = torch.full((batch, length), float(self.depth), **counts)
+        result = self.recurrence.run(
+            hidden,
+            positions,
+            real,
+            lambda x, step: self.layer(x, cache, step, history_mask, resets),
+            full_depth=cache is not None,
+            keep_states=bool(output_hidden_states),
+        )
+        hidden = self.norm(result.output)
         return UniversalTransformerOutput(
             last_hidden_state=hidden,
             cache=cache,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            ponder_times=updates,
-            remainders=remainders,
-            auxiliary_loss=auxiliary_loss,
+            hidden_states=None if result.states is None else (*result.states, hidden),
+            ponder_times=result.ponder_times,
+            remainders=result.remainders,
+            auxiliary_loss=result.auxiliary_loss,
         )
-
-    def _act_update(self, x, step, halting_sum, remainders, updates, threshold) -> torch.Tensor:
-        """One step of the ACT bookkeeping on `[B, T]` tensors, in place: the summed halting probability,
-        the remainders R and the step counts N. Returns the weight `[B, T]` of this step's output."""
-        probability = self.halting_probability(x)
-        running = (halting_sum < 1.0).float()
-        reached = halting_sum + probability * running
-        halts = (reached > threshold).float() * running
-        if self.config.act_force_halt_at_max and step == self.depth - 1:
-            halts = running
-        running = running - halts
-        halting_sum += probability * running
-        remainders += halts * (1 - halting_sum)
-        halting_sum += halts * remainders
-        updates += running + halts
-        return probability * running + halts * remainders
 
 
 class UniversalTransformerForCausalLM(SeqForCausalLM):
