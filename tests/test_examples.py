@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from test_export import clean_environment
+from hf_seqplugins.testing import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
     clean = subprocess.run(
         [sys.executable, "-S", "-c", PIPELINE, str(model_dir)],
         cwd=tmp_path,
-        env=clean_environment(tmp_path),
+        env=clean_environment(tmp_path / "modules"),
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,7 +4,6 @@ import importlib
 import importlib.resources
 import json
 import os
-import site
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_seqplugins.core.registry import load_plugins
 from hf_seqplugins.export import export
-from hf_seqplugins.testing import tiny_config
+from hf_seqplugins.testing import clean_environment, tiny_config
 
 BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")
 ALL = sorted(load_plugins())
@@ -50,18 +49,6 @@ CLEAN_LOADER = textwrap.dedent(
 )
 
 
-def clean_environment(tmp_path) -> dict:
-    """Environment for an interpreter started with -S: site-packages on PYTHONPATH but no .pth hooks,
-    so the editable install of hf_seqplugins is invisible while torch and transformers import."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_SEQPLUGINS"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join(site.getsitepackages()),
-        HF_HUB_OFFLINE="1",
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-    )
-    return env
-
-
 @pytest.mark.parametrize(
     ("model_type", "options"),
     [(t, {}) for t in ALL] + [pytest.param("seqp_gru", {"ngram_layers": [1], "ngram_orders": 2}, id="seqp_gru+ngram")],
@@ -85,7 +72,7 @@ def test_export_loads_without_the_package(model_type, options, tmp_path):
     result = subprocess.run(
         [sys.executable, "-S", "-c", CLEAN_LOADER, str(folder), plugin_package],
         cwd=work,
-        env=clean_environment(tmp_path),
+        env=clean_environment(tmp_path / "modules"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -155,7 +142,7 @@ def test_repository_id_loads_from_the_offline_hub_cache(tmp_path):
     export(model, repo / "snapshots" / commit, repo_id="someone/tiny-gru")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    env = clean_environment(tmp_path) | {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    env = clean_environment(tmp_path / "modules") | {"HF_HUB_CACHE": str(tmp_path / "hub")}
     result = subprocess.run(
         [sys.executable, "-S", "-c", HUB_LOADER, str(tmp_path / "logits.pt")],
         cwd=tmp_path,

@@ -2,16 +2,25 @@
 layer applied step by step with the timing signals; ACT equals a textbook per-position loop of tensor2tensor's
 bookkeeping (halting sums end at exactly 1, weights sum to 1 where a position halted); a halting bias near +inf runs
 one step; force_halt_at_max; the ponder loss in the returned loss, with or without padding; cached decoding where a
-new token runs more steps than the cached ones; config errors. The generic model checks run in
-`tests/test_conformance.py`."""
+new token runs more steps than the cached ones; config errors. The encoder-decoder form: generate and beam search
+against full forwards, source padding never read, the loss, Trainer learning to copy, export loading without the
+package. The generic model checks run in `tests/test_conformance.py`."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from hf_seqplugins.plugins.ut import UniversalTransformerConfig, UniversalTransformerForCausalLM
+from hf_seqplugins.export import export
+from hf_seqplugins.plugins.ut import (
+    UniversalTransformerConfig,
+    UniversalTransformerForCausalLM,
+    UniversalTransformerForSeq2SeqLM,
+)
 from hf_seqplugins.plugins.ut.modeling import timing_signal
+from hf_seqplugins.testing import clean_environment
 
 SMALL = {
     "vocab_size": 32,
@@ -57,7 +66,7 @@ def test_fixed_depth_is_the_shared_layer_applied_step_by_step(norm_style, step_s
     lm = model(recurrence_type="basic", norm_style=norm_style, step_timing_signal_type=step_signal)
     ids = tokens()
     with torch.no_grad():
-        state = lm.model.embed_tokens(ids)
+        state = lm.model.embed_tokens(ids) * math.sqrt(lm.config.hidden_size)
         for step in range(lm.config.num_hidden_layers):
             state = lm.model.layer(state + signals(lm, ids.shape[1], step))
         expected = lm.lm_head(lm.model.norm(state))
@@ -76,7 +85,7 @@ def textbook_act(lm, ids):
     remainders = [[0.0] * length for _ in range(batch)]
     updates = [[0] * length for _ in range(batch)]
     weights_sum = [[0.0] * length for _ in range(batch)]
-    state = lm.model.embed_tokens(ids)
+    state = lm.model.embed_tokens(ids) * math.sqrt(lm.config.hidden_size)
     output = torch.zeros_like(state)
     for step in range(depth):
         if all(h >= threshold for row in halting for h in row):
@@ -140,7 +149,8 @@ def test_halting_bias_near_infinity_runs_one_step_with_weight_one():
     lm = model(act_halting_bias_init=50.0)
     ids = tokens()
     out = lm(ids, output_hidden_states=True, use_cache=False)
-    expected = lm.model.layer(lm.model.embed_tokens(ids) + signals(lm, ids.shape[1], 0))
+    embedded = lm.model.embed_tokens(ids) * math.sqrt(lm.config.hidden_size)
+    expected = lm.model.layer(embedded + signals(lm, ids.shape[1], 0))
     assert out.ponder_times.eq(1).all()
     torch.testing.assert_close(out.remainders, torch.ones_like(out.remainders))
     torch.testing.assert_close(out.hidden_states[-1], lm.model.norm(expected), rtol=1e-12, atol=1e-12)
@@ -184,9 +194,9 @@ def test_cached_decoding_when_a_new_token_runs_more_steps_than_the_cached_ones()
     lm.model.recurrence.halting_weight[0] = 1.0
     lm.model.recurrence.halting_bias.fill_(0.0)
     embeddings = lm.model.embed_tokens.weight
-    embeddings[:, 0] = 50.0  # halting logit about +50 at every step: one step
+    embeddings[:, 0] = 50.0  # scaled by sqrt(D): a halting logit of about +200 at every step, one step
     slow = 5
-    embeddings[slow, 0] = -1e4  # about -1e4: never halts
+    embeddings[slow, 0] = -1e4  # never halts
     lm.model.recurrence.step_table.zero_()
     lm.config.add_position_timing_signal = False  # keep channel 0 free of position signals
     prompt = torch.tensor([[1, 2, 3, 4]])
@@ -219,3 +229,144 @@ def test_cached_decoding_when_a_new_token_runs_more_steps_than_the_cached_ones()
 def test_bad_config_is_named(change, message):
     with pytest.raises(ValueError, match=message):
         UniversalTransformerConfig(**{**SMALL, **change})
+
+
+def seq2seq(seed: int = 0, **overrides) -> UniversalTransformerForSeq2SeqLM:
+    torch.manual_seed(seed)
+    config = UniversalTransformerConfig(**{**SMALL, "pad_token_id": 0, **overrides})
+    return UniversalTransformerForSeq2SeqLM(config).eval()
+
+
+def padded_source() -> tuple[torch.Tensor, torch.Tensor]:
+    """`[2, 6]` source ids and their mask, the second row right-padded after 4 tokens."""
+    source = tokens(batch=2, length=6, seed=3).clamp_min(1)
+    mask = torch.ones_like(source)
+    mask[1, 4:] = 0
+    return source.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("overrides", [{}, {"recurrence_type": "basic"}, {"norm_style": "post"}])
+@torch.no_grad()
+def test_seq2seq_generate_equals_the_argmax_of_full_forwards(overrides):
+    """Greedy decoding with the per-step cache against decoder forwards over the whole prefix without one, with a
+    padded source row; beam search's best score against its sequence's log-probability without a cache."""
+    model = seq2seq(**overrides)
+    source, mask = padded_source()
+    out = model.generate(
+        source,
+        attention_mask=mask,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    decoded = torch.full((2, 1), model.config.decoder_start_token_id)
+    for step in range(6):
+        logits = model(source, attention_mask=mask, decoder_input_ids=decoded, use_cache=False).logits[:, -1]
+        torch.testing.assert_close(out.scores[step], logits, rtol=1e-5, atol=1e-5)  # the cached step's logits
+        decoded = torch.cat([decoded, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out.sequences, decoded)
+    beams = model.generate(
+        source[:1],
+        attention_mask=mask[:1],
+        num_beams=3,
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,
+        length_penalty=0.0,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    best = beams.sequences[:1]
+    logprobs = model(source[:1], attention_mask=mask[:1], decoder_input_ids=best, use_cache=False).logits
+    logprobs = logprobs.log_softmax(-1)[0, :-1].gather(-1, best[0, 1:, None]).sum()
+    torch.testing.assert_close(beams.sequences_scores[0], logprobs, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_seq2seq_encoder_never_reads_the_source_padding():
+    model = seq2seq()
+    source, mask = padded_source()
+    decoder_inputs = tokens(batch=1, length=3, seed=4)
+    alone = model(source[1:, :4], decoder_input_ids=decoder_inputs, use_cache=False)
+    noisy = source[1:].clone()
+    noisy[0, 4:] = 7  # anything at the padded positions
+    padded = model(noisy, attention_mask=mask[1:], decoder_input_ids=decoder_inputs, use_cache=False)
+    torch.testing.assert_close(padded.logits, alone.logits, rtol=1e-5, atol=1e-6)
+    assert padded.encoder_ponder_times[0, 4:].eq(0).all()
+    torch.testing.assert_close(padded.auxiliary_loss, alone.auxiliary_loss)
+
+
+def test_seq2seq_loss_is_the_cross_entropy_plus_both_ponder_losses():
+    model = seq2seq(act_halting_bias_init=-1.0, act_loss_weight=0.5)
+    source, mask = padded_source()
+    labels = tokens(batch=2, length=4, seed=5)
+    labels[1, 3] = -100
+    out = model(source, attention_mask=mask, labels=labels)
+    decoder_inputs = model.shift_right(labels)
+    assert decoder_inputs[:, 0].eq(model.config.decoder_start_token_id).all() and (decoder_inputs >= 0).all()
+    cross_entropy = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    encoder_ponder = 0.5 * (out.encoder_ponder_times + out.encoder_remainders)[mask.bool()].mean()
+    decoder_ponder = 0.5 * (out.ponder_times + out.remainders).mean()
+    torch.testing.assert_close(out.loss, cross_entropy + encoder_ponder + decoder_ponder)
+    out.loss.backward()
+    assert model.encoder.recurrence.halting_bias.grad.abs() > 0
+    assert model.decoder_recurrence.halting_bias.grad.abs() > 0
+
+
+def test_seq2seq_trainer_learns_to_copy(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_seqplugins.app.tasks import copy
+
+    rows = copy(num_examples=64, length=4, num_symbols=4, seq2seq=True, seed=0)
+    model = seq2seq(vocab_size=5, num_hidden_layers=2, hidden_size=32, intermediate_size=64, initializer_range=0.02)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=200,
+        per_device_train_batch_size=64,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = Trainer(model=model.train(), args=args, train_dataset=rows)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < 0.7, losses  # half of chance (ln 4 = 1.39); the ponder loss adds about 0.04
+
+
+def test_seq2seq_export_loads_and_generates_without_the_package(tmp_path):
+    model = seq2seq(initializer_range=0.3)
+    folder = export(model, tmp_path / "export")
+    source, mask = padded_source()
+    torch.save({"source": source, "mask": mask}, folder / "inputs.pt")
+    loader = (
+        "import importlib.util, sys, torch\n"
+        "assert importlib.util.find_spec('hf_seqplugins') is None\n"
+        "from transformers import AutoModelForSeq2SeqLM\n"
+        "folder = sys.argv[1]\n"
+        "inputs = torch.load(folder + '/inputs.pt')\n"
+        "model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "source, mask = inputs['source'], inputs['mask']\n"
+        "generated = model.generate(source, attention_mask=mask, max_new_tokens=5, do_sample=False)\n"
+        "torch.save(generated, folder + '/generated.pt')\n"
+    )
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", loader, str(folder)],
+        cwd=work,
+        env=clean_environment(tmp_path / "modules"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    with torch.no_grad():
+        expected = model.generate(source, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(torch.load(folder / "generated.pt"), expected)

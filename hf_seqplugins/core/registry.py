@@ -31,6 +31,7 @@ AUTO_CLASSES = (
     "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification",
     "AutoModelForTimeSeriesPrediction",
+    "AutoModelForSeq2SeqLM",
 )
 
 hookspec = pluggy.HookspecMarker(ENTRY_POINT_GROUP)

@@ -9,6 +9,9 @@ A third-party plugin runs the same suite on its architectures with a one-line te
 
 from __future__ import annotations
 
+import os
+import site
+
 from transformers import AutoConfig
 
 from ..core.registry import load_plugins
@@ -20,3 +23,17 @@ def tiny_config(model_type: str, **overrides):
     if model_type not in architectures:
         raise KeyError(f"unknown model_type {model_type!r}; registered: {sorted(architectures)}")
     return AutoConfig.for_model(model_type, **{**architectures[model_type].tiny_config, **overrides})
+
+
+def clean_environment(modules_cache) -> dict:
+    """Environment for an interpreter started with ``python -S``: site-packages on PYTHONPATH but no ``.pth``
+    hooks, so editable installs (this package, a plugin under development) are invisible while torch and
+    transformers import, offline, with transformers' remote-code modules cached in `modules_cache`. Checks that an
+    exported folder loads with ``trust_remote_code=True`` on a machine without the package."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_SEQPLUGINS"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join(site.getsitepackages()),
+        HF_HUB_OFFLINE="1",
+        HF_MODULES_CACHE=str(modules_cache),
+    )
+    return env

@@ -3,7 +3,9 @@ depth, a fixed number of steps or per position with adaptive computation time (A
 
 from .configuration import UniversalTransformerConfig
 from .modeling import (
+    UniversalTransformerEncoder,
     UniversalTransformerForCausalLM,
+    UniversalTransformerForSeq2SeqLM,
     UniversalTransformerForSequenceClassification,
     UniversalTransformerLayer,
     UniversalTransformerModel,
@@ -12,6 +14,8 @@ from .modeling import (
 __all__ = [
     "UniversalTransformerConfig",
     "UniversalTransformerForCausalLM",
+    "UniversalTransformerEncoder",
+    "UniversalTransformerForSeq2SeqLM",
     "UniversalTransformerForSequenceClassification",
     "UniversalTransformerLayer",
     "UniversalTransformerModel",

@@ -41,6 +41,8 @@ class UniversalTransformerConfig(SeqConfig):
         norm_style: "pre" (``x + f(LN(x))``, a final LayerNorm; tensor2tensor's default) or "post"
             (``LN(x + f(x))``, the paper's form).
         attention_bias: biases in the attention projections.
+        decoder_start_token_id: the first decoder input of the sequence-to-sequence form (None: pad_token_id, or
+            0 without one).
     """
 
     model_type = "seqp_ut"
@@ -61,6 +63,7 @@ class UniversalTransformerConfig(SeqConfig):
         step_timing_signal_type: str = "learned",
         norm_style: str = "pre",
         attention_bias: bool = False,
+        decoder_start_token_id: int | None = None,
         **kwargs,
     ):
         self.num_attention_heads = num_attention_heads
@@ -77,6 +80,7 @@ class UniversalTransformerConfig(SeqConfig):
         self.step_timing_signal_type = step_timing_signal_type
         self.norm_style = norm_style
         self.attention_bias = attention_bias
+        self.decoder_start_token_id = decoder_start_token_id
         super().__init__(**kwargs)
 
     @property

@@ -13,7 +13,10 @@ def seqplugins_architectures() -> list[Architecture]:
         Architecture(
             model_type="seqp_ut",
             config_class=m.UniversalTransformerConfig,
-            model_classes=standard_model_classes(m, "UniversalTransformer"),
+            model_classes={
+                **standard_model_classes(m, "UniversalTransformer"),
+                "AutoModelForSeq2SeqLM": m.UniversalTransformerForSeq2SeqLM,
+            },
             api_version=1,
             tiny_config={
                 "vocab_size": 32,

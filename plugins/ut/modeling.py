@@ -3,6 +3,7 @@ of steps or per position with adaptive computation time (`docs/architectures/ut.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Cache
+from transformers import Cache, DynamicCache, EncoderDecoderCache, GenerationMixin
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
+    Seq2SeqLMOutput,
     SequenceClassifierOutputWithPast,
 )
 
@@ -28,6 +30,7 @@ from hf_seqplugins import (
     compute_dtype,
 )
 from hf_seqplugins.core.attention import token_positions
+from hf_seqplugins.core.cache import cached_batch_size
 
 from .configuration import UniversalTransformerConfig
 
@@ -199,10 +202,11 @@ class DepthRecurrence(nn.Module):
         full_depth: bool,
         keep_states: bool = False,
     ) -> DepthResult:
-        """Steps ``x = h + P_pos + P_step(t)``, ``h = layer(x, t)`` on the embedded inputs `hidden` `[B, T, D]` at
-        token `positions` `[B, T]`; `real` `[B, T]` bool marks the tokens (padding starts halted, so it never keeps
-        the loop running and runs no step). Under ACT the loop stops once every position has halted, unless
-        `full_depth` (a cached call: every step's keys and values must exist for later tokens)."""
+        """Steps ``x = h + P_pos + P_step(t)``, ``h = layer(x, t)`` from ``h = sqrt(D) hidden`` (tensor2tensor scales
+        the embeddings, initialised N(0, 1/D), to unit size next to the timing signals), the embedded inputs
+        `hidden` `[B, T, D]` at token `positions` `[B, T]`; `real` `[B, T]` bool marks the tokens (padding starts
+        halted, so it never keeps the loop running and runs no step). Under ACT the loop stops once every position
+        has halted, unless `full_depth` (a cached call: every step's keys and values must exist for later tokens)."""
         config = self.config
         threshold = 1.0 - config.act_epsilon
         counts = {"dtype": compute_dtype(hidden.dtype), "device": hidden.device}  # float64 for a float64 model
@@ -210,7 +214,7 @@ class DepthRecurrence(nn.Module):
         remainders = torch.zeros(real.shape, **counts)
         updates = torch.zeros(real.shape, **counts)
         position_signal = self.position_signal(positions, hidden)
-        output, state = torch.zeros_like(hidden), hidden
+        output, state = torch.zeros_like(hidden), hidden * math.sqrt(config.hidden_size)
         states = [] if keep_states else None
         for step in range(self.depth):
             if self.act and not full_depth and not bool((halting_sum < threshold).any()):
@@ -229,10 +233,15 @@ class DepthRecurrence(nn.Module):
             state = transformed
         if not self.act:
             return DepthResult(output, torch.full(real.shape, float(self.depth), **counts), remainders, None, states)
-        ponder = updates + remainders
-        if config.act_loss_ignores_padding:
+        return DepthResult(output, updates, remainders, self.ponder_loss(updates, remainders, real), states)
+
+    def ponder_loss(self, ponder_times: torch.Tensor, remainders: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """``act_loss_weight * mean(N + R)`` over the real tokens (`real` `[B, T]`, with act_loss_ignores_padding)
+        or over every position."""
+        ponder = ponder_times + remainders
+        if self.config.act_loss_ignores_padding:
             ponder = ponder[real]
-        return DepthResult(output, updates, remainders, config.act_loss_weight * ponder.mean(), states)
+        return self.config.act_loss_weight * ponder.mean()
 
     def _act_update(self, x, step, halting_sum, remainders, updates, threshold) -> torch.Tensor:
         """One step of the ACT bookkeeping on `[B, T]` tensors, in place: the summed halting probability, the
@@ -321,6 +330,10 @@ class UniversalTransformerModel(SeqModel):
         self.uses_history_mask = True
         self.post_init()
 
+    def init_mixer_weights(self) -> None:
+        """Embeddings N(0, 1/D), as tensor2tensor's (`DepthRecurrence.run` scales them by sqrt(D))."""
+        init.normal_(self.embed_tokens.weight, std=self.config.hidden_size**-0.5)
+
     def run_blocks(self, hidden, cache, mask, history_mask, resets, input_ids, output_hidden_states):
         """The recurrence in depth on the embedded inputs `[B, T, D]` (see the class docstring)."""
         batch, length, _ = hidden.shape
@@ -357,3 +370,211 @@ class UniversalTransformerForSequenceClassification(SeqForSequenceClassification
     backbone_class = UniversalTransformerModel
     output_class = UniversalTransformerSequenceClassifierOutput
     _no_split_modules = ["UniversalTransformerLayer"]
+
+
+@dataclass
+class UniversalTransformerSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """`Seq2SeqLMOutput` (its `loss` includes both ponder losses) with the ponder outputs of the encoder
+    (`encoder_ponder_times`, `encoder_remainders` `[B, S]`) and of the decoder (`ponder_times`, `remainders`
+    `[B, T]`), and `auxiliary_loss`, the sum of their ponder losses."""
+
+    ponder_times: torch.Tensor | None = None
+    remainders: torch.Tensor | None = None
+    encoder_ponder_times: torch.Tensor | None = None
+    encoder_remainders: torch.Tensor | None = None
+    auxiliary_loss: torch.Tensor | None = None
+
+
+class UniversalTransformerEncoder(SeqPreTrainedModel):
+    """The encoder of the sequence-to-sequence form: embeddings, a shared layer with self-attention over the whole
+    input applied in depth, a final LayerNorm (pre-norm style). `input_ids` `[B, S]` -> `last_hidden_state`
+    `[B, S, D]` with `ponder_times` and `remainders` (`UniversalTransformerOutput`; its `auxiliary_loss` stays None:
+    `generate()` repeats every tensor of the encoder output along the batch, so the seq2seq model computes the
+    encoder's ponder loss from those two with `recurrence.ponder_loss`). Padding (attention_mask 0) is never read."""
+
+    config_class = UniversalTransformerConfig
+    _no_split_modules = ["UniversalTransformerLayer"]
+
+    def __init__(self, config: UniversalTransformerConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layer = UniversalTransformerLayer(config, causal=False)
+        self.recurrence = DepthRecurrence(config)
+        self.norm = final_norm(config)
+        self.post_init()
+
+    init_mixer_weights = UniversalTransformerModel.init_mixer_weights
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> UniversalTransformerOutput | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        embeds = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length, _ = embeds.shape
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask must be [{batch}, {length}], got shape {list(attention_mask.shape)}")
+        mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        real = torch.ones(batch, length, dtype=torch.bool, device=embeds.device) if mask is None else mask
+        result = self.recurrence.run(
+            embeds,
+            _positions(mask, batch, length, None, embeds.device),
+            real,
+            lambda x, step: self.layer(x, history_mask=mask),
+            full_depth=False,
+            keep_states=bool(output_hidden_states),
+        )
+        hidden = self.norm(result.output)
+        output = UniversalTransformerOutput(
+            last_hidden_state=hidden,
+            hidden_states=None if result.states is None else (*result.states, hidden),
+            ponder_times=result.ponder_times,
+            remainders=result.remainders,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class UniversalTransformerForSeq2SeqLM(SeqPreTrainedModel, GenerationMixin):
+    """The encoder-decoder Universal Transformer (the paper's translation form): the encoder
+    (`UniversalTransformerEncoder`), then a decoder whose shared layer holds causal self-attention, cross-attention
+    to the encoder output and the feed-forward, applied in depth with its own timing signals and halting unit; the
+    embeddings are shared by encoder, decoder and the output head.
+
+    Decoding caches the decoder's keys and values per depth step (the self-attention part of the
+    `EncoderDecoderCache` that `generate()` builds, or a `DynamicCache`); cross-attention reads the encoder output
+    at every step. With `labels` `[B, T]` (-100 ignored) and no `decoder_input_ids`, the decoder reads the labels
+    shifted right after `decoder_start_token_id`; the loss is the cross-entropy plus the encoder's and the
+    decoder's ponder losses."""
+
+    config_class = UniversalTransformerConfig
+    base_model_prefix = "encoder"
+    _no_split_modules = ["UniversalTransformerLayer"]
+    _tied_weights_keys = {"lm_head.weight": "encoder.embed_tokens.weight"}
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return True
+
+    def __init__(self, config: UniversalTransformerConfig):
+        config = copy.deepcopy(config)  # the same config may build a causal LM too, which is no encoder-decoder
+        config.is_encoder_decoder = True
+        if config.decoder_start_token_id is None:
+            config.decoder_start_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+        super().__init__(config)
+        self.encoder = UniversalTransformerEncoder(config)
+        self.decoder_layer = UniversalTransformerLayer(config, causal=True, cross_attention=True)
+        self.decoder_recurrence = DepthRecurrence(config)
+        self.decoder_norm = final_norm(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_encoder(self):
+        return self.encoder
+
+    def get_input_embeddings(self):
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.encoder.embed_tokens = value
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """`[B, T]` labels -> decoder inputs: `decoder_start_token_id`, then the labels but the last (-100 read as
+        the padding token)."""
+        start, pad = self.config.decoder_start_token_id, self.config.pad_token_id
+        shifted = torch.cat([labels.new_full((labels.shape[0], 1), start), labels[:, :-1]], dim=1)
+        return shifted.masked_fill(shifted == -100, start if pad is None else pad)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs=None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> UniversalTransformerSeq2SeqLMOutput | tuple:
+        """input_ids `[B, S]` with attention_mask `[B, S]` (or `encoder_outputs`), decoder_input_ids `[B, T]`
+        (decoder_attention_mask `[B, T_past + T]`, 0 at padding) -> logits `[B, T, vocab]`."""
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids, attention_mask, inputs_embeds, output_hidden_states=output_hidden_states
+            )
+        elif not isinstance(encoder_outputs, UniversalTransformerOutput):
+            encoder_outputs = UniversalTransformerOutput(last_hidden_state=encoder_outputs[0])
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.shift_right(labels)
+        if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
+            raise ValueError("pass exactly one of decoder_input_ids and decoder_inputs_embeds (or labels)")
+        embeds = (
+            self.encoder.embed_tokens(decoder_input_ids) if decoder_inputs_embeds is None else decoder_inputs_embeds
+        )
+        batch, length, _ = embeds.shape
+
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        cached = cached_batch_size(self_cache)
+        if cached is not None and cached != batch:
+            raise ValueError(f"the cache holds states of batch size {cached}, the input has batch size {batch}")
+        history_mask = None
+        if decoder_attention_mask is not None and not bool(decoder_attention_mask.all()):
+            history_mask = decoder_attention_mask.bool()
+        real = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
+        if history_mask is not None:
+            real = history_mask[:, -length:]
+        memory, memory_mask = encoder_outputs.last_hidden_state, attention_mask
+        result = self.decoder_recurrence.run(
+            embeds,
+            _positions(history_mask, batch, length, self_cache, embeds.device),
+            real,
+            lambda x, step: self.decoder_layer(x, self_cache, step, history_mask, None, memory, memory_mask),
+            full_depth=self_cache is not None,
+            keep_states=bool(output_hidden_states),
+        )
+        hidden = self.decoder_norm(result.output)
+        logits = self.lm_head(hidden)
+
+        auxiliary_loss = None
+        if self.decoder_recurrence.act:
+            source_real = torch.ones_like(encoder_outputs.ponder_times, dtype=torch.bool)
+            if attention_mask is not None:
+                source_real = attention_mask.bool()
+            encoder_ponder = self.encoder.recurrence.ponder_loss(
+                encoder_outputs.ponder_times, encoder_outputs.remainders, source_real
+            )
+            auxiliary_loss = encoder_ponder + result.auxiliary_loss
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+            if auxiliary_loss is not None:
+                loss = loss + auxiliary_loss
+        output = UniversalTransformerSeq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=cache,
+            decoder_hidden_states=None if result.states is None else (*result.states, hidden),
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            ponder_times=result.ponder_times,
+            remainders=result.remainders,
+            encoder_ponder_times=encoder_outputs.ponder_times,
+            encoder_remainders=encoder_outputs.remainders,
+            auxiliary_loss=auxiliary_loss,
+        )
+        return output if return_dict is not False else output.to_tuple()
