@@ -1,18 +1,29 @@
-"""Recall at equal size and training: MQAR, passkey and key-value extraction, and JRT-Prompt (read twice).
+"""Recall at equal size and training: MQAR, passkey and key-value extraction, and JRT-Prompt (read twice); and
+length generalisation on the algorithmic copy, reverse and addition tasks.
 
     python benchmarks/recall.py [--models seqp_aaren seqp_mamba2 'seqp_gru:ngram_layers=[1]'] [--steps 1500]
-        [--lengths 64 128 256] [--params 100000] [--quick] [--output-dir benchmarks/results/cpu/recall]
+        [--lengths 64 128 256] [--params 100000 | --width 64] [--quick] [--output-dir benchmarks/results/cpu/recall]
 
 Every model (default: every installed `seqp_*` type) and the Llama attention baseline (`llama (attention)`) is
 sized to about `--params` parameters outside the embeddings (the width is searched; depth and the feed-forward
 ratio are fixed, config overrides win) and trained from scratch with `Trainer` for `--steps` steps on each task at
-each length, then scored on held-out rows by greedy exact-match accuracy (`hf_seqplugins.app.recall`):
+each length, then scored on held-out rows by greedy exact-match accuracy (`hf_seqplugins.app.recall`); `--width`
+fixes every model's `hidden_size` instead (no search, e.g. the Universal Transformer against a vanilla Transformer
+of the same width):
 
 - `mqar`: multi-query associative recall, `length / 4` key-value pairs, then every key asked once;
 - `passkey`: a 5-digit number in byte-level filler text of the length;
 - `kv_extraction`: a document of key-value facts (2 near-miss distractors) and one key to look up. Trained on
   plain and read-twice rows of the same facts (`--kv-train plain`: plain rows only, JRT-Prompt with no model
-  change), scored plain (`kv_extraction`) and read twice (`kv_extraction read twice`, twice the prefill).
+  change), scored plain (`kv_extraction`) and read twice (`kv_extraction read twice`, twice the prefill);
+- `copy`, `reverse`, `addition` (the Universal Transformer paper's algorithmic tasks): the length is the number of
+  input symbols (`--num-symbols` of them, rows of `2 length + 1` tokens) or of digits per number (rows of
+  `3 length + 3` tokens); the score is the whole copy, reversal or sum right. These rows also report the
+  teacher-forced per-token accuracy of the answer (`token_accuracy`) and, for ACT models, the mean steps run per
+  token (`mean_ponder_steps`).
+
+A length is `N` (every task) or `TASK=N` (that task only, instead of the plain ones), in `--lengths` and
+`--eval-lengths` alike, e.g. `--lengths 8 addition=4 --eval-lengths 16 32 addition=8 addition=16`.
 
 `--eval-lengths` also scores each trained model on rows of other lengths (extrapolation past the training length,
 e.g. single-needle retrieval: `--tasks passkey --lengths 64 --eval-lengths 128 256`); such rows keep their
@@ -44,8 +55,10 @@ from hf_seqplugins.app.results import markdown_table, write_results
 from hf_seqplugins.core.optim import optimizer_cls_and_kwargs
 from hf_seqplugins.core.registry import MODEL_TYPE_PREFIX, load_plugins
 
-TASK_NAMES = ("mqar", "passkey", "kv_extraction")
+ALGORITHMIC_TASKS = ("copy", "reverse", "addition")
+TASK_NAMES = ("mqar", "passkey", "kv_extraction", *ALGORITHMIC_TASKS)
 KV_TWICE = "kv_extraction read twice"
+LENGTH_UNITS = {"copy": "input symbols", "reverse": "input symbols", "addition": "digits per number"}
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict]:
@@ -120,8 +133,11 @@ def sized_settings(model_type: str, overrides: dict, target: int, layers: int, v
 def task_rows(task: str, length: int, num_train: int, num_test: int, seed: int = 0, **extra) -> dict:
     """Train/test splits of `task` with rows of about `length` tokens (mqar: `length / 4` pairs, each key asked once
     as in Zoology, so every row carries as many answers as pairs; twice as many keys and values as pairs, at least
-    32; kv_extraction: as many 6-token facts as fit)."""
-    if task == "mqar":
+    32; kv_extraction: as many 6-token facts as fit), or, for `ALGORITHMIC_TASKS`, of `length` input symbols or digits
+    per number (`extra` passes on, e.g. `num_symbols` of copy and reverse)."""
+    if task in ALGORITHMIC_TASKS:
+        kwargs = {"length": length, **extra}
+    elif task == "mqar":
         pairs = max(1, length // 4)
         symbols = max(32, 2 * pairs)
         kwargs = {"num_pairs": pairs, "num_queries": pairs, "num_keys": symbols, "num_values": symbols}
@@ -130,6 +146,50 @@ def task_rows(task: str, length: int, num_train: int, num_test: int, seed: int =
     else:
         kwargs = {"num_facts": max(3, (length - 3) // 6), "num_distractors": 2, **extra}
     return tasks.splits(task, num_train=num_train, num_test=num_test, seed=seed, **kwargs)
+
+
+def lengths_by_task(items: list[str], task_names: list[str], flag: str) -> dict[str, list[int]]:
+    """The lengths of each task from `--lengths` / `--eval-lengths` items: `N` for every task, `TASK=N` for that task
+    only (then in place of the plain ones), e.g. `["8", "addition=4"]` -> `{"copy": [8], "addition": [4]}`."""
+    plain, specific = [], {}
+    for item in items:
+        task, _, value = item.rpartition("=")
+        if task and task not in TASK_NAMES:
+            raise ValueError(f"{flag} {item!r}: no task {task!r}; the tasks are {', '.join(TASK_NAMES)}")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{flag} {item!r}: a length is a positive integer N or TASK=N")
+        (specific.setdefault(task, []) if task else plain).append(int(value))
+    return {task: specific.get(task, plain) for task in task_names}
+
+
+def answer_token_stats(model, test, batch_size: int = 32) -> dict:
+    """Teacher-forced accuracy over every labelled answer token of `test` (rows of one length: `input_ids`,
+    `labels` `[T]`), and, for a model whose outputs carry `ponder_times` `[B, T]` (ACT), the mean steps per token:
+    `{"token_accuracy": ..., "mean_ponder_steps": ...}` (the latter only with ACT)."""
+    right = answered = 0
+    steps, positions = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(test), batch_size):
+                batch = test[start : start + batch_size]
+                ids, labels = torch.tensor(batch["input_ids"]), torch.tensor(batch["labels"])
+                output = model(input_ids=ids, use_cache=False)
+                guesses, targets = output.logits[:, :-1].argmax(-1), labels[:, 1:]  # logits at t - 1 predict t
+                answer = targets != tasks.IGNORE
+                right += int((guesses == targets)[answer].sum())
+                answered += int(answer.sum())
+                ponder = getattr(output, "ponder_times", None)
+                if ponder is not None:
+                    steps += float(ponder.sum())
+                    positions += ponder.numel()
+    finally:
+        model.train(was_training)
+    stats = {"token_accuracy": right / answered}
+    if positions and getattr(model.config, "recurrence_type", None) == "act":
+        stats["mean_ponder_steps"] = steps / positions
+    return stats
 
 
 def pad_right(rows: list[dict]) -> dict:
@@ -183,33 +243,50 @@ def main():
     parser.add_argument("--models", nargs="+", help="model specs (default: every installed seqp_* type)")
     parser.add_argument("--no-baseline", action="store_true", help=f"leave out {bench.BASELINE!r}")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES)
-    parser.add_argument("--lengths", nargs="+", type=int, default=[64, 128, 256], help="context lengths (tokens)")
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        default=["64", "128", "256"],
+        help="training lengths: tokens, or input symbols / digits for copy, reverse and addition; N or TASK=N",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="training steps of every model on every task")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--params", type=int, default=100_000, help="target parameters outside the embeddings")
+    parser.add_argument(
+        "--width", type=int, help="every model's hidden_size, instead of sizing to --params (a spec's own wins)"
+    )
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument(
         "--eval-lengths",
         nargs="+",
-        type=int,
         default=[],
-        help="also score every trained model at these context lengths (past the training length: extrapolation)",
+        help="also score every trained model at these lengths (past the training length: extrapolation); N or TASK=N",
     )
+    parser.add_argument("--num-symbols", type=int, default=8, help="copy and reverse: the alphabet size")
     parser.add_argument("--num-test", type=int, default=128)
     parser.add_argument("--kv-train", choices=["both", "plain"], default="both", help="kv_extraction training rows")
     parser.add_argument("--ask-first", action="store_true", help="kv_extraction rows open with 'about KEY .'")
-    parser.add_argument("--quick", action="store_true", help="20 steps, lengths 64 and 128 (smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 steps, lengths 64 and 128 (TASK=N lengths kept; smoke test)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --output-dir/recall.json")
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results" / "cpu" / "recall"))
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.lengths = 20, [64, 128]
+        args.steps, args.lengths = 20, ["64", "128", *(item for item in args.lengths if "=" in item)]
+    train_lengths = lengths_by_task(args.lengths, args.tasks, "--lengths")
+    eval_lengths = lengths_by_task(args.eval_lengths, args.tasks, "--eval-lengths")
+    unlengthed = [task for task, lengths in train_lengths.items() if not lengths]
+    if unlengthed:
+        parser.error(f"--lengths gives no length for {', '.join(unlengthed)}")
     specs = args.models or sorted(t for t in load_plugins() if t.startswith(MODEL_TYPE_PREFIX))
     if not args.no_baseline:
         specs = [bench.BASELINE, *[s for s in specs if s != bench.BASELINE]]
     models = {spec: parse_model_spec(spec) for spec in specs}
+    if args.width is not None:
+        models = {spec: (model_type, {"hidden_size": args.width, **o}) for spec, (model_type, o) in models.items()}
     probe_vocab = 64  # the width search counts no embeddings, so any vocabulary does
     widths = {
         spec: sized_settings(model_type, overrides, args.params, args.layers, probe_vocab)
@@ -221,10 +298,12 @@ def main():
     rows, started = resumed_rows(args, widths), time.time()
     done = {(row["model"], row["task"], _trained_at(row)) for row in rows}
     num_train = args.steps * args.batch_size
-    progress = tqdm(total=len(specs) * len(args.tasks) * len(args.lengths), desc="recall")
+    progress = tqdm(total=len(specs) * sum(map(len, train_lengths.values())), desc="recall")
     for task in args.tasks:
-        for length in args.lengths:
+        for length in train_lengths[task]:
             extra = {"ask_first": True} if task == "kv_extraction" and args.ask_first else {}
+            if task in ("copy", "reverse"):
+                extra = {"num_symbols": args.num_symbols}
             data = task_rows(task, length, num_train, args.num_test, args.seed, **extra)
             train_rows = data["train"]
             if task == "kv_extraction":
@@ -255,7 +334,7 @@ def main():
                 )
                 seconds = time.time() - clock
                 evaluations = {length: (data, twice if task == "kv_extraction" else None)}
-                for longer in args.eval_lengths:  # past the training length: the same model on longer rows
+                for longer in eval_lengths[task]:  # past the training length: the same model on longer rows
                     if longer != length:
                         evaluations[longer] = (
                             task_rows(task, longer, 1, args.num_test, args.seed, **extra),
@@ -266,6 +345,7 @@ def main():
                 for context, (plain, read_twice) in evaluations.items():
                     tests = {task: plain["test"], **({KV_TWICE: read_twice["test"]} if read_twice else {})}
                     for name, test in tests.items():
+                        answer_stats = answer_token_stats(model, test) if task in ALGORITHMIC_TASKS else {}
                         rows.append(
                             {
                                 "model": spec,
@@ -274,6 +354,7 @@ def main():
                                 "context": context,
                                 "trained_at": length,
                                 "accuracy": recall.recall_accuracy(model, test, progress=False),
+                                **answer_stats,
                                 "params": total,
                                 "non_embedding_params": non_embedding,
                                 "hidden_size": widths[spec]["hidden_size"],
@@ -310,13 +391,17 @@ def write(rows: list[dict], args, widths: dict, seconds: float) -> None:
     """`recall.json` / `recall.md` (the machine, the settings, a pivot of accuracy and the full rows) and
     `recall.png`."""
     output_dir = Path(args.output_dir)
-    contexts = sorted({row["context"] for row in rows})
-    pivot = []
-    for series in dict.fromkeys(_series(row, rows) for row in rows):
-        for task in dict.fromkeys(row["task"] for row in rows):
-            cells = {r["context"]: r["accuracy"] for r in rows if _series(r, rows) == series and r["task"] == task}
-            if cells:
-                pivot.append({"model": series, "task": task, **{f"T≈{c}": cells.get(c) for c in contexts}})
+    per_token = [row for row in rows if "token_accuracy" in row]
+    tables = "\n\n## Accuracy by context length\n\n" + markdown_table(_pivot(rows, "accuracy"))
+    if per_token:
+        tables += (
+            "\n## Per-token accuracy of the answers (teacher-forced; copy, reverse, addition)\n\n"
+            + markdown_table(_pivot(per_token, "token_accuracy"))
+        )
+    if args.width is None:
+        sizing = f"every model sized to about {args.params:,} parameters outside the embeddings"
+    else:
+        sizing = f"every model at width {args.width} (no size search; parameter counts in the rows)"
     kv_note = (
         "plain and read-twice rows of the same facts, half each"
         if args.kv_train == "both"
@@ -324,21 +409,33 @@ def write(rows: list[dict], args, widths: dict, seconds: float) -> None:
     )
     preamble = (
         f"Measured with `benchmarks/recall.py` on {time.strftime('%Y-%m-%d')} (this run {seconds / 60:.1f} min): "
-        f"every model sized to about {args.params:,} parameters outside the embeddings ({args.layers} layers; widths "
+        f"{sizing} ({args.layers} layers; widths "
         f"{ {spec: w['hidden_size'] for spec, w in widths.items()} }), trained from scratch for {args.steps} steps "
         f"(batch {args.batch_size}, lr {args.learning_rate}, cosine) on each task at each context length, scored by "
         f"greedy exact-match accuracy of the answers on {args.num_test} held-out rows. kv_extraction trained on "
         f"{kv_note}{'; rows open with the key (ask first)' if args.ask_first else ''}. `length` is the row's tokens "
         "(read twice: about twice the context). Chance: mqar 1/values, passkey 1e-5 (a whole 5-digit key), "
-        "kv_extraction 1/256 (two value symbols of 16).\n\n"
-        + bench.describe_machine()
-        + "\n\n## Accuracy by context length\n\n"
-        + markdown_table(pivot)
-        + "\n## All rows"
+        "kv_extraction 1/256 (two value symbols of 16). For copy, reverse and addition the context length is the "
+        f"input symbols ({args.num_symbols} of them) or digits per number, and chance is about 0 (a whole string, "
+        f"{args.num_symbols}^-n, or a whole sum, 10^-(n+1)).\n\n" + bench.describe_machine() + tables + "\n## All rows"
     )
     written = write_results(rows, output_dir / "recall", "Recall at equal size and training steps", preamble)
     written.append(plot(rows, output_dir / "recall.png"))
     print("written:", ", ".join(map(str, written)))
+
+
+def _pivot(rows: list[dict], value: str) -> list[dict]:
+    """One row per series (`_series`) and task, one column per context length, holding `value`; the columns read
+    `n=` (input symbols / digits) when every row is of an algorithmic task, else `T≈` (tokens)."""
+    contexts = sorted({row["context"] for row in rows})
+    prefix = "n=" if all(row["task"] in ALGORITHMIC_TASKS for row in rows) else "T≈"
+    pivot = []
+    for series in dict.fromkeys(_series(row, rows) for row in rows):
+        for task in dict.fromkeys(row["task"] for row in rows):
+            cells = {r["context"]: r[value] for r in rows if _series(r, rows) == series and r["task"] == task}
+            if cells:
+                pivot.append({"model": series, "task": task, **{f"{prefix}{c}": cells.get(c) for c in contexts}})
+    return pivot
 
 
 def _trained_at(row: dict) -> int:
@@ -358,19 +455,28 @@ def plot(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
     names = list(dict.fromkeys(row["task"] for row in rows))
     figure, axes = plt.subplots(1, len(names), figsize=(max(7, 4 * len(names)), 4.6), sharey=True, squeeze=False)
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    trained_at = list(dict.fromkeys(_trained_at(row) for row in rows))
+    legend = {}  # label -> line, over every panel (tasks trained at different lengths have different series)
     for axis, task in zip(axes[0], names):
-        for series in dict.fromkeys(_series(row, rows) for row in rows):
+        for series, first in {_series(row, rows): row for row in rows}.items():
             points = sorted(
                 (r["context"], r["accuracy"]) for r in rows if _series(r, rows) == series and r["task"] == task
             )
-            if points:
-                axis.plot(*zip(*points), marker="o", label=series)
+            if points:  # one colour per model and one line style per training length, in every panel
+                style = {
+                    "color": f"C{models.index(first['model']) % 10}",
+                    "linestyle": ("-", "--", ":", "-.")[trained_at.index(_trained_at(first)) % 4],
+                }
+                (line,) = axis.plot(*zip(*points), marker="o", label=series, **style)
+                legend.setdefault(series, line)
         axis.set_xscale("log", base=2)
-        axis.set(title=task, xlabel="context length (tokens)", ylim=(-0.03, 1.03))
+        unit = LENGTH_UNITS.get(task, "tokens")
+        axis.set(title=task, xlabel=f"context length ({unit})", ylim=(-0.03, 1.03))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("exact-match accuracy")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", fontsize=7, ncol=2)  # below: spec labels can be long
+    labels = list(legend)
+    figure.legend(list(legend.values()), labels, loc="lower center", fontsize=7, ncol=2)  # below: labels can be long
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout(rect=(0, 0.08 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
     figure.savefig(path, dpi=120, bbox_inches="tight")
