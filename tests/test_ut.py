@@ -370,3 +370,15 @@ def test_seq2seq_export_loads_and_generates_without_the_package(tmp_path):
     with torch.no_grad():
         expected = model.generate(source, attention_mask=mask, max_new_tokens=5, do_sample=False)
     assert torch.equal(torch.load(folder / "generated.pt"), expected)
+
+
+def test_ponder_times_plot_per_position(tmp_path):
+    from hf_seqplugins.app.plots import ponder_times
+
+    lm = model(act_halting_bias_init=2.0)
+    with torch.no_grad():
+        steps = lm(tokens(batch=1, length=9), use_cache=False).ponder_times[0].tolist()
+    path = ponder_times(steps, tmp_path / "ponder.png", tokens=[str(i) for i in range(9)])
+    assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="tokens has 2 labels for 9 positions"):
+        ponder_times(steps, tmp_path / "bad.png", tokens=["a", "b"])

@@ -1,4 +1,5 @@
-"""PNG plots with matplotlib (headless): training curves and measurements against sequence length."""
+"""PNG plots with matplotlib (headless): training curves, measurements against sequence length, and the ponder time
+per position of an adaptive-depth model."""
 
 from __future__ import annotations
 
@@ -49,6 +50,23 @@ def against_length(
     axis.set(xlabel="sequence length (tokens)", ylabel=ylabel, title=title)
     axis.legend()
     axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def ponder_times(
+    steps: list[float], path: str | Path, tokens: list[str] | None = None, title: str = "ponder time"
+) -> Path:
+    """Bars of the depth steps each position ran (a Universal Transformer's `ponder_times` of one row under adaptive
+    computation time, e.g. ``output.ponder_times[0].tolist()``), labelled with the row's `tokens` when given."""
+    if tokens is not None and len(tokens) != len(steps):
+        raise ValueError(f"tokens has {len(tokens)} labels for {len(steps)} positions")
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6, 0.3 * len(steps)), 3))
+    axis.bar(range(len(steps)), steps)
+    if tokens is not None:
+        axis.set_xticks(range(len(steps)), tokens, rotation=90)
+    axis.set(xlabel="position", ylabel="steps", title=title)
+    axis.grid(alpha=0.3, axis="y")
     return _save(figure, path)
 
 
