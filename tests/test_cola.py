@@ -359,3 +359,70 @@ def test_invalid_rewards(llama):
 def test_public_names():
     for name in ("with_chain", "use_chain", "remove_chain", "CoLaSearch", "CorrectnessReward", "summarize_searches"):
         assert hasattr(hf_seqplugins, name), name
+
+
+CHAINED_LOADER = """
+import importlib.util, sys, torch
+assert importlib.util.find_spec("hf_seqplugins") is None
+from transformers import AutoModelForCausalLM
+folder = sys.argv[1]
+ids = torch.load(folder + "/ids.pt")
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert len(model.model.layers) == 3, "the recorded chain is not in place"
+with torch.no_grad():
+    torch.save({"logits": model(ids).logits,
+                "generated": model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)},
+               folder + "/clean.pt")
+"""
+
+
+def test_a_chained_model_saves_its_chain_and_loads_with_it_also_as_remote_code(tmp_path):
+    """Our models save the stock layers with the chain in the config (a chained Llama: `save_chained`), and
+    `from_pretrained` puts the chain back, natively and from the exported remote code without this package."""
+    import subprocess
+    import sys
+
+    from hf_seqplugins.export import export
+    from hf_seqplugins.testing import clean_environment
+
+    model = with_chain(build("seqp_gru").float(), (1, 0, 1))
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        chained_logits = model(ids).logits
+        chained_tokens = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    folder = export(model, tmp_path / "export")
+    assert current_chain(model) == (1, 0, 1), "saving must leave the chain in place"
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert current_chain(loaded) == (1, 0, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, chained_logits)
+    assert torch.equal(remove_chain(loaded)(ids).logits, remove_chain(model)(ids).logits)  # the stock weights
+
+    torch.save(ids, folder / "ids.pt")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", CHAINED_LOADER, str(folder)],
+        cwd=work,
+        env=clean_environment(tmp_path / "modules"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    clean = torch.load(folder / "clean.pt")
+    assert torch.equal(clean["logits"], chained_logits)
+    assert torch.equal(clean["generated"], chained_tokens)
+
+
+def test_save_chained_records_the_chain_of_any_transformers_model(tmp_path):
+    from hf_seqplugins.core.cola import apply_recorded_chain, save_chained
+
+    model = with_chain(build("llama"), (0, 2, 2))
+    save_chained(model, tmp_path)
+    assert current_chain(model) == (0, 2, 2)
+    loaded = apply_recorded_chain(LlamaForCausalLM.from_pretrained(tmp_path).double().eval())
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # loaded tensors may sit at other alignments: BLAS rounds differently in the last bit
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(remove_chain(loaded)(ids).logits, model(ids).logits)

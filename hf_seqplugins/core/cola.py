@@ -321,6 +321,38 @@ def remove_chain(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
+def chain_recorded(model: nn.Module) -> Iterator[nn.Module]:
+    """`with chain_recorded(model):` the model without its chain, its config recording the chain as `cola_chain`:
+    what a checkpoint of a chained model holds (the stock layers and weights, and the chain to apply on loading,
+    `apply_recorded_chain`); then the chain back. A no-op without a chain. This package's models save through it."""
+    applied = model.__dict__.get(APPLIED)
+    if applied is None:
+        yield model
+        return
+    remove_chain(model)
+    model.config.cola_chain = list(applied.chain)
+    try:
+        yield model
+    finally:
+        del model.config.cola_chain
+        with_chain(model, applied.chain)
+
+
+def save_chained(model: nn.Module, save_directory, **kwargs) -> None:
+    """`model.save_pretrained(save_directory, **kwargs)` of the stock model with its chain recorded in the config
+    (for any transformers model; this package's models do it in their own `save_pretrained`)."""
+    with chain_recorded(model):
+        model.save_pretrained(save_directory, **kwargs)
+
+
+def apply_recorded_chain(model: nn.Module) -> nn.Module:
+    """Put in place the chain a loaded checkpoint's config records (`cola_chain`), if any, and return the model
+    (this package's models do it in `from_pretrained`, with remote code too)."""
+    chain = getattr(model.config, "cola_chain", None)
+    return model if chain is None else with_chain(model, chain)
+
+
+@contextmanager
 def use_chain(model: nn.Module, chain: Iterable[int]) -> Iterator[nn.Module]:
     """`with use_chain(model, chain):` runs `model` along `chain`, then puts back whatever was in place before (the
     stock model or an earlier chain), also when the block raises."""

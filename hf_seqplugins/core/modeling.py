@@ -40,6 +40,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput
 
 from .cache import cached_batch_size
+from .cola import apply_recorded_chain, chain_recorded
 from .configuration import SeqConfig
 from .ngram import NGramHead
 from .sequences import boundaries, compute_dtype
@@ -133,11 +134,18 @@ class SeqPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, then every function in `SAVE_HOOKS` (publishing registers the
         writer of the self-contained remote code there, so every saved folder, and `push_to_hub`, loads with
-        `trust_remote_code=True` without this package)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            for hook in SAVE_HOOKS:
-                hook(self, save_directory)
+        `trust_remote_code=True` without this package). A model run along a CoLa chain (`with_chain`) saves its
+        stock layers and the chain, which `from_pretrained` puts back in place."""
+        with chain_recorded(self):
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                for hook in SAVE_HOOKS:
+                    hook(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the CoLa chain the checkpoint records, if any."""
+        return apply_recorded_chain(super().from_pretrained(*args, **kwargs))
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
