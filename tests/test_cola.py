@@ -25,7 +25,8 @@ from hf_seqplugins.core.cola import (
     use_chain,
     with_chain,
 )
-from hf_seqplugins.testing import tiny_config
+from hf_seqplugins.export import export
+from hf_seqplugins.testing import run_without_package, tiny_config
 
 # model name -> (a chain with a repeated and a skipped layer, a chain looping a block)
 MODELS = {
@@ -379,12 +380,6 @@ with torch.no_grad():
 def test_a_chained_model_saves_its_chain_and_loads_with_it_also_as_remote_code(tmp_path):
     """Our models save the stock layers with the chain in the config (a chained Llama: `save_chained`), and
     `from_pretrained` puts the chain back, natively and from the exported remote code without this package."""
-    import subprocess
-    import sys
-
-    from hf_seqplugins.export import export
-    from hf_seqplugins.testing import clean_environment
-
     model = with_chain(build("seqp_gru").float(), (1, 0, 1))
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -399,17 +394,7 @@ def test_a_chained_model_saves_its_chain_and_loads_with_it_also_as_remote_code(t
     assert torch.equal(remove_chain(loaded)(ids).logits, remove_chain(model)(ids).logits)  # the stock weights
 
     torch.save(ids, folder / "ids.pt")
-    work = tmp_path / "cwd"
-    work.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", CHAINED_LOADER, str(folder)],
-        cwd=work,
-        env=clean_environment(tmp_path / "modules"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_without_package(CHAINED_LOADER, str(folder), work_dir=tmp_path / "cwd")
     clean = torch.load(folder / "clean.pt")
     assert torch.equal(clean["logits"], chained_logits)
     assert torch.equal(clean["generated"], chained_tokens)

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from hf_seqplugins.testing import clean_environment
+from hf_seqplugins.testing import run_without_package
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,16 +55,8 @@ def test_quickstart_trains_evaluates_generates_exports_and_reloads(tmp_path):
     assert "library_name: transformers" in (model_dir / "README.md").read_text()
 
     in_package = next(line for line in result.stdout.splitlines() if line.startswith("pipeline on the export: "))
-    clean = subprocess.run(
-        [sys.executable, "-S", "-c", PIPELINE, str(model_dir)],
-        cwd=tmp_path,
-        env=clean_environment(tmp_path / "modules"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert clean.returncode == 0, clean.stderr[-3000:]
-    assert clean.stdout.strip().splitlines()[-1] == in_package.removeprefix("pipeline on the export: ")
+    clean = run_without_package(PIPELINE, str(model_dir), work_dir=tmp_path / "clean")
+    assert clean.strip().splitlines()[-1] == in_package.removeprefix("pipeline on the export: ")
 
 
 def run_example(name: str, *args: str) -> str:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_seqplugins.core.registry import load_plugins
 from hf_seqplugins.export import export
-from hf_seqplugins.testing import clean_environment, tiny_config
+from hf_seqplugins.testing import clean_environment, run_without_package, tiny_config
 
 BUILT_IN = sorted(t for t, a in load_plugins().items() if a.distribution == "hf-seqplugins")
 ALL = sorted(load_plugins())
@@ -66,19 +66,9 @@ def test_export_loads_without_the_package(model_type, options, tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
     torch.save(ids, folder / "ids.pt")
 
-    work = tmp_path / "cwd"
-    work.mkdir()
     plugin_package = load_plugins()[model_type].config_class.__module__.split(".")[0]
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", CLEAN_LOADER, str(folder), plugin_package],
-        cwd=work,
-        env=clean_environment(tmp_path / "modules"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    classes = json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_without_package(CLEAN_LOADER, str(folder), plugin_package, work_dir=tmp_path / "cwd")
+    classes = json.loads(stdout.strip().splitlines()[-1])
     architecture = load_plugins()[model_type]
     assert classes == {
         "config": architecture.config_class.__name__,

@@ -7,8 +7,6 @@ against full forwards, source padding never read, the loss, Trainer learning to 
 package. The generic model checks run in `tests/test_conformance.py`."""
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from hf_seqplugins.plugins.ut import (
     UniversalTransformerForSeq2SeqLM,
 )
 from hf_seqplugins.plugins.ut.modeling import timing_signal
-from hf_seqplugins.testing import clean_environment
+from hf_seqplugins.testing import run_without_package
 
 SMALL = {
     "vocab_size": 32,
@@ -356,17 +354,7 @@ def test_seq2seq_export_loads_and_generates_without_the_package(tmp_path):
         "generated = model.generate(source, attention_mask=mask, max_new_tokens=5, do_sample=False)\n"
         "torch.save(generated, folder + '/generated.pt')\n"
     )
-    work = tmp_path / "cwd"
-    work.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", loader, str(folder)],
-        cwd=work,
-        env=clean_environment(tmp_path / "modules"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_without_package(loader, str(folder), work_dir=tmp_path / "cwd")
     with torch.no_grad():
         expected = model.generate(source, attention_mask=mask, max_new_tokens=5, do_sample=False)
     assert torch.equal(torch.load(folder / "generated.pt"), expected)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import site
+import subprocess
+import sys
+from pathlib import Path
 
 from transformers import AutoConfig
 
@@ -37,3 +40,23 @@ def clean_environment(modules_cache) -> dict:
         HF_MODULES_CACHE=str(modules_cache),
     )
     return env
+
+
+def run_without_package(script: str, *arguments: str, work_dir) -> str:
+    """Runs Python source `script` (`arguments` as ``sys.argv[1:]``) in an interpreter that cannot import this
+    package (`clean_environment`), in `work_dir` (created), and returns its stdout; raises AssertionError with the
+    end of its stderr when it fails."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", script, *arguments],
+        cwd=work_dir,
+        env=clean_environment(work_dir / "modules"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"the script failed without the package:\n{done.stderr[-4000:]}")
+    return done.stdout
