@@ -70,10 +70,10 @@ class CausalSelfAttention(nn.Module):
         self.rope_theta = config.rope_theta if rotary else None
 
     def positions(
-        self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device, slot=None
+        self, history_mask: torch.Tensor | None, batch: int, steps: int, cache: Cache | None, device
     ) -> torch.Tensor:
         """`[B, T]` positions of the current tokens (real tokens before each one)."""
-        past = 0 if cache is None else cache.get_seq_length(self.layer_idx if slot is None else slot)
+        past = 0 if cache is None else cache.get_seq_length(self.layer_idx)
         return token_positions(history_mask, batch, steps, past, device)
 
     def forward(
@@ -82,12 +82,9 @@ class CausalSelfAttention(nn.Module):
         cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         resets: torch.Tensor | None = None,
-        cache_slot: int | None = None,
     ) -> torch.Tensor:
         """hidden `[B, T, D]`; attention_mask: the history's padding mask `[B, T_past + T]` (bool) or None;
-        resets `[B, T]` bool or None: True where a packed sequence starts; cache_slot: the cache layer holding the
-        keys and values (None: `layer_idx`; a layer applied several times in depth uses one slot per step)."""
-        slot = self.layer_idx if cache_slot is None else cache_slot
+        resets `[B, T]` bool or None: True where a packed sequence starts."""
         batch, steps, _ = hidden.shape
         q = self.q_proj(hidden).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -101,7 +98,7 @@ class CausalSelfAttention(nn.Module):
             inverse_frequency = 1.0 / self.rope_theta ** (
                 torch.arange(0, self.head_dim, 2, device=hidden.device, dtype=dtype) / self.head_dim
             )
-            positions = self.positions(attention_mask, batch, steps, cache, hidden.device, slot)
+            positions = self.positions(attention_mask, batch, steps, cache, hidden.device)
             if resets is not None:
                 positions = positions - torch.where(resets, positions, 0).cummax(1).values
             angles = positions[..., None].to(dtype) * inverse_frequency
@@ -109,7 +106,7 @@ class CausalSelfAttention(nn.Module):
             cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.update(k, v, slot)
+            k, v = cache.update(k, v, self.layer_idx)
         total = k.shape[2]
         query_index = torch.arange(total - steps, total, device=hidden.device)[:, None]
         key_index = torch.arange(total, device=hidden.device)

@@ -31,6 +31,7 @@ from hf_seqplugins import (
 )
 from hf_seqplugins.core.attention import token_positions
 from hf_seqplugins.core.cache import cached_batch_size
+from hf_seqplugins.core.cola import SlotCache
 
 from .configuration import UniversalTransformerConfig
 
@@ -112,14 +113,14 @@ class UniversalTransformerLayer(GradientCheckpointingLayer):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`cache_slot`: the cache layer of this depth step; `history_mask` `[B, T_past + T]` and `resets` `[B, T]`
+        """`cache_slot`: the cache layer of this depth step (the attention sees it through a `SlotCache` view, as
+        CoLa's repeated layers do); `history_mask` `[B, T_past + T]` and `resets` `[B, T]`
         as `CausalSelfAttention` takes them (the encoder: `history_mask` is its padding mask `[B, T]`); `memory`
         `[B, S, D]` and `memory_mask` `[B, S]`: the encoder output a decoder's cross-attention reads."""
+        step_cache = None if cache is None else SlotCache(cache, cache_slot)
         sublayers = []
         if self.causal:
-            sublayers.append(
-                (self.mixer_norm, lambda x: self.mixer(x, cache, history_mask, resets, cache_slot=cache_slot))
-            )
+            sublayers.append((self.mixer_norm, lambda x: self.mixer(x, step_cache, history_mask, resets)))
         else:
             sublayers.append((self.mixer_norm, lambda x: self.mixer(x, x, history_mask)))
         if self.cross_attention is not None:
